@@ -1,0 +1,111 @@
+"""Input pipeline: splits in memory, deterministic batch order, augmentation.
+
+Why in memory: the CPU-scale and paper-scale data sets (a few thousand images
+at <= 224 px) fit comfortably, and random access by index lets the batch for
+any step be recomputed from ``(seed, step)`` alone -- so a resumed run sees
+exactly the batches an uninterrupted run would, without saving iterator state.
+Augmentation runs inside the jitted step on device, keyed by the step's key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+
+from segqual_jax.data import builders
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split as arrays: ``images`` (N, S, S, 3) uint8, ``masks`` (N, S, S) uint8."""
+  name: str
+  images: np.ndarray
+  masks: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+
+def load_splits(data_config, names=builders.SPLITS) -> dict[str, Split]:
+  """Prepares the configured data set if needed and loads ``names`` into memory."""
+  if data_config.name != 'synthetic':
+    raise ValueError(f'config.data.name={data_config.name!r}: only "synthetic" is available')
+  tfds.disable_progress_bar()  # our own log lines say what is happening
+  builder = builders.synthetic_builder(data_config)
+  builder.download_and_prepare()
+  sources = builder.as_data_source()
+  out = {}
+  for name in names:
+    source = sources[name]
+    examples = source.__getitems__(range(len(source))) if len(source) else []
+    # as_data_source yields records in shuffled storage order: sort by id so
+    # index i of a split is always example i of the generator.
+    examples = sorted(examples, key=lambda e: int(e['id']))
+    size = data_config.image_size
+    images = np.stack([e['image'] for e in examples]) if examples else np.zeros((0, size, size, 3), np.uint8)
+    masks = np.stack([e['mask'] for e in examples]) if examples else np.zeros((0, size, size), np.uint8)
+    out[name] = Split(name, images, masks)
+  return out
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Full batches per epoch (the remainder of a shuffled epoch is dropped)."""
+  return max(1, num_examples // batch_size)
+
+
+def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """Example indices of training batch ``step``: a fresh permutation per epoch.
+
+  A pure function of its arguments, so resuming at any step is exact.
+  """
+  per_epoch = steps_per_epoch(num_examples, batch_size)
+  epoch, i = divmod(step, per_epoch)
+  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  if num_examples < batch_size:  # tiny data sets: repeat to fill one batch
+    perm = np.resize(perm, batch_size)
+  return perm[i * batch_size:(i + 1) * batch_size]
+
+
+def to_float(images: jax.Array) -> jax.Array:
+  """uint8 RGB in [0, 255] -> float32 in [0, 1]."""
+  return images.astype(jnp.float32) / 255.0
+
+
+def augment(key: jax.Array, images: jax.Array, masks: jax.Array):
+  """Random horizontal flip and 90-degree rotation per example (the paper's).
+
+  A flip and four rotations reach all eight symmetries of the square.
+  Images and masks get the same transform; works on any trailing channels.
+  """
+  def one(k, image, mask):
+    k_rot, k_flip = jax.random.split(k)
+    stacked = jnp.concatenate([image, mask[..., None].astype(image.dtype)], axis=-1)
+    rot = jax.random.randint(k_rot, (), 0, 4)
+    stacked = jax.lax.switch(rot, [lambda a, r=r: jnp.rot90(a, r, axes=(0, 1)) for r in range(4)], stacked)
+    stacked = jnp.where(jax.random.bernoulli(k_flip), stacked[:, ::-1], stacked)
+    return stacked[..., :-1], stacked[..., -1].astype(mask.dtype)
+
+  keys = jax.random.split(key, images.shape[0])
+  return jax.vmap(one)(keys, images, masks)
+
+
+def eval_batches(split: Split, batch_size: int):
+  """Yields ``(images, masks, n_valid)`` in order, the last batch zero-padded.
+
+  Padding keeps one compiled shape for every batch; ``n_valid`` says how many
+  rows are real.
+  """
+  n = len(split)
+  for start in range(0, n, batch_size):
+    images = split.images[start:start + batch_size]
+    masks = split.masks[start:start + batch_size]
+    valid = len(images)
+    if valid < batch_size:
+      pad = batch_size - valid
+      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+      masks = np.concatenate([masks, np.zeros((pad,) + masks.shape[1:], masks.dtype)])
+    yield images, masks, valid

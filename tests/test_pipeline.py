@@ -1,0 +1,41 @@
+"""Batch order and augmentation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segqual_jax.data import pipeline
+
+
+def test_batch_indices_cover_each_epoch_once_and_are_reproducible():
+  n, bs = 40, 8
+  epoch0 = np.concatenate([pipeline.batch_indices(n, bs, 1, s) for s in range(5)])
+  assert sorted(epoch0) == list(range(n))
+  epoch1 = np.concatenate([pipeline.batch_indices(n, bs, 1, s) for s in range(5, 10)])
+  assert sorted(epoch1) == list(range(n)) and not np.array_equal(epoch0, epoch1)
+  np.testing.assert_array_equal(pipeline.batch_indices(n, bs, 1, 7), pipeline.batch_indices(n, bs, 1, 7))
+  assert len(pipeline.batch_indices(3, 8, 0, 0)) == 8  # tiny splits fill a batch
+
+
+def _dihedral(a):
+  out = []
+  for flip in (False, True):
+    b = a[:, ::-1] if flip else a
+    out += [np.rot90(b, r, axes=(0, 1)) for r in range(4)]
+  return out
+
+
+def test_augment_applies_one_symmetry_to_image_and_mask_alike():
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((16, 8, 8, 3)), jnp.float32)
+  masks = jnp.asarray(rng.random((16, 8, 8)) > 0.5, jnp.uint8)
+  aug_i, aug_m = pipeline.augment(jax.random.key(0), images, masks)
+  seen = set()
+  for i in range(16):
+    candidates = [k for k, t in enumerate(_dihedral(np.asarray(images[i])))
+                  if np.array_equal(t, np.asarray(aug_i[i]))]
+    assert len(candidates) == 1
+    k = candidates[0]
+    np.testing.assert_array_equal(_dihedral(np.asarray(masks[i]))[k], np.asarray(aug_m[i]))
+    seen.add(k)
+  assert len(seen) > 3  # transforms actually vary across the batch
