@@ -1,0 +1,48 @@
+"""Shapes and ranges of every U-Net head."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from segqual_jax.models import unet
+
+
+@pytest.mark.parametrize('heads', [(), ('variance',), ('confidence',), ('variance', 'confidence')])
+def test_head_shapes_and_ranges(heads):
+  model = unet.UNet(base_width=4, depth=2, heads=heads)
+  x = jax.random.uniform(jax.random.key(0), (3, 16, 16, 3))
+  params = model.init(jax.random.key(1), x)
+  out = model.apply(params, x)
+  assert set(out) == {'logits', *heads}
+  assert out['logits'].shape == (3, 16, 16, 2)
+  if 'variance' in heads:
+    assert out['variance'].shape == (3, 16, 16) and bool(jnp.all(out['variance'] >= 0))
+  if 'confidence' in heads:
+    c = out['confidence']
+    assert c.shape == (3, 16, 16) and bool(jnp.all((c > 0) & (c < 1)))
+
+
+def test_dropout_only_when_sampling():
+  model = unet.UNet(base_width=4, depth=2, dropout_rate=0.5)
+  x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+  params = model.init(jax.random.key(1), x)
+  det = model.apply(params, x)['logits']
+  assert jnp.array_equal(det, model.apply(params, x)['logits'])
+  s1 = model.apply(params, x, deterministic=False, rngs={'dropout': jax.random.key(2)})['logits']
+  s2 = model.apply(params, x, deterministic=False, rngs={'dropout': jax.random.key(3)})['logits']
+  assert not jnp.allclose(s1, det) and not jnp.allclose(s1, s2)
+
+
+def test_dropout_sits_only_in_central_blocks():
+  """With central_levels=0 only the bottleneck has dropout: the first encoder
+  level's skip path is deterministic, so outputs differ less than with all levels."""
+  x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+  model = unet.UNet(base_width=4, depth=2, central_levels=0)
+  params = model.init(jax.random.key(1), x)
+  inter = model.apply(params, x, deterministic=False, rngs={'dropout': jax.random.key(2)},
+                      capture_intermediates=True, mutable=['intermediates'])[1]['intermediates']
+  det = model.apply(params, x, capture_intermediates=True, mutable=['intermediates'])[1]['intermediates']
+  # encoder blocks 0 and 1 are before any dropout: identical with and without sampling
+  for name in ('ConvBlock_0', 'ConvBlock_1'):
+    assert jnp.array_equal(inter[name]['__call__'][0], det[name]['__call__'][0])
+  assert not jnp.array_equal(inter['ConvBlock_3']['__call__'][0], det['ConvBlock_3']['__call__'][0])
