@@ -1,0 +1,12 @@
+"""Uncertainty methods for the segmentation network f, by config name."""
+
+from segqual_jax.uncertainty import hcnn, lce, mc_dropout, msp
+from segqual_jax.uncertainty.base import Method
+
+METHODS = {cls.name: cls for cls in (msp.MaxSoftmax, mc_dropout.MCDropout,
+                                     hcnn.Heteroscedastic, lce.LearnedConfidence)}
+
+
+def create_method(config) -> Method:
+  """The method named by ``config.method``, with its U-Net."""
+  return METHODS[config.method](config)

@@ -1,0 +1,20 @@
+"""Maximum softmax probability (Hendrycks & Gimpel): one deterministic pass.
+
+The map is ``1 - max_c softmax`` so that, like every method here, higher means
+more uncertain (the paper's z = max softmax is its complement).
+"""
+
+from __future__ import annotations
+
+import jax
+
+from segqual_jax.uncertainty import base
+
+
+class MaxSoftmax(base.Method):
+  name = 'msp'
+
+  def predict(self, params, images, key):
+    del key  # deterministic
+    probs = jax.nn.softmax(self.apply(params, images)['logits'])
+    return probs, 1.0 - probs.max(-1)
