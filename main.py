@@ -1,0 +1,43 @@
+"""segqual-jax entry point: wires flags to the library, nothing else.
+
+  python main.py --config=configs/lce.py --workdir=runs/lce --mode=train_seg
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from segqual_jax import config_validation, runtime
+from segqual_jax.training import loop
+
+MODES = ('train_seg',)
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and outputs.')
+_MODE = flags.DEFINE_enum('mode', 'train_seg', MODES, 'What to run.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  try:
+    config_validation.validate(config)
+  except config_validation.ConfigError as e:
+    sys.exit(f'error: {e}')
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  runtime.setup_logging()
+  from segqual_jax.training import train_seg  # after validation: keeps bad-config errors instant
+  try:
+    if _MODE.value == 'train_seg':
+      train_seg.train_and_evaluate(config, _WORKDIR.value)
+  except loop.TrainingInterrupted as e:
+    sys.exit(f'{e}')  # exit status 1; the message says how to resume
+  except (loop.NonFiniteLoss, config_validation.ConfigError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

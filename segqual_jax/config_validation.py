@@ -1,0 +1,98 @@
+"""Config checks that run before any work starts.
+
+ml_collections' locked configs already reject an unknown ``--config.x=y``
+override; a config *file* can still add a misspelt field, and no type system
+stops ``dropout_rate=1.5``. ``validate`` catches both and names the field, so a
+mistake costs a second, not a ten-minute run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config field is unknown or has an invalid value."""
+
+
+def _flatten(cfg, prefix='') -> dict[str, Any]:
+  out = {}
+  for key, value in cfg.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(_flatten(value, path + '.'))
+    else:
+      out[path] = value
+  return out
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _positive_int(v) -> bool:
+  return _is_int(v) and v >= 1
+
+
+def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
+  return [
+      ('seed', _is_int, 'must be an integer'),
+      ('method', lambda v: v in methods, f'must be one of {sorted(methods)}'),
+      ('data.name', lambda v: v == 'synthetic', 'must be "synthetic"'),
+      ('data.image_size', _positive_int, 'must be a positive integer'),
+      ('data.num_train', _positive_int, 'must be >= 1'),
+      ('data.num_validation', _positive_int, 'must be >= 1'),
+      ('data.num_quality', lambda v: _is_int(v) and v >= 0, 'must be >= 0'),
+      ('data.num_test', lambda v: _is_int(v) and v >= 0, 'must be >= 0'),
+      ('seg.base_width', _positive_int, 'must be >= 1'),
+      ('seg.depth', _positive_int, 'must be >= 1'),
+      ('seg.dropout_rate', lambda v: isinstance(v, (int, float)) and 0.0 <= v < 1.0,
+       'must be in [0, 1)'),
+      ('seg.norm', lambda v: v in ('group', 'none'), 'must be "group" or "none"'),
+      ('seg.batch_size', _positive_int, 'must be >= 1'),
+      ('seg.learning_rate', lambda v: isinstance(v, (int, float)) and v > 0, 'must be > 0'),
+      ('seg.num_epochs', _positive_int, 'must be >= 1'),
+      ('seg.eval_batch_size', _positive_int, 'must be >= 1'),
+      ('seg.log_every_steps', _positive_int, 'must be >= 1'),
+      ('seg.checkpoint_every_steps', _positive_int, 'must be >= 1'),
+      ('uncertainty.mc_samples', _positive_int, 'must be >= 1 (the number of passes T)'),
+      ('uncertainty.hcnn_train_samples', _positive_int, 'must be >= 1'),
+      ('uncertainty.hcnn_test_samples', _positive_int, 'must be >= 1'),
+      ('uncertainty.hcnn_map', lambda v: v in ('sigma', 'entropy'), 'must be "sigma" or "entropy"'),
+      ('uncertainty.lce_budget', lambda v: isinstance(v, (int, float)) and v > 0, 'must be > 0'),
+      ('uncertainty.lce_lambda_init', lambda v: isinstance(v, (int, float)) and v > 0, 'must be > 0'),
+      ('sampling.chunk_size', _positive_int, 'must be >= 1'),
+      ('runtime.threefry_partitionable', lambda v: isinstance(v, bool), 'must be True or False'),
+      ('testing.interrupt_at_step', _is_int, 'must be an integer'),
+      ('testing.interrupt_signal', lambda v: v in ('SIGKILL', 'SIGINT'), 'must be SIGKILL or SIGINT'),
+  ]
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ``ConfigError`` naming the first bad field of ``config``.
+
+  Checks that every field exists in the base config (catches misspellings in
+  config files), that each value is valid, and cross-field constraints.
+  """
+  from configs import default  # the schema every config extends
+  from segqual_jax.uncertainty import METHODS
+
+  known = _flatten(default.get_config())
+  given = _flatten(config)
+  unknown = sorted(set(given) - set(known))
+  if unknown:
+    raise ConfigError(f'unknown config field(s): {", ".join("config." + u for u in unknown)}')
+  missing = sorted(set(known) - set(given))
+  if missing:
+    raise ConfigError(f'missing config field(s): {", ".join("config." + m for m in missing)}')
+  for path, ok, message in _rules(METHODS):
+    if not ok(given[path]):
+      raise ConfigError(f'config.{path}={given[path]!r}: {message}')
+  if config.seg.central_levels < 0 or config.seg.central_levels > config.seg.depth:
+    raise ConfigError(f'config.seg.central_levels={config.seg.central_levels!r}: '
+                      f'must be in [0, seg.depth={config.seg.depth}]')
+  if config.data.image_size % 2**config.seg.depth:
+    raise ConfigError(f'config.data.image_size={config.data.image_size}: must be divisible by '
+                      f'2**seg.depth = {2**config.seg.depth}')

@@ -1,0 +1,53 @@
+"""Orbax checkpoints of a training state, in one small module.
+
+Only this file touches the orbax API, so a move to a newer orbax interface is a
+one-file change. The state is a plain pytree (dict of params, optimiser state,
+step and method state); restore goes through a ``jax.eval_shape`` target so
+the restored tree has exactly the structure and dtypes training expects.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Periodic, asynchronous checkpoints of one training state in ``directory``."""
+
+  def __init__(self, directory: str, every_steps: int, max_to_keep: int = 2):
+    self._manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(
+            save_interval_steps=every_steps, max_to_keep=max_to_keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def restore(self, target: Any) -> Any:
+    """The latest state, shaped like ``target`` (a real or ``eval_shape`` tree)."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    return self._manager.restore(self._manager.latest_step(),
+                                 args=ocp.args.StandardRestore(abstract))
+
+  def save(self, step: int, state: Any, force: bool = False) -> bool:
+    """Saves at ``step`` if the interval says so (or ``force``); returns whether it did.
+
+    A step that is already saved is skipped: a forced save right after a
+    periodic one (Ctrl-C, end of training) must not fail.
+    """
+    if force:
+      self.wait()  # an in-flight save of this very step must be visible below
+    if step in self._manager.all_steps():
+      return False
+    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,144 @@
+"""The training loop both stages share: resume, step, log, checkpoint, stop.
+
+A stage supplies a jitted ``train_step(state, *batch) -> (state, metrics)``, a
+``batch_fn(step)`` that is a pure function of the step (so resume is exact), and
+an ``epoch_end_fn``; the loop owns everything else:
+
+* progress lines with steps/s and ETA every ``log_every_steps``;
+* an orbax checkpoint every ``checkpoint_every_steps`` and at the end;
+* a hard stop naming the step on a non-finite loss;
+* Ctrl-C (SIGINT) finishes the current step, saves, and raises
+  ``TrainingInterrupted``; rerunning the same command resumes. (SIGKILL cannot
+  be caught: the rerun resumes from the last periodic checkpoint.)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+
+from segqual_jax.training import checkpointing
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(RuntimeError):
+  """Raised after a SIGINT once the state is safely checkpointed."""
+
+
+class NonFiniteLoss(FloatingPointError):
+  """The loss became NaN or infinite."""
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+class Progress:
+  """Steps/s and ETA over the steps run in this process (compilation excluded)."""
+
+  def __init__(self, name: str, first_step: int, num_steps: int):
+    self.name, self.num_steps = name, num_steps
+    self._t0, self._s0 = None, first_step
+
+  def update(self, step: int, metrics: dict[str, float]) -> str:
+    now = time.perf_counter()
+    if self._t0 is None:  # the first step includes compilation: start the clock after it
+      self._t0, self._s0 = now, step
+      rate = float('nan')
+    else:
+      rate = (step - self._s0) / max(now - self._t0, 1e-9)
+    eta = (self.num_steps - step) / rate if rate > 0 else float('nan')
+    parts = ' '.join(f'{k}={v:.4g}' for k, v in metrics.items())
+    eta_text = format_duration(eta) if math.isfinite(eta) else '?'
+    return (f'{self.name} step {step}/{self.num_steps} {parts} | {rate:.2f} steps/s | ETA {eta_text}')
+
+
+@contextlib.contextmanager
+def _sigint_as_flag():
+  """Turns the first Ctrl-C into a flag the loop checks between steps."""
+  flag = {'stop': False}
+
+  def handler(signum, frame):
+    del signum, frame
+    flag['stop'] = True
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts
+
+  try:
+    previous = signal.signal(signal.SIGINT, handler)
+  except ValueError:  # not the main thread: leave signals alone
+    yield flag
+    return
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+def append_jsonl(path: str, record: dict[str, Any]) -> None:
+  with open(path, 'a') as f:
+    f.write(json.dumps(record) + '\n')
+
+
+def run(*, name: str, state: Any, train_step: Callable, batch_fn: Callable[[int], tuple],
+        num_steps: int, steps_per_epoch: int, checkpointer: checkpointing.Checkpointer,
+        log_every_steps: int, epoch_end_fn: Callable[[Any, int, dict], None],
+        testing=None) -> Any:
+  """Trains from ``state['step']`` to ``num_steps``; returns the final state.
+
+  Args:
+    name: stage name for log lines and errors.
+    state: training state pytree with an integer ``'step'`` leaf (restored or new).
+    train_step: jitted ``(state, *batch) -> (state, metrics)``; may donate ``state``.
+    batch_fn: ``step -> batch tuple``, a pure function of the step.
+    num_steps: total steps of the run.
+    steps_per_epoch: steps per epoch; ``epoch_end_fn`` runs after each epoch.
+    checkpointer: where the state is saved.
+    log_every_steps: progress-line interval.
+    epoch_end_fn: ``(state, epoch, mean_train_metrics) -> None``.
+    testing: ``config.testing`` (fault injection for tests) or None.
+  """
+  step = int(state['step'])
+  progress = Progress(name, step, num_steps)
+  sums: dict[str, float] = {}
+  count = 0
+  with _sigint_as_flag() as sigint:
+    while step < num_steps:
+      state, metrics = train_step(state, *batch_fn(step))
+      step += 1
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not math.isfinite(metrics['loss']):
+        raise NonFiniteLoss(f'{name}: loss is {metrics["loss"]} at step {step} '
+                            f'(the update of step {step - 1} -> {step}); stopping. The last '
+                            f'good checkpoint is step {checkpointer.latest_step()}.')
+      for k, v in metrics.items():
+        sums[k] = sums.get(k, 0.0) + v
+      count += 1
+      if step % log_every_steps == 0 or step == num_steps:
+        log.info(progress.update(step, metrics))
+      checkpointer.save(step, state, force=step == num_steps)
+      if step % steps_per_epoch == 0 or step == num_steps:
+        epoch_end_fn(state, math.ceil(step / steps_per_epoch), {k: v / count for k, v in sums.items()})
+        sums, count = {}, 0
+      if testing is not None and step == testing.interrupt_at_step:
+        checkpointer.wait()
+        os.kill(os.getpid(), getattr(signal, testing.interrupt_signal))
+      if sigint['stop']:
+        checkpointer.save(step, state, force=True)
+        checkpointer.wait()
+        raise TrainingInterrupted(f'{name}: interrupted after step {step}; checkpoint saved. '
+                                  'Rerun the same command to resume.')
+  checkpointer.wait()
+  return state
