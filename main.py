@@ -1,5 +1,6 @@
 """segqual-jax entry point: wires flags to the library, nothing else.
 
+  python main.py --config=configs/lce.py --workdir=runs/lce             # both stages + evaluation
   python main.py --config=configs/lce.py --workdir=runs/lce --mode=train_seg
 """
 
@@ -11,11 +12,13 @@ from ml_collections import config_flags
 from segqual_jax import config_validation, runtime
 from segqual_jax.training import loop
 
-MODES = ('train_seg',)
+MODES = ('all', 'train_seg', 'train_quality', 'evaluate')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and outputs.')
-_MODE = flags.DEFINE_enum('mode', 'train_seg', MODES, 'What to run.')
+_MODE = flags.DEFINE_enum('mode', 'all', MODES,
+                          'all: train_seg, train_quality and evaluate in order, each skipped '
+                          'when its output is already complete.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -29,10 +32,17 @@ def main(argv):
     sys.exit(f'error: {e}')
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   runtime.setup_logging()
-  from segqual_jax.training import train_seg  # after validation: keeps bad-config errors instant
+  # Imported after validation: a bad config fails before JAX/TFDS load.
+  from segqual_jax.evaluation import evaluate
+  from segqual_jax.quality import train_quality
+  from segqual_jax.training import train_seg
+  stages = {'train_seg': train_seg.train_and_evaluate,
+            'train_quality': train_quality.train_quality,
+            'evaluate': evaluate.evaluate}
+  todo = list(stages) if _MODE.value == 'all' else [_MODE.value]
   try:
-    if _MODE.value == 'train_seg':
-      train_seg.train_and_evaluate(config, _WORKDIR.value)
+    for name in todo:
+      stages[name](config, _WORKDIR.value)
   except loop.TrainingInterrupted as e:
     sys.exit(f'{e}')  # exit status 1; the message says how to resume
   except (loop.NonFiniteLoss, config_validation.ConfigError, FileNotFoundError) as e:

@@ -1,10 +1,11 @@
-"""Base config: stage 1 (segmentation network f) on the embedded synthetic data.
+"""Base config: both stages and evaluation on the embedded synthetic data (MSP).
 
-Launch (MSP by default):
-  python main.py --config=configs/default.py --workdir=runs/default --mode=train_seg
-Expected CPU runtime (2 cores): ~6-7 minutes for stage 1 (data generation ~10 s,
-1000 steps of 16 images at 64 px, per-epoch validation).
-Method files (msp.py, mc_dropout.py, hcnn.py, lce.py) override a few fields.
+Launch:
+  python main.py --config=configs/default.py --workdir=runs/default
+Expected CPU runtime (2 cores): stage 1 ~5 min (620 steps of 16 images at
+64 px), stage 2 ~1-2 min per quality model, evaluation < 1 min.
+Method files (msp.py, mc_dropout.py, hcnn.py, lce.py, no_uncertainty.py,
+qualitynet.py) override a few fields.
 """
 
 import ml_collections
@@ -33,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seg.norm = 'group'  # normalisation: group | none
   config.seg.batch_size = 16  # training batch size (paper: 16)
   config.seg.learning_rate = 1e-3  # Adam learning rate (paper: 1e-3)
-  config.seg.num_epochs = 16  # epochs over the train split (paper: 120 at 224 px)
+  config.seg.num_epochs = 10  # epochs over the train split (paper: 120 at 224 px; 10 fits the CPU budget)
   config.seg.eval_batch_size = 32  # batch size for validation and prediction
   config.seg.log_every_steps = 50  # progress line (loss, steps/s, ETA) every this many steps
   config.seg.checkpoint_every_steps = 200  # orbax checkpoint interval (and at the end)
@@ -47,7 +48,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.uncertainty.lce_lambda_init = 0.1  # LCE initial lambda
 
   config.sampling = ml_collections.ConfigDict()
-  config.sampling.chunk_size = 5  # samples vmapped together (memory ~ chunk); chunks are scanned
+  config.sampling.chunk_size = 10  # samples vmapped together (memory ~ chunk); chunks are scanned
+
+  config.quality = ml_collections.ConfigDict()
+  config.quality.models = 'uncertainty,no_uncertainty,qualitynet'  # g variants to train, comma-separated
+  config.quality.label_source = 'holdout'  # cases g learns from: holdout (quality split) | train | oof
+  config.quality.oof_folds = 5  # folds (extra copies of f) when label_source=oof
+  config.quality.target = 'jaccard'  # metric g regresses: jaccard (paper) | dice
+  config.quality.widths = (16, 32, 64, 128)  # VGG block widths, one 2x down-sampling each
+  config.quality.dense = 64  # hidden units of g's head
+  config.quality.batch_size = 16  # g's batch size (paper: 16)
+  config.quality.learning_rate = 1e-3  # g's Adam learning rate (paper: 1e-3)
+  config.quality.num_epochs = 30  # g's epochs (paper: 30)
+  config.quality.log_every_steps = 200  # progress line interval for g
+  config.quality.checkpoint_every_steps = 300  # g's checkpoint interval (and at the end)
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.fail_dice = 0.8  # a case fails when its true Dice is below this (the user's bar)
+  config.eval.fail_jaccard = 0.7  # ... or, second report, its Jaccard below this (the paper's)
+  config.eval.num_figure_cases = 3  # best and worst test cases shown in uncertainty_maps.png
 
   config.runtime = ml_collections.ConfigDict()
   config.runtime.threefry_partitionable = False  # True for sharded multi-device runs; False compiles ~5x faster on CPU

@@ -1,8 +1,9 @@
 """Tiny CPU config for tests: 32x32 images, a 2-level U-Net, a few steps.
 
 Launch:
-  python main.py --config=configs/test.py --workdir=/tmp/segqual_test --mode=train_seg
-Expected CPU runtime (2 cores): ~20 seconds, most of it compilation.
+  python main.py --config=configs/test.py --workdir=/tmp/segqual_test
+Expected CPU runtime (2 cores): ~40 seconds for both stages and evaluation,
+most of it compilation.
 Pick a method with --config.method=mc_dropout (etc.).
 """
 
@@ -27,4 +28,12 @@ def get_config():
   config.uncertainty.hcnn_train_samples = 4
   config.uncertainty.hcnn_test_samples = 4
   config.sampling.chunk_size = 2
+  config.quality.widths = (4, 8)
+  config.quality.dense = 8
+  config.quality.batch_size = 4
+  config.quality.num_epochs = 2
+  config.quality.log_every_steps = 2
+  config.quality.checkpoint_every_steps = 2
+  config.quality.oof_folds = 2
+  config.eval.num_figure_cases = 1
   return config

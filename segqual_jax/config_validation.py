@@ -17,12 +17,13 @@ class ConfigError(ValueError):
   """A config field is unknown or has an invalid value."""
 
 
-def _flatten(cfg, prefix='') -> dict[str, Any]:
+def flatten(cfg, prefix='') -> dict[str, Any]:
+  """``{'seg.depth': 4, ...}`` for a nested ConfigDict or dict."""
   out = {}
   for key, value in cfg.items():
     path = f'{prefix}{key}'
     if isinstance(value, (ml_collections.ConfigDict, dict)):
-      out.update(_flatten(value, path + '.'))
+      out.update(flatten(value, path + '.'))
     else:
       out[path] = value
   return out
@@ -34,6 +35,12 @@ def _is_int(v) -> bool:
 
 def _positive_int(v) -> bool:
   return _is_int(v) and v >= 1
+
+
+def _variants_ok(value: str) -> bool:
+  names = [v.strip() for v in value.split(',') if v.strip()]
+  return bool(names) and len(set(names)) == len(names) and set(names) <= {
+      'uncertainty', 'no_uncertainty', 'qualitynet'}
 
 
 def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
@@ -64,6 +71,23 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('uncertainty.lce_budget', lambda v: isinstance(v, (int, float)) and v > 0, 'must be > 0'),
       ('uncertainty.lce_lambda_init', lambda v: isinstance(v, (int, float)) and v > 0, 'must be > 0'),
       ('sampling.chunk_size', _positive_int, 'must be >= 1'),
+      ('quality.models', lambda v: isinstance(v, str) and _variants_ok(v),
+       'must be a comma-separated, non-empty subset of uncertainty,no_uncertainty,qualitynet'),
+      ('quality.label_source', lambda v: v in ('holdout', 'train', 'oof'),
+       'must be holdout, train or oof'),
+      ('quality.oof_folds', lambda v: _is_int(v) and v >= 2, 'must be >= 2'),
+      ('quality.target', lambda v: v in ('jaccard', 'dice'), 'must be "jaccard" or "dice"'),
+      ('quality.widths', lambda v: isinstance(v, (tuple, list)) and len(v) >= 1 and all(_positive_int(w) for w in v),
+       'must be a non-empty tuple of positive integers'),
+      ('quality.dense', _positive_int, 'must be >= 1'),
+      ('quality.batch_size', _positive_int, 'must be >= 1'),
+      ('quality.learning_rate', lambda v: isinstance(v, (int, float)) and v > 0, 'must be > 0'),
+      ('quality.num_epochs', _positive_int, 'must be >= 1'),
+      ('quality.log_every_steps', _positive_int, 'must be >= 1'),
+      ('quality.checkpoint_every_steps', _positive_int, 'must be >= 1'),
+      ('eval.fail_dice', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
+      ('eval.fail_jaccard', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
+      ('eval.num_figure_cases', _positive_int, 'must be >= 1'),
       ('runtime.threefry_partitionable', lambda v: isinstance(v, bool), 'must be True or False'),
       ('testing.interrupt_at_step', _is_int, 'must be an integer'),
       ('testing.interrupt_signal', lambda v: v in ('SIGKILL', 'SIGINT'), 'must be SIGKILL or SIGINT'),
@@ -79,8 +103,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from configs import default  # the schema every config extends
   from segqual_jax.uncertainty import METHODS
 
-  known = _flatten(default.get_config())
-  given = _flatten(config)
+  known = flatten(default.get_config())
+  given = flatten(config)
   unknown = sorted(set(given) - set(known))
   if unknown:
     raise ConfigError(f'unknown config field(s): {", ".join("config." + u for u in unknown)}')
@@ -96,3 +120,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.image_size % 2**config.seg.depth:
     raise ConfigError(f'config.data.image_size={config.data.image_size}: must be divisible by '
                       f'2**seg.depth = {2**config.seg.depth}')
+  if config.data.image_size % 2**len(config.quality.widths):
+    raise ConfigError(f'config.quality.widths={tuple(config.quality.widths)}: image_size '
+                      f'{config.data.image_size} must be divisible by 2**len(widths)')

@@ -73,7 +73,7 @@ def test_resume_with_a_different_config_is_refused(config, tmp_path):
   config.method = 'msp'
   train_seg.train_and_evaluate(config, str(tmp_path))
   config.seg.learning_rate = 0.5
-  with pytest.raises(train_seg.ConfigError, match=r'config\.seg\.learning_rate: 0\.001 -> 0\.5'):
+  with pytest.raises(loop.ConfigError, match=r'config\.seg\.learning_rate: 0\.001 -> 0\.5'):
     train_seg.train_and_evaluate(config, str(tmp_path))
 
 

@@ -75,37 +75,41 @@ def to_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 255.0
 
 
-def augment(key: jax.Array, images: jax.Array, masks: jax.Array):
+def augment(key: jax.Array, *arrays: jax.Array):
   """Random horizontal flip and 90-degree rotation per example (the paper's).
 
-  A flip and four rotations reach all eight symmetries of the square.
-  Images and masks get the same transform; works on any trailing channels.
+  A flip and four rotations reach all eight symmetries of the square. Every
+  array (N, H, W, ...) gets the same transform for the same example -- images
+  and masks in stage 1, the stacked inputs of g in stage 2.
+
+  Returns:
+    The transformed arrays (a tuple, or the array itself if only one was given).
   """
-  def one(k, image, mask):
+  def one(k, *xs):
     k_rot, k_flip = jax.random.split(k)
-    stacked = jnp.concatenate([image, mask[..., None].astype(image.dtype)], axis=-1)
     rot = jax.random.randint(k_rot, (), 0, 4)
-    stacked = jax.lax.switch(rot, [lambda a, r=r: jnp.rot90(a, r, axes=(0, 1)) for r in range(4)], stacked)
-    stacked = jnp.where(jax.random.bernoulli(k_flip), stacked[:, ::-1], stacked)
-    return stacked[..., :-1], stacked[..., -1].astype(mask.dtype)
+    flip = jax.random.bernoulli(k_flip)
 
-  keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(one)(keys, images, masks)
+    def transform(a):
+      a = jax.lax.switch(rot, [lambda a, r=r: jnp.rot90(a, r, axes=(0, 1)) for r in range(4)], a)
+      return jnp.where(flip, a[:, ::-1], a)
+    return tuple(transform(x) for x in xs)
+
+  keys = jax.random.split(key, arrays[0].shape[0])
+  out = jax.vmap(one)(keys, *arrays)
+  return out if len(arrays) > 1 else out[0]
 
 
-def eval_batches(split: Split, batch_size: int):
-  """Yields ``(images, masks, n_valid)`` in order, the last batch zero-padded.
+def eval_batches(batch_size: int, *arrays: np.ndarray):
+  """Yields ``(*batch_arrays, n_valid)`` in order, the last batch zero-padded.
 
   Padding keeps one compiled shape for every batch; ``n_valid`` says how many
   rows are real.
   """
-  n = len(split)
+  n = len(arrays[0])
   for start in range(0, n, batch_size):
-    images = split.images[start:start + batch_size]
-    masks = split.masks[start:start + batch_size]
-    valid = len(images)
+    batch = [a[start:start + batch_size] for a in arrays]
+    valid = len(batch[0])
     if valid < batch_size:
-      pad = batch_size - valid
-      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-      masks = np.concatenate([masks, np.zeros((pad,) + masks.shape[1:], masks.dtype)])
-    yield images, masks, valid
+      batch = [np.concatenate([b, np.zeros((batch_size - valid,) + b.shape[1:], b.dtype)]) for b in batch]
+    yield (*batch, valid)

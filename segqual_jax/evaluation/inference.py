@@ -7,6 +7,7 @@ prediction, the uncertainty map, and the true Dice / Jaccard of each case).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable
 
 import jax
@@ -24,6 +25,17 @@ class SplitPredictions:
   uncertainty: np.ndarray  # (N, H, W) float32 maps, higher = more uncertain
   dice: np.ndarray  # (N,) true Dice against the split's masks
   jaccard: np.ndarray  # (N,) true Jaccard
+
+  def save(self, path: str) -> None:
+    """Writes an .npz atomically: a crash never leaves a file that looks complete."""
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, **dataclasses.asdict(self))
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str) -> 'SplitPredictions':
+    with np.load(path) as f:
+      return cls(**{field.name: f[field.name] for field in dataclasses.fields(cls)})
 
   def summary(self, fail_dice: float = 0.8) -> dict[str, float]:
     """Mean scores, the share of failures (Dice < fail_dice) and mean uncertainty."""
@@ -50,7 +62,7 @@ def predict_split(batch_predictor: Callable, params, split: pipeline.Split,
                   batch_size: int, key: jax.Array) -> SplitPredictions:
   """Runs ``batch_predictor`` over ``split`` in order; batch i uses ``fold_in(key, i)``."""
   outs = []
-  for i, (images, masks, valid) in enumerate(pipeline.eval_batches(split, batch_size)):
+  for i, (images, masks, valid) in enumerate(pipeline.eval_batches(batch_size, split.images, split.masks)):
     result = jax.device_get(batch_predictor(params, images, masks, jax.random.fold_in(key, i)))
     outs.append([np.asarray(r)[:valid] for r in result])
   if not outs:

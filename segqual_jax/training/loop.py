@@ -1,8 +1,8 @@
-"""The training loop both stages share: resume, step, log, checkpoint, stop.
+"""The training machinery both stages share: state, step, loop, workdir checks.
 
-A stage supplies a jitted ``train_step(state, *batch) -> (state, metrics)``, a
-``batch_fn(step)`` that is a pure function of the step (so resume is exact), and
-an ``epoch_end_fn``; the loop owns everything else:
+A stage supplies a ``loss_fn`` (made into a jitted, state-donating step by
+``make_train_step``), a ``batch_fn(step)`` that is a pure function of the step
+(so resume is exact), and an ``epoch_end_fn``; this module owns the rest:
 
 * progress lines with steps/s and ETA every ``log_every_steps``;
 * an orbax checkpoint every ``checkpoint_every_steps`` and at the end;
@@ -25,10 +25,70 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
+import optax
 
+from segqual_jax.config_validation import ConfigError, flatten
 from segqual_jax.training import checkpointing
 
 log = logging.getLogger(__name__)
+
+
+# Fields that never change what a stage computes: they may differ on resume.
+RESUMABLE_CHANGES = ('testing.', 'seg.log_every_steps', 'seg.checkpoint_every_steps',
+                     'seg.eval_batch_size', 'quality.log_every_steps',
+                     'quality.checkpoint_every_steps', 'data.data_dir', 'eval.')
+
+
+def create_state(params, tx: optax.GradientTransformation, method_state=None) -> dict:
+  """A fresh training state: a plain dict pytree, checkpointed whole."""
+  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
+          'method_state': {} if method_state is None else method_state}
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
+  """Jitted ``(state, batch, base_key) -> (state, metrics)``, donating ``state``.
+
+  Args:
+    loss_fn: ``(params, method_state, batch, key) -> (loss, (metrics, method_state))``.
+    tx: the optimiser.
+
+  The step's key is ``fold_in(base_key, step)``: a resumed run needs no saved key.
+  """
+  def step(state, batch, base_key):
+    key = jax.random.fold_in(base_key, state['step'])
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, (metrics, method_state)), grads = grad_fn(state['params'], state['method_state'], batch, key)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    return {'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
+            'opt_state': opt_state, 'method_state': method_state}, metrics
+  return jax.jit(step, donate_argnums=0)
+
+
+def prepare_stage_dir(out_dir: str, config, depends_on: tuple[str, ...] | None = None) -> None:
+  """Creates ``out_dir`` and records ``config``; refuses a dir made by another config.
+
+  Args:
+    out_dir: the stage's output directory.
+    config: the full config.
+    depends_on: field prefixes the stage's result depends on (None: all fields).
+      Changing any other field (e.g. g's settings for f's directory) reuses the stage.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      before = flatten(json.load(f))
+    now = flatten(json.loads(config.to_json()))
+    diff = [k for k in sorted(set(before) | set(now))
+            if before.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES)
+            and (depends_on is None or k.startswith(depends_on))]
+    if diff:
+      details = ', '.join(f'config.{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in diff)
+      raise ConfigError(f'{path} was written by a run with a different config ({details}). '
+                        'Use a new --workdir, or the original config to resume.')
+  with open(path, 'w') as f:
+    f.write(config.to_json(indent=2))
 
 
 class TrainingInterrupted(RuntimeError):
@@ -87,6 +147,19 @@ def _sigint_as_flag():
     signal.signal(signal.SIGINT, previous)
 
 
+def write_json(path: str, obj: Any) -> None:
+  """Writes JSON atomically (temp file + rename): never a half-written file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
 def append_jsonl(path: str, record: dict[str, Any]) -> None:
   with open(path, 'a') as f:
     f.write(json.dumps(record) + '\n')
@@ -101,8 +174,8 @@ def run(*, name: str, state: Any, train_step: Callable, batch_fn: Callable[[int]
   Args:
     name: stage name for log lines and errors.
     state: training state pytree with an integer ``'step'`` leaf (restored or new).
-    train_step: jitted ``(state, *batch) -> (state, metrics)``; may donate ``state``.
-    batch_fn: ``step -> batch tuple``, a pure function of the step.
+    train_step: from ``make_train_step``.
+    batch_fn: ``step -> (batch, base_key)``, a pure function of the step.
     num_steps: total steps of the run.
     steps_per_epoch: steps per epoch; ``epoch_end_fn`` runs after each epoch.
     checkpointer: where the state is saved.
@@ -116,7 +189,7 @@ def run(*, name: str, state: Any, train_step: Callable, batch_fn: Callable[[int]
   count = 0
   with _sigint_as_flag() as sigint:
     while step < num_steps:
-      state, metrics = train_step(state, *batch_fn(step))
+      state, metrics = train_step(state, *batch_fn(step))  # (batch, base_key)
       step += 1
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not math.isfinite(metrics['loss']):

@@ -65,5 +65,15 @@ class Method:
     loss = optax.softmax_cross_entropy_with_integer_labels(out['logits'], masks).mean()
     return loss, ({'loss': loss}, state)
 
+  def deterministic_predict(self, params, images: jax.Array, key: jax.Array | None = None):
+    """One dropout-off pass: softmax and ``1 - max softmax``.
+
+    MSP's prediction, and every method's cheap per-epoch validation pass.
+    """
+    del key
+    probs = jax.nn.softmax(self.apply(params, images)['logits'])
+    return probs, 1.0 - probs.max(-1)
+
   def predict(self, params, images: jax.Array, key: jax.Array):
+    """The method's own ``(probabilities, uncertainty map)``."""
     raise NotImplementedError

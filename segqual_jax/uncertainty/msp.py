@@ -6,8 +6,6 @@ more uncertain (the paper's z = max softmax is its complement).
 
 from __future__ import annotations
 
-import jax
-
 from segqual_jax.uncertainty import base
 
 
@@ -15,6 +13,4 @@ class MaxSoftmax(base.Method):
   name = 'msp'
 
   def predict(self, params, images, key):
-    del key  # deterministic
-    probs = jax.nn.softmax(self.apply(params, images)['logits'])
-    return probs, 1.0 - probs.max(-1)
+    return self.deterministic_predict(params, images, key)

@@ -1,0 +1,116 @@
+"""Evaluation: every quality model of a run on the test split, and its outputs.
+
+Writes to ``<workdir>/``:
+* ``metrics.json`` -- stable schema (``schema_version`` 1): run identity, f's
+  test-split segmentation summary, and per quality model (named by its Table 1
+  row) every metric of ``quality_metrics.all_metrics``;
+* ``table.md`` -- Table 1 layout, for Dice < 0.8 and for Jaccard < 0.7;
+* ``predictions.csv`` -- per test case: true Dice/Jaccard and each model's prediction;
+* ``scatter.png``, ``uncertainty_maps.png``, ``risk_coverage.png``.
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+
+import jax
+import numpy as np
+
+from segqual_jax import runtime
+from segqual_jax.data import pipeline
+from segqual_jax.evaluation import figures, quality_metrics, report
+from segqual_jax.quality import labels as quality_labels
+from segqual_jax.quality import train_quality
+from segqual_jax.training import loop
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+def _write_text(path: str, text: str) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def predict_quality(config, workdir: str, variant: str, split: pipeline.Split, labels) -> np.ndarray:
+  """Predicted quality of each case of ``split`` by the trained g of ``variant``."""
+  model, params, method_state = train_quality.restore(config, workdir, variant)
+  predict = jax.jit(train_quality.predict_fn(model, variant))
+  out = []
+  for images, preds, umaps, valid in pipeline.eval_batches(
+      config.seg.eval_batch_size, split.images, labels.predictions, labels.uncertainty):
+    out.append(np.asarray(predict(params, method_state, images, preds, umaps))[:valid])
+  return np.concatenate(out) if out else np.zeros(0)
+
+
+def evaluate(config, workdir: str) -> dict:
+  """Evaluates every configured quality model on the test split; returns metrics.json's content.
+
+  Skipped when ``metrics.json`` exists (delete it to evaluate again).
+  """
+  runtime.configure(config)
+  metrics_path = os.path.join(workdir, 'metrics.json')
+  if os.path.exists(metrics_path):
+    log.info('evaluation already complete (%s); skipping', metrics_path)
+    return loop.read_json(metrics_path)
+  test = pipeline.load_splits(config.data, names=('test',))['test']
+  labels = quality_labels.split_labels(config, workdir, test)
+  predicted = {}
+  for variant in train_quality.variants(config):
+    predicted[report.row_name(config.method, variant)] = predict_quality(config, workdir, variant, test, labels)
+
+  fail_d, fail_j = config.eval.fail_dice, config.eval.fail_jaccard
+  models = {name: quality_metrics.all_metrics(pred, labels.dice, labels.jaccard,
+                                              config.quality.target, fail_d, fail_j)
+            for name, pred in predicted.items()}
+  seg = labels.summary(fail_d)
+  seg[f'fail_rate_jaccard_{fail_j}'] = float(np.mean(labels.jaccard < fail_j))
+  result = {
+      'schema_version': SCHEMA_VERSION,
+      'method': config.method, 'seed': config.seed,
+      'data': {'name': config.data.name, 'seed': config.data.seed,
+               'image_size': config.data.image_size, 'split': 'test'},
+      'quality_target': config.quality.target,
+      'label_source': config.quality.label_source,
+      'segmentation': seg,
+      'quality_models': models,
+  }
+
+  keys = [f'dice<{fail_d}', f'jaccard<{fail_j}']
+  table = ''.join(f'\n### Failure = {report.threshold_title(k)} (fail rate {100 * models[next(iter(models))][k]["fail_rate"]:.1f} %)\n\n'
+                  + report.table_markdown({n: [m] for n, m in models.items()}, k) for k in keys)
+  header = (f'# {config.method}, seed {config.seed}: quality prediction on the test split '
+            f'({len(test)} cases, {config.data.name} data)\n\n'
+            f'f: mean Dice {seg["mean_dice"]:.3f}, mean Jaccard {seg["mean_jaccard"]:.3f}; '
+            f'g predicts {config.quality.target}, trained on {config.quality.label_source} labels.\n')
+  _write_text(os.path.join(workdir, 'table.md'), header + table)
+
+  buf = io.StringIO()
+  writer = csv.writer(buf)
+  writer.writerow(['case', 'true_dice', 'true_jaccard', *[f'predicted[{n}]' for n in predicted]])
+  for i in range(len(test)):
+    writer.writerow([i, f'{labels.dice[i]:.5f}', f'{labels.jaccard[i]:.5f}',
+                     *[f'{p[i]:.5f}' for p in predicted.values()]])
+  _write_text(os.path.join(workdir, 'predictions.csv'), buf.getvalue())
+
+  true_target = labels.jaccard if config.quality.target == 'jaccard' else labels.dice
+  equivalent = fail_d / (2 - fail_d) if config.quality.target == 'jaccard' else fail_d
+  thresholds = [(f'Dice {fail_d}', equivalent)]
+  if config.quality.target == 'jaccard':
+    thresholds.append((f'Jaccard {fail_j}', fail_j))
+  figures.scatter(os.path.join(workdir, 'scatter.png'), true_target, predicted,
+                  config.quality.target, thresholds)
+  figures.uncertainty_maps(os.path.join(workdir, 'uncertainty_maps.png'), test.images, test.masks,
+                           labels.predictions, labels.uncertainty, labels.dice,
+                           config.eval.num_figure_cases)
+  figures.risk_coverage(os.path.join(workdir, 'risk_coverage.png'), predicted, 1.0 - labels.dice)
+  loop.write_json(metrics_path, result)  # last: its presence marks the stage complete
+  log.info('evaluation written to %s\n%s', workdir, header + table)
+  return result

@@ -1,0 +1,1 @@
+"""Stage 2: the quality network g, its inputs and its training labels."""

@@ -1,0 +1,151 @@
+"""Stage 2: train the quality network g for each configured variant.
+
+Same machinery as stage 1 (``training.loop``: state, jitted donated step, keys
+from ``fold_in(seed, step)``, orbax checkpoints, resume, non-finite stop); only
+the loss and the batches differ. Outputs per variant in
+``<workdir>/quality/<variant>/``: ``checkpoints/``, ``log.jsonl``, ``config.json``
+and ``done.json`` once training is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from segqual_jax import runtime
+from segqual_jax.data import pipeline
+from segqual_jax.quality import labels as quality_labels
+from segqual_jax.quality import models
+from segqual_jax.training import checkpointing, loop
+
+log = logging.getLogger(__name__)
+
+
+def variants(config) -> list[str]:
+  return [v.strip() for v in config.quality.models.split(',') if v.strip()]
+
+
+def variant_dir(workdir: str, variant: str) -> str:
+  return os.path.join(workdir, 'quality', variant)
+
+
+def uncertainty_scale(umaps: np.ndarray) -> float:
+  """The 99th percentile of g's training maps: divides z to order one."""
+  return float(max(np.percentile(umaps, 99), 1e-6))
+
+
+CHANNELS = {'uncertainty': 5, 'no_uncertainty': 4, 'qualitynet': 3}
+
+
+def create_train_state(config, variant: str, key: jax.Array, z_scale: float):
+  """``(model, optimiser, fresh state)`` of g; the map scale rides in ``method_state``
+  so it is checkpointed with g's parameters."""
+  model = models.create_regressor(config.quality)
+  tx = optax.adam(config.quality.learning_rate)
+  size = config.data.image_size
+  dummy = jnp.zeros((1, size, size, CHANNELS[variant]))
+  params = jax.jit(lambda k: model.init(k, dummy)['params'])(key)
+  return model, tx, loop.create_state(params, tx, {'z_scale': jnp.asarray(z_scale, jnp.float32)})
+
+
+def predict_fn(model, variant: str):
+  """``(params, method_state, uint8 images, labels, maps) -> predicted quality``."""
+  def predict(params, method_state, images, predictions, umaps):
+    x = models.make_inputs(variant, pipeline.to_float(images), predictions,
+                           umaps / method_state['z_scale'])
+    return model.apply({'params': params}, x)
+  return predict
+
+
+def make_loss_fn(model, variant: str):
+  predict = predict_fn(model, variant)
+
+  def loss_fn(params, method_state, batch, key):
+    images, predictions, umaps, targets = batch
+    # Flips/rot90 leave quality unchanged: transform image, mask and map alike.
+    images, predictions, umaps = pipeline.augment(key, images, predictions, umaps)
+    pred = predict(params, method_state, images, predictions, umaps)
+    loss = jnp.mean((pred - targets) ** 2)
+    return loss, ({'loss': loss, 'rmse': jnp.sqrt(loss)}, method_state)
+  return loss_fn
+
+
+def restore(config, workdir: str, variant: str):
+  """Trained g of ``variant``: ``(model, params, method_state)``; clear error if absent."""
+  runtime.configure(config)
+  out_dir = variant_dir(workdir, variant)
+  if not os.path.exists(os.path.join(out_dir, 'done.json')):
+    raise FileNotFoundError(f'no trained quality model in {out_dir}; run first: python main.py '
+                            f'--config=<config> --workdir={workdir} --mode=train_quality')
+  model = models.create_regressor(config.quality)
+  target = jax.eval_shape(lambda: create_train_state(config, variant, jax.random.key(0), 1.0)[2])
+  checkpointer = checkpointing.Checkpointer(os.path.join(out_dir, 'checkpoints'), every_steps=1)
+  state = checkpointer.restore(target)
+  checkpointer.close()
+  return model, state['params'], state['method_state']
+
+
+def train_quality(config, workdir: str) -> dict[str, dict]:
+  """Builds g's training labels with f, then trains every configured variant.
+
+  Returns:
+    ``{variant: final training summary}``.
+  """
+  runtime.configure(config)
+  needed = {'holdout': ('quality',), 'train': ('train',), 'oof': ('train',)}[config.quality.label_source]
+  splits = pipeline.load_splits(config.data, names=needed)
+  split, labels = quality_labels.training_labels(config, workdir, splits)
+  targets = (labels.jaccard if config.quality.target == 'jaccard' else labels.dice).astype(np.float32)
+  log.info('g trains on %d %s cases (label source %s): mean %s %.3f, %.1f%% with Dice < %.2f',
+           len(targets), split.name, config.quality.label_source, config.quality.target,
+           targets.mean(), 100 * np.mean(labels.dice < config.eval.fail_dice), config.eval.fail_dice)
+  z_scale = uncertainty_scale(labels.uncertainty)
+  base_key = jax.random.fold_in(jax.random.key(config.seed), 10)
+  results = {}
+  for index, variant in enumerate(variants(config)):
+    out_dir = variant_dir(workdir, variant)
+    loop.prepare_stage_dir(out_dir, config)
+    done_path = os.path.join(out_dir, 'done.json')
+    if os.path.exists(done_path):
+      log.info('quality model %s already trained; skipping', variant)
+      results[variant] = loop.read_json(done_path)
+      continue
+    t_start = time.time()
+    variant_key = jax.random.fold_in(base_key, index)
+    model, tx, state = create_train_state(config, variant, jax.random.fold_in(variant_key, 0), z_scale)
+    checkpointer = checkpointing.Checkpointer(os.path.join(out_dir, 'checkpoints'),
+                                              config.quality.checkpoint_every_steps)
+    if checkpointer.latest_step() is not None:
+      state = checkpointer.restore(state)
+      log.info('resuming quality model %s from step %d', variant, int(state['step']))
+    per_epoch = pipeline.steps_per_epoch(len(targets), config.quality.batch_size)
+    num_steps = per_epoch * config.quality.num_epochs
+    step_key = jax.random.fold_in(variant_key, 1)
+    log_path = os.path.join(out_dir, 'log.jsonl')
+
+    def batch_fn(step):
+      idx = pipeline.batch_indices(len(targets), config.quality.batch_size, config.seed, step)
+      return (split.images[idx], labels.predictions[idx], labels.uncertainty[idx], targets[idx]), step_key
+
+    def epoch_end_fn(state, epoch, train_metrics, variant=variant, log_path=log_path):
+      loop.append_jsonl(log_path, {'epoch': epoch, 'step': int(state['step']),
+                                   **{f'train_{k}': v for k, v in train_metrics.items()}})
+      log.info('quality %s epoch %d: train RMSE %.4f', variant, epoch, train_metrics['rmse'])
+
+    state = loop.run(name=f'train_quality[{variant}]', state=state,
+                     train_step=loop.make_train_step(make_loss_fn(model, variant), tx),
+                     batch_fn=batch_fn, num_steps=num_steps, steps_per_epoch=per_epoch,
+                     checkpointer=checkpointer, log_every_steps=config.quality.log_every_steps,
+                     epoch_end_fn=epoch_end_fn, testing=config.testing)
+    checkpointer.close()
+    results[variant] = {'variant': variant, 'steps': num_steps, 'num_cases': int(len(targets)),
+                        'label_source': config.quality.label_source,
+                        'z_scale': z_scale, 'wall_time_s': round(time.time() - t_start, 1)}
+    loop.write_json(done_path, results[variant])
+  return results

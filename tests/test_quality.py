@@ -1,0 +1,119 @@
+"""Stage 2 and evaluation end to end on the tiny config, plus its failure modes."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from segqual_jax.data import pipeline
+from segqual_jax.evaluation import evaluate, segmentation
+from segqual_jax.quality import labels as quality_labels
+from segqual_jax.quality import models, train_quality
+from segqual_jax.training import train_seg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('variant,channels', [('uncertainty', 5), ('no_uncertainty', 4), ('qualitynet', 3)])
+def test_inputs_and_regressor_shapes(variant, channels):
+  images = jnp.ones((2, 16, 16, 3)) * 0.5
+  preds = jnp.zeros((2, 16, 16), jnp.uint8).at[:, 4:8, 4:8].set(1)
+  umaps = jnp.full((2, 16, 16), 0.3)
+  x = models.make_inputs(variant, images, preds, umaps)
+  assert x.shape == (2, 16, 16, channels)
+  if variant == 'qualitynet':
+    assert float(x[0, 0, 0, 0]) == 0.0 and float(x[0, 5, 5, 0]) == 0.5  # image masked by y_hat
+  model = models.VGGRegressor(widths=(4, 8), dense=8)
+  params = model.init(jax.random.key(0), x)
+  out = model.apply(params, x)
+  assert out.shape == (2,) and bool(jnp.all((out > 0) & (out < 1)))
+
+
+def _run_all(config, workdir):
+  train_seg.train_and_evaluate(config, workdir)
+  train_quality.train_quality(config, workdir)
+  return evaluate.evaluate(config, workdir)
+
+
+def test_both_stages_and_evaluation_write_every_output(config, tmp_path):
+  config.method = 'mc_dropout'
+  result = _run_all(config, str(tmp_path))
+  names = ['MC-dropout', 'No uncertainty', 'QualityNet']
+  assert list(result['quality_models']) == names
+  on_disk = json.loads((tmp_path / 'metrics.json').read_text())
+  assert on_disk == json.loads(json.dumps(result))
+  assert on_disk['schema_version'] == 1 and on_disk['data']['split'] == 'test'
+  seg = on_disk['segmentation']
+  assert seg['num_cases'] == config.data.num_test
+  assert {'mean_dice', 'mean_jaccard', 'fail_rate_dice_0.8', 'fail_rate_jaccard_0.7'} <= set(seg)
+  for m in on_disk['quality_models'].values():
+    assert {'rmse', 'aurc', 'e_aurc', 'pearson', 'spearman', 'dice<0.8', 'jaccard<0.7'} <= set(m)
+    assert 0 <= m['rmse'] <= 1
+  table = (tmp_path / 'table.md').read_text()
+  assert all(f'| {n} |' in table for n in names) and 'Dice < 0.8' in table and 'Jaccard < 0.7' in table
+  rows = list(csv.reader((tmp_path / 'predictions.csv').open()))
+  assert len(rows) == 1 + config.data.num_test and len(rows[0]) == 3 + len(names)
+  for png in ('scatter.png', 'uncertainty_maps.png', 'risk_coverage.png'):
+    assert (tmp_path / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  # The true Dice in the labels matches a recomputation from the stored predictions.
+  labels = np.load(tmp_path / 'quality' / 'labels' / 'test.npz')
+  test = pipeline.load_splits(config.data, names=('test',))['test']
+  np.testing.assert_allclose(labels['dice'], segmentation.dice(labels['predictions'], test.masks), rtol=1e-6)
+  # Rerunning skips every complete stage: nothing is retrained.
+  stamp = os.path.getmtime(tmp_path / 'quality' / 'uncertainty' / 'done.json')
+  assert _run_all(config, str(tmp_path)) == on_disk
+  assert os.path.getmtime(tmp_path / 'quality' / 'uncertainty' / 'done.json') == stamp
+
+
+@pytest.mark.parametrize('source', ['train', 'oof'])
+def test_label_sources(config, tmp_path, source):
+  config.method = 'msp'
+  config.quality.label_source = source
+  config.quality.models = 'no_uncertainty'
+  train_seg.train_and_evaluate(config, str(tmp_path))
+  results = train_quality.train_quality(config, str(tmp_path))
+  assert results['no_uncertainty']['num_cases'] == config.data.num_train
+  name = 'train_oof.npz' if source == 'oof' else 'train.npz'
+  labels = np.load(tmp_path / 'quality' / 'labels' / name)
+  assert labels['dice'].shape == (config.data.num_train,)
+  if source == 'oof':
+    assert sorted(os.listdir(tmp_path / 'seg_oof')) == ['fold0', 'fold1']
+    # Out-of-fold labels differ from f's own (in-sample) predictions on train.
+    train = pipeline.load_splits(config.data, names=('train',))['train']
+    own = quality_labels.split_labels(config, str(tmp_path), train)
+    assert not np.array_equal(own.predictions, labels['predictions'])
+
+
+def _main(workdir, data_dir, *args):
+  return subprocess.run([sys.executable, 'main.py', '--config=configs/test.py', f'--workdir={workdir}',
+                         f'--config.data.data_dir={data_dir}', '--config.quality.models=uncertainty',
+                         *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_train_quality_without_stage1_names_the_command(tmp_path, data_dir):
+  r = _main(tmp_path, data_dir, '--mode=train_quality')
+  assert r.returncode != 0
+  assert 'no stage-1 checkpoint of a complete run' in r.stderr and '--mode=train_seg' in r.stderr
+
+
+def test_train_quality_resumes_after_sigkill(config, tmp_path, data_dir):
+  full, broken = tmp_path / 'full', tmp_path / 'broken'
+  for w in (full, broken):
+    assert _main(w, data_dir, '--mode=train_seg').returncode == 0
+  assert _main(full, data_dir, '--mode=train_quality').returncode == 0
+  r = _main(broken, data_dir, '--mode=train_quality', '--config.testing.interrupt_at_step=2')
+  assert r.returncode == -9
+  assert not (broken / 'quality' / 'uncertainty' / 'done.json').exists()
+  r = _main(broken, data_dir, '--mode=train_quality')
+  assert r.returncode == 0 and 'resuming quality model uncertainty from step 2' in r.stderr
+  config.quality.models = 'uncertainty'
+  a = train_quality.restore(config, str(full), 'uncertainty')[1]
+  b = train_quality.restore(config, str(broken), 'uncertainty')[1]
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)

@@ -1,0 +1,27 @@
+"""Which config changes a stage directory accepts on resume."""
+
+import pytest
+
+from segqual_jax.config_validation import ConfigError
+from segqual_jax.training import loop, train_seg
+
+
+def test_stage1_dir_ignores_quality_fields_but_not_seg_fields(config, tmp_path):
+  out = str(tmp_path / 'seg')
+  loop.prepare_stage_dir(out, config, train_seg.STAGE1_FIELDS)
+  config.quality.models = 'uncertainty'
+  config.quality.num_epochs = 7
+  loop.prepare_stage_dir(out, config, train_seg.STAGE1_FIELDS)  # f is unaffected
+  config.uncertainty.mc_samples = 9
+  with pytest.raises(ConfigError, match=r'config\.uncertainty\.mc_samples: 3 -> 9'):
+    loop.prepare_stage_dir(out, config, train_seg.STAGE1_FIELDS)
+
+
+def test_full_dependency_by_default(config, tmp_path):
+  loop.prepare_stage_dir(str(tmp_path), config)
+  config.quality.num_epochs = 7
+  with pytest.raises(ConfigError, match=r'config\.quality\.num_epochs: 2 -> 7'):
+    loop.prepare_stage_dir(str(tmp_path), config)
+  config.quality.num_epochs = 2
+  config.eval.fail_dice = 0.75  # evaluation settings never block a resume
+  loop.prepare_stage_dir(str(tmp_path), config)
