@@ -25,3 +25,9 @@ def test_full_dependency_by_default(config, tmp_path):
   config.quality.num_epochs = 2
   config.eval.fail_dice = 0.75  # evaluation settings never block a resume
   loop.prepare_stage_dir(str(tmp_path), config)
+
+
+def test_adding_a_quality_variant_reuses_the_trained_ones(config, tmp_path):
+  loop.prepare_stage_dir(str(tmp_path), config)
+  config.quality.models = 'uncertainty,qualitynet'
+  loop.prepare_stage_dir(str(tmp_path), config)  # no error: the existing g is unaffected

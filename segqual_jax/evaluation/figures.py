@@ -37,7 +37,7 @@ def scatter(path: str, true: np.ndarray, predicted: dict[str, np.ndarray], targe
             thresholds: list[tuple[str, float]]) -> None:
   """True vs predicted quality, one panel per quality model, failure thresholds dashed."""
   n = len(predicted)
-  fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
+  fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False, layout="constrained")
   for ax, (name, pred) in zip(axes[0], predicted.items()):
     ax.scatter(true, pred, s=8, alpha=0.6)
     ax.plot([0, 1], [0, 1], color='grey', lw=0.8)

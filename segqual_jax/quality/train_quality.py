@@ -108,7 +108,7 @@ def train_quality(config, workdir: str) -> dict[str, dict]:
   z_scale = uncertainty_scale(labels.uncertainty)
   base_key = jax.random.fold_in(jax.random.key(config.seed), 10)
   results = {}
-  for index, variant in enumerate(variants(config)):
+  for variant in variants(config):
     out_dir = variant_dir(workdir, variant)
     loop.prepare_stage_dir(out_dir, config)
     done_path = os.path.join(out_dir, 'done.json')
@@ -117,7 +117,9 @@ def train_quality(config, workdir: str) -> dict[str, dict]:
       results[variant] = loop.read_json(done_path)
       continue
     t_start = time.time()
-    variant_key = jax.random.fold_in(base_key, index)
+    # Keyed by the variant's fixed index, not its position in quality.models,
+    # so adding a variant to a run never changes another variant's g.
+    variant_key = jax.random.fold_in(base_key, models.VARIANTS.index(variant))
     model, tx, state = create_train_state(config, variant, jax.random.fold_in(variant_key, 0), z_scale)
     checkpointer = checkpointing.Checkpointer(os.path.join(out_dir, 'checkpoints'),
                                               config.quality.checkpoint_every_steps)

@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 
 # Fields that never change what a stage computes: they may differ on resume.
+# (quality.models only lists which g to train; each g's own result ignores it.)
 RESUMABLE_CHANGES = ('testing.', 'seg.log_every_steps', 'seg.checkpoint_every_steps',
-                     'seg.eval_batch_size', 'quality.log_every_steps',
+                     'seg.eval_batch_size', 'quality.models', 'quality.log_every_steps',
                      'quality.checkpoint_every_steps', 'data.data_dir', 'eval.')
 
 
