@@ -57,9 +57,8 @@ def evaluate(config, workdir: str) -> dict:
   """
   runtime.configure(config)
   metrics_path = os.path.join(workdir, 'metrics.json')
-  if os.path.exists(metrics_path):
-    log.info('evaluation already complete (%s); skipping', metrics_path)
-    return loop.read_json(metrics_path)
+  if (done := loop.completed(metrics_path, 'evaluation')) is not None:
+    return done
   test = pipeline.load_splits(config.data, names=('test',))['test']
   labels = quality_labels.split_labels(config, workdir, test)
   predicted = {}

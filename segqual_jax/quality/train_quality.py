@@ -112,9 +112,8 @@ def train_quality(config, workdir: str) -> dict[str, dict]:
     out_dir = variant_dir(workdir, variant)
     loop.prepare_stage_dir(out_dir, config)
     done_path = os.path.join(out_dir, 'done.json')
-    if os.path.exists(done_path):
-      log.info('quality model %s already trained; skipping', variant)
-      results[variant] = loop.read_json(done_path)
+    if (done := loop.completed(done_path, f'quality model {variant}')) is not None:
+      results[variant] = done
       continue
     t_start = time.time()
     # Keyed by the variant's fixed index, not its position in quality.models,
@@ -123,9 +122,7 @@ def train_quality(config, workdir: str) -> dict[str, dict]:
     model, tx, state = create_train_state(config, variant, jax.random.fold_in(variant_key, 0), z_scale)
     checkpointer = checkpointing.Checkpointer(os.path.join(out_dir, 'checkpoints'),
                                               config.quality.checkpoint_every_steps)
-    if checkpointer.latest_step() is not None:
-      state = checkpointer.restore(state)
-      log.info('resuming quality model %s from step %d', variant, int(state['step']))
+    state = checkpointer.resume(state, f'quality model {variant}')
     per_epoch = pipeline.steps_per_epoch(len(targets), config.quality.batch_size)
     num_steps = per_epoch * config.quality.num_epochs
     step_key = jax.random.fold_in(variant_key, 1)

@@ -8,11 +8,14 @@ the restored tree has exactly the structure and dtypes training expects.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
 
 
 class Checkpointer:
@@ -32,6 +35,14 @@ class Checkpointer:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     return self._manager.restore(self._manager.latest_step(),
                                  args=ocp.args.StandardRestore(abstract))
+
+  def resume(self, state: Any, what: str) -> Any:
+    """The latest saved state if there is one (logged), else ``state`` unchanged."""
+    if self.latest_step() is None:
+      return state
+    state = self.restore(state)
+    log.info('resuming %s from step %d', what, int(state['step']))
+    return state
 
   def save(self, step: int, state: Any, force: bool = False) -> bool:
     """Saves at ``step`` if the interval says so (or ``force``); returns whether it did.

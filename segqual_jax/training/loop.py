@@ -161,6 +161,14 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
+def completed(path: str, what: str) -> Any | None:
+  """The output of a stage whose completion file ``path`` exists (logged), else None."""
+  if not os.path.exists(path):
+    return None
+  log.info('%s already complete (%s); skipping', what, path)
+  return read_json(path)
+
+
 def append_jsonl(path: str, record: dict[str, Any]) -> None:
   with open(path, 'a') as f:
     f.write(json.dumps(record) + '\n')

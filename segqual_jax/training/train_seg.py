@@ -87,24 +87,21 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
   out_dir = seg_dir(workdir)
   loop.prepare_stage_dir(out_dir, config, STAGE1_FIELDS)
   metrics_path = os.path.join(out_dir, 'metrics.json')
-  if os.path.exists(metrics_path):
-    log.info('stage 1 already complete in %s; skipping', out_dir)
-    return loop.read_json(metrics_path)
+  if (done := loop.completed(metrics_path, 'stage 1')) is not None:
+    return done
 
   t_start = time.time()
   splits = pipeline.load_splits(config.data, names=('train', 'validation'))
   train, validation = train_split or splits['train'], splits['validation']
   log.info('data: %d train, %d validation images of %d px (%.1f s)', len(train),
-               len(validation), config.data.image_size, time.time() - t_start)
+           len(validation), config.data.image_size, time.time() - t_start)
 
   method = uncertainty.create_method(config)
   base_key = jax.random.key(config.seed)
   state, tx = create_train_state(method, config, jax.random.fold_in(base_key, 0))
   checkpointer = checkpointing.Checkpointer(os.path.join(out_dir, 'checkpoints'),
                                             config.seg.checkpoint_every_steps)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
-    log.info('resuming stage 1 from step %d', int(state['step']))
+  state = checkpointer.resume(state, 'stage 1')
 
   per_epoch = pipeline.steps_per_epoch(len(train), config.seg.batch_size)
   num_steps = per_epoch * config.seg.num_epochs
