@@ -14,10 +14,9 @@ A stage supplies a ``loss_fn`` (made into a jitted, state-donating step by
 
 from __future__ import annotations
 
-import logging
-
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -35,9 +34,10 @@ log = logging.getLogger(__name__)
 
 
 # Fields that never change what a stage computes: they may differ on resume.
-# (quality.models only lists which g to train; each g's own result ignores it.)
+# (quality.models only lists which g to train; each g's own result ignores it.
+# Not seg.eval_batch_size: MC keys are folded per batch, so it changes samples.)
 RESUMABLE_CHANGES = ('testing.', 'seg.log_every_steps', 'seg.checkpoint_every_steps',
-                     'seg.eval_batch_size', 'quality.models', 'quality.log_every_steps',
+                     'quality.models', 'quality.log_every_steps',
                      'quality.checkpoint_every_steps', 'data.data_dir', 'eval.')
 
 
