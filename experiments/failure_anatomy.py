@@ -5,8 +5,8 @@
 For each run: the failure rate (Dice < 0.8) of the test split broken down by
 the generator's difficulty attributes (faint, small, multi-part lesions, hair,
 rim, lazy annotation), and the AUROC for detecting failures of two trivial
-scores that need no uncertainty map: the predicted lesion area and the mean of
-the map. If a failure is visible from the predicted mask alone (e.g. an empty
+scores that need no g: the predicted lesion area (no map at all) and the mean
+of the uncertainty map. If a failure is visible from the predicted mask alone (e.g. an empty
 prediction on a faint lesion), g(x, y_hat) can find it without z, and the
 uncertainty-based g has little left to add.
 """
@@ -58,7 +58,7 @@ def main(argv):
     print(f'empty predictions: {empty.sum()} ({100 * failed[empty].mean() if empty.any() else 0:.0f} % of them fail); '
           f'failures with an empty prediction: {100 * (failed & empty).sum() / max(failed.sum(), 1):.1f} %')
     passed = ~failed
-    print(f'AUROC (pass = positive) of map-free scores: predicted area '
+    print(f'AUROC (pass = positive) of trivial scores: predicted area '
           f'{quality_metrics.auroc(area, passed):.3f}; of the mean uncertainty (negated) '
           f'{quality_metrics.auroc(-labels["uncertainty"].reshape(len(failed), -1).mean(1), passed):.3f}')
 
