@@ -40,16 +40,15 @@ def uncertainty_scale(umaps: np.ndarray) -> float:
   return float(max(np.percentile(umaps, 99), 1e-6))
 
 
-CHANNELS = {'uncertainty': 5, 'no_uncertainty': 4, 'qualitynet': 3}
-
-
 def create_train_state(config, variant: str, key: jax.Array, z_scale: float):
   """``(model, optimiser, fresh state)`` of g; the map scale rides in ``method_state``
   so it is checkpointed with g's parameters."""
   model = models.create_regressor(config.quality)
   tx = optax.adam(config.quality.learning_rate)
   size = config.data.image_size
-  dummy = jnp.zeros((1, size, size, CHANNELS[variant]))
+  # g's input shape comes from the one place that builds its inputs.
+  dummy = models.make_inputs(variant, jnp.zeros((1, size, size, 3)), jnp.zeros((1, size, size)),
+                             jnp.zeros((1, size, size)))
   params = jax.jit(lambda k: model.init(k, dummy)['params'])(key)
   return model, tx, loop.create_state(params, tx, {'z_scale': jnp.asarray(z_scale, jnp.float32)})
 
