@@ -41,14 +41,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.uncertainty = ml_collections.ConfigDict()
   config.uncertainty.mc_samples = 20  # MC-dropout test-time passes T (paper: 20)
+  config.uncertainty.mc_map = 'entropy'  # MC-dropout map: entropy (of the mean, paper) | mutual_information
   config.uncertainty.hcnn_train_samples = 100  # HCNN logit-noise samples in the loss (paper: 100)
-  config.uncertainty.hcnn_test_samples = 100  # HCNN logit-noise samples at test time
+  config.uncertainty.hcnn_test_samples = 100  # HCNN logit-noise samples at test time; 0 = mean-field closed form
   config.uncertainty.hcnn_map = 'sigma'  # HCNN map: sigma (learned noise scale) | entropy
   config.uncertainty.lce_budget = 0.3  # LCE budget beta for mean(-log c)
   config.uncertainty.lce_lambda_init = 0.1  # LCE initial lambda
 
   config.sampling = ml_collections.ConfigDict()
-  config.sampling.chunk_size = 10  # samples vmapped together (memory ~ chunk); chunks are scanned
+  config.sampling.chunk_size = 'auto'  # samples vmapped together (memory ~ chunk): 'auto' or an integer
+  config.sampling.auto_cpu_budget_mb = 64.0  # auto rule on CPU: largest chunk whose working set fits this
+  config.sampling.auto_accelerator_memory_fraction = 0.25  # auto rule on GPU/TPU: share of device memory
 
   config.quality = ml_collections.ConfigDict()
   config.quality.models = 'uncertainty,no_uncertainty,qualitynet'  # g variants to train, comma-separated

@@ -27,7 +27,7 @@ def get_config():
   config.uncertainty.mc_samples = 3
   config.uncertainty.hcnn_train_samples = 4
   config.uncertainty.hcnn_test_samples = 4
-  config.sampling.chunk_size = 2
+  config.sampling.chunk_size = '2'
   config.quality.widths = (4, 8)
   config.quality.dense = 8
   config.quality.batch_size = 4

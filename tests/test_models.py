@@ -42,7 +42,25 @@ def test_dropout_sits_only_in_central_blocks():
   inter = model.apply(params, x, deterministic=False, rngs={'dropout': jax.random.key(2)},
                       capture_intermediates=True, mutable=['intermediates'])[1]['intermediates']
   det = model.apply(params, x, capture_intermediates=True, mutable=['intermediates'])[1]['intermediates']
-  # encoder blocks 0 and 1 are before any dropout: identical with and without sampling
-  for name in ('ConvBlock_0', 'ConvBlock_1'):
+  # encoder blocks and the bottleneck are before any dropout: identical with and without sampling
+  for name in ('ConvBlock_0', 'ConvBlock_1', 'ConvBlock_2'):
     assert jnp.array_equal(inter[name]['__call__'][0], det[name]['__call__'][0])
   assert not jnp.array_equal(inter['ConvBlock_3']['__call__'][0], det['ConvBlock_3']['__call__'][0])
+
+
+@pytest.mark.parametrize('central_levels', [0, 1, 2, 5])
+def test_prefix_then_rest_equals_full_pass(central_levels):
+  """The split the sampler relies on: from_prefix(prefix(x)) is the full pass,
+  with the same dropout masks for the same key, at every dropout placement."""
+  x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+  model = unet.UNet(base_width=4, depth=2, central_levels=central_levels, heads=('variance',))
+  variables = model.init(jax.random.key(1), x)
+  rngs = {'dropout': jax.random.key(2)}
+  full = model.apply(variables, x, deterministic=False, rngs=rngs)
+  h, skips = model.apply(variables, x, method=unet.UNet.prefix)
+  assert len(skips) == model.depth - min(central_levels, model.depth)
+  rest = model.apply(variables, h, skips, deterministic=False, rngs=rngs,
+                     method=unet.UNet.from_prefix)
+  for name in full:
+    assert jnp.allclose(full[name], rest[name], atol=1e-6), name
+  assert not jnp.allclose(full['logits'], model.apply(variables, x)['logits'])

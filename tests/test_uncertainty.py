@@ -58,7 +58,7 @@ def test_mean_over_samples_matches_python_loop(num_samples, chunk):
 def test_mc_dropout_equals_python_loop_of_passes(config):
   """T vectorised passes == T separate applies with the same keys (float tolerance)."""
   config.uncertainty.mc_samples = 5
-  config.sampling.chunk_size = 2
+  config.sampling.chunk_size = '2'
   m, params, images = _setup(config, 'mc_dropout')
   key = jax.random.key(3)
   probs, umap = jax.jit(m.predict)(params, images, key)

@@ -43,6 +43,13 @@ class ConvBlock(nn.Module):
 class UNet(nn.Module):
   """U-Net over NHWC float images in [0, 1].
 
+  The forward pass is split at the first dropout: ``prefix`` (every layer
+  before it -- the shallow encoder levels with their skips and the first
+  central block) is deterministic, ``from_prefix`` is the rest. ``__call__``
+  is exactly ``from_prefix(prefix(x))``, so a sampler can run the prefix once
+  per image and draw only the rest per key, with the same dropout masks as a
+  full pass under the same key (the prefix draws no random numbers).
+
   Attributes:
     base_width: channels of the first level; doubled at each down-sampling.
     depth: number of down-samplings; the input side must be divisible by 2**depth.
@@ -60,31 +67,86 @@ class UNet(nn.Module):
   norm: str = 'group'
   heads: Sequence[str] = ()
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> dict[str, jax.Array]:
-    """Returns ``logits`` (N, H, W, C) and, if built, ``variance`` and ``confidence`` (N, H, W)."""
+  def setup(self):
+    # Submodule names are those the original single-method (compact) U-Net got
+    # by creation order, because flax derives parameter-init and dropout keys
+    # from them: checkpoints and published results stay bit-reproducible.
+    width = lambda level: self.base_width * 2**level
+    depth = self.depth
+    blocks = {f'ConvBlock_{level}': ConvBlock(width(level), self.norm) for level in range(depth)}
+    blocks[f'ConvBlock_{depth}'] = ConvBlock(width(depth), self.norm)
+    for i, level in enumerate(reversed(range(depth))):
+      blocks[f'ConvTranspose_{i}'] = nn.ConvTranspose(width(level), (2, 2), strides=(2, 2))
+      blocks[f'ConvBlock_{depth + 1 + i}'] = ConvBlock(width(level), self.norm)
+    for name, module in blocks.items():
+      setattr(self, name, module)
+    self.Dropout_0 = nn.Dropout(self.dropout_rate)
+    self.logits = nn.Conv(self.num_classes, (1, 1))
+    if 'variance' in self.heads:
+      self.variance = nn.Conv(1, (1, 1))
+    if 'confidence' in self.heads:
+      self.confidence = nn.Conv(1, (1, 1))
+
+  def _down(self, level: int) -> ConvBlock:
+    return getattr(self, f'ConvBlock_{level}')  # level == depth is the bottleneck
+
+  def _upsample(self, level: int) -> nn.ConvTranspose:
+    return getattr(self, f'ConvTranspose_{self.depth - 1 - level}')
+
+  def _up(self, level: int) -> ConvBlock:
+    return getattr(self, f'ConvBlock_{2 * self.depth - level}')
+
+  @property
+  def first_central_level(self) -> int:
+    """Encoder levels below this one have no dropout; ``depth`` means only the bottleneck."""
+    return self.depth - min(self.central_levels, self.depth)
+
+  def prefix(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """The deterministic layers before the first dropout.
+
+    Returns:
+      ``(h, skips)``: the first central block's output, not yet dropped out,
+      and the skip tensors of the non-central encoder levels.
+    """
     x = (x - 0.5) * 2.0
-    dropout = nn.Dropout(self.dropout_rate, deterministic=deterministic)
-    is_central = lambda level: level >= self.depth - self.central_levels
     skips = []
-    for level in range(self.depth):
-      x = ConvBlock(self.base_width * 2**level, self.norm)(x)
-      if is_central(level):
-        x = dropout(x)
+    for level in range(self.first_central_level):
+      x = self._down(level)(x)
       skips.append(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = dropout(ConvBlock(self.base_width * 2**self.depth, self.norm)(x))
+    return self._down(self.first_central_level)(x), tuple(skips)
+
+  def from_prefix(self, h: jax.Array, skips: tuple[jax.Array, ...], *,
+                  deterministic: bool = True) -> dict[str, jax.Array]:
+    """Everything after the prefix, starting with its dropout."""
+    drop = lambda t: self.Dropout_0(t, deterministic=deterministic)
+    skips = list(skips)
+    x = h
+    for level in range(self.first_central_level, self.depth):
+      if level > self.first_central_level:
+        x = self._down(level)(x)
+      x = drop(x)
+      skips.append(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    if self.first_central_level < self.depth:
+      x = self._down(self.depth)(x)
+    x = drop(x)
     for level in reversed(range(self.depth)):
-      x = nn.ConvTranspose(self.base_width * 2**level, (2, 2), strides=(2, 2))(x)
-      x = ConvBlock(self.base_width * 2**level, self.norm)(jnp.concatenate([x, skips[level]], -1))
-      if is_central(level):
-        x = dropout(x)
-    out = {'logits': nn.Conv(self.num_classes, (1, 1), name='logits')(x)}
+      x = self._upsample(level)(x)
+      x = self._up(level)(jnp.concatenate([x, skips[level]], -1))
+      if level >= self.first_central_level:
+        x = drop(x)
+    out = {'logits': self.logits(x)}
     if 'variance' in self.heads:
-      out['variance'] = nn.softplus(nn.Conv(1, (1, 1), name='variance')(x))[..., 0]
+      out['variance'] = nn.softplus(self.variance(x))[..., 0]
     if 'confidence' in self.heads:
-      out['confidence'] = nn.sigmoid(nn.Conv(1, (1, 1), name='confidence')(x))[..., 0]
+      out['confidence'] = nn.sigmoid(self.confidence(x))[..., 0]
     return out
+
+  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> dict[str, jax.Array]:
+    """Returns ``logits`` (N, H, W, C) and, if built, ``variance`` and ``confidence`` (N, H, W)."""
+    h, skips = self.prefix(x)
+    return self.from_prefix(h, skips, deterministic=deterministic)
 
 
 def create_unet(seg_config, heads: Sequence[str] = ()) -> UNet:

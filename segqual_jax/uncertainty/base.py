@@ -19,13 +19,8 @@ import jax.numpy as jnp
 import optax
 
 from segqual_jax.models import unet
-
-EPS = 1e-6
-
-
-def entropy(probs: jax.Array) -> jax.Array:
-  """Entropy over the last (class) axis, in nats."""
-  return -jnp.sum(probs * jnp.log(jnp.clip(probs, EPS, 1.0)), axis=-1)
+from segqual_jax.uncertainty import sampling
+from segqual_jax.uncertainty.sampling import EPS, entropy  # noqa: F401  (the methods' shared names)
 
 
 def purpose_keys(key: jax.Array) -> dict[str, jax.Array]:
@@ -77,3 +72,35 @@ class Method:
   def predict(self, params, images: jax.Array, key: jax.Array):
     """The method's own ``(probabilities, uncertainty map)``."""
     raise NotImplementedError
+
+  # Stochastic methods split their forward pass for the sampling engine: the
+  # deterministic part runs once per image, only the rest runs per key.
+
+  def sample_features(self, params, images: jax.Array) -> Any:
+    """The deterministic part of a sample, computed once per image."""
+    raise NotImplementedError(f'{self.name} does not sample')
+
+  def sample(self, params, features: Any, key: jax.Array) -> jax.Array:
+    """Class probabilities (N, H, W, C) of one sample drawn with ``key``."""
+    raise NotImplementedError(f'{self.name} does not sample')
+
+  def naive_sample(self, params, images: jax.Array, key: jax.Array) -> jax.Array:
+    """The same sample from the whole forward pass: the reference the engine must equal."""
+    return self.sample(params, self.sample_features(params, images), key)
+
+  def chunk_for(self, sample_fn, key: jax.Array, num_samples: int) -> int:
+    """The engine's chunk for this sampling run (``config.sampling``)."""
+    return sampling.resolve_chunk(self.config.sampling, sample_fn, key, num_samples)
+
+  def sample_summary(self, params, images: jax.Array, key: jax.Array, num_samples: int,
+                     keep_labels: bool = False, features: Any = None) -> dict[str, jax.Array]:
+    """``sampling.summarize`` of ``num_samples`` samples drawn from ``key``.
+
+    ``features`` may pass in ``sample_features(params, images)`` when the
+    caller needs them too, so the deterministic part still runs once.
+    """
+    if features is None:
+      features = self.sample_features(params, images)
+    sample_fn = lambda k: self.sample(params, features, k)
+    chunk = self.chunk_for(sample_fn, key, num_samples)
+    return sampling.summarize(sample_fn, key, num_samples, chunk, keep_labels)

@@ -6,16 +6,34 @@ one softplus channel per pixel (the paper's z). The network runs once: only the
 cheap logit perturbation is sampled, vectorised over keys.
 
 Test-time map (``config.uncertainty.hcnn_map``): ``'sigma'`` (default; the
-learned aleatoric scale, as in the paper) or ``'entropy'`` of the sampled mean.
-Probabilities are the sampled mean with ``hcnn_test_samples`` samples.
+learned aleatoric scale, as in the paper) or ``'entropy'`` of the expected
+probabilities. Those are the sampled mean over ``hcnn_test_samples`` draws of
+the noise, or, with ``hcnn_test_samples = 0``, the mean-field closed form
+(``mean_field_probs``), which costs nothing beyond the forward pass.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 
 from segqual_jax.uncertainty import base, sampling
+
+
+def mean_field_probs(logits: jax.Array, sigma: jax.Array) -> jax.Array:
+  """Closed-form E[softmax(logits + sigma * eps)], eps ~ N(0, I) per class.
+
+  The mean-field approximation of Lu, Ie & Sha (2020, "Mean-field
+  approximation to Gaussian-softmax integral"): p_k ~ 1 / sum_j exp(-(mu_k -
+  mu_j) / sqrt(1 + pi/8 (s_k^2 + s_j^2))). With one scale per pixel shared by
+  the classes, every pair has the same denominator and this is exactly
+  ``softmax(logits / sqrt(1 + pi/4 sigma^2))``; for two classes it is the
+  probit approximation of E[sigmoid(gap + sqrt(2) sigma eps)].
+  """
+  scale = jnp.sqrt(1.0 + (math.pi / 4.0) * jnp.square(sigma))[..., None]
+  return jax.nn.softmax(logits / scale)
 
 
 class Heteroscedastic(base.Method):
@@ -47,18 +65,27 @@ class Heteroscedastic(base.Method):
       gap = lesion - background
       return jax.nn.sigmoid(jnp.where(masks == 1, gap, -gap))
 
-    picked = sampling.mean_over_samples(true_class_prob, keys['noise'],
-                                        self.config.uncertainty.hcnn_train_samples,
-                                        self.config.sampling.chunk_size)
+    num_samples = self.config.uncertainty.hcnn_train_samples
+    chunk = self.chunk_for(true_class_prob, keys['noise'], num_samples)
+    picked = sampling.mean_over_samples(true_class_prob, keys['noise'], num_samples, chunk)
     loss = -jnp.log(jnp.clip(picked, base.EPS, 1.0)).mean()
     return loss, ({'loss': loss, 'sigma': out['variance'].mean()}, state)
 
+  def sample_features(self, params, images):
+    return self.apply(params, images)  # the network runs once; only the logits are noised
+
+  def sample(self, params, features, key):
+    del params
+    return jax.nn.softmax(jnp.stack(self._noisy_logits(features, key), -1))
+
   def predict(self, params, images, key):
-    out = self.apply(params, images)
-    sample = lambda k: jax.nn.softmax(jnp.stack(self._noisy_logits(out, k), -1))
-    probs = sampling.mean_over_samples(sample, base.purpose_keys(key)['noise'],
-                                       self.config.uncertainty.hcnn_test_samples,
-                                       self.config.sampling.chunk_size)
+    out = self.sample_features(params, images)
+    num_samples = self.config.uncertainty.hcnn_test_samples
+    if num_samples == 0:
+      probs = mean_field_probs(out['logits'], out['variance'])
+    else:
+      probs = self.sample_summary(params, images, base.purpose_keys(key)['noise'], num_samples,
+                                  features=out)['mean_probs']
     if self.config.uncertainty.hcnn_map == 'entropy':
       return probs, base.entropy(probs)
     return probs, out['variance']

@@ -1,12 +1,31 @@
-"""Memory-bounded Monte-Carlo averaging over RNG keys.
+"""The sampling engine: memory-bounded, vectorised Monte-Carlo over RNG keys.
 
-Every stochastic method (MC-dropout passes, HCNN logit noise) needs
-``mean_t g(key_t)`` for T keys. A plain ``vmap`` over all T keys holds T
-samples in memory at once and, on CPU, is slower than a Python loop; a Python
-loop re-dispatches T times. Here the keys are split once, ``vmap``-ed over
-chunks of ``chunk_size`` keys, and the chunks are visited by ``lax.scan`` with
-a running sum, so memory grows with the chunk, not with T, and the whole
-computation is one traced function that ``jit`` compiles once.
+Every stochastic method draws its samples here (MC-dropout passes, HCNN logit
+noise in the loss and at test time). Three choices make it fast:
+
+* **Chunks.** A Python loop re-dispatches T times; one ``vmap`` over all T
+  keys holds T samples at once and, on CPU, is slower than the loop (a T-times
+  larger working set falls out of cache). The engine splits the keys once,
+  ``vmap``-s over chunks of ``chunk`` keys and visits the chunks with
+  ``lax.scan``, so memory grows with the chunk, not with T, and the whole run
+  is one traced function that ``jit`` compiles once.
+* **Running sums.** The scan carries sums (mean probability, mean per-sample
+  entropy for the mutual information); per-sample label maps are kept, one
+  byte a pixel, only when a score asks for them.
+* **No work twice.** A method hands the engine only the stochastic part of
+  its forward pass (``Method.sample_features`` runs the deterministic part
+  once per image, see ``models/unet.py``).
+
+Sample t always uses key t of ``jax.random.split(key, T)``, whatever the
+chunk, so the chunk changes speed and memory but not the samples.
+
+The ``auto`` chunk rule (``config.sampling``): estimate one sample's working
+set as the bytes of every intermediate value in its traced program (an upper
+bound: XLA reuses buffers), and take the largest chunk whose working set fits
+a per-backend budget -- on CPU ``auto_cpu_budget_mb`` (cache-sized: larger
+chunks only thrash, measured in experiments/BENCHMARKS.md); on GPU/TPU the
+share ``auto_accelerator_memory_fraction`` of the device's memory, where wide
+chunks keep the device busy. Always 1 <= chunk <= T.
 """
 
 from __future__ import annotations
@@ -15,36 +34,132 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jax_core
+
+EPS = 1e-6  # probability floor inside logarithms
+
+# Assumed device memory for the auto rule when the backend does not report it.
+_DEFAULT_ACCELERATOR_BYTES = 16 * 2**30
+
+
+def entropy(probs: jax.Array) -> jax.Array:
+  """Entropy over the last (class) axis, in nats."""
+  return -jnp.sum(probs * jnp.log(jnp.clip(probs, EPS, 1.0)), axis=-1)
 
 
 def sample_keys(key: jax.Array, num_samples: int) -> jax.Array:
-  """The T keys of a sampling run; sample t of ``mean_over_samples`` uses key t."""
+  """The T keys of a sampling run; sample t uses key t."""
   return jax.random.split(key, num_samples)
 
 
-def mean_over_samples(sample_fn: Callable[[jax.Array], Any], key: jax.Array,
-                      num_samples: int, chunk_size: int) -> Any:
-  """Mean of ``sample_fn(k)`` over ``num_samples`` keys split from ``key``.
+def _jaxpr_bytes(jaxpr) -> int:
+  total = 0
+  for eqn in jaxpr.eqns:
+    for var in eqn.outvars:
+      aval = var.aval
+      if hasattr(aval, 'shape') and hasattr(aval, 'dtype'):
+        itemsize = getattr(aval.dtype, 'itemsize', 8)  # typed PRNG keys: 2 x uint32
+        total += int(np.prod(aval.shape, dtype=np.int64)) * itemsize
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      total += _jaxpr_bytes(sub)
+  return total
+
+
+def working_set_bytes(sample_fn: Callable[[jax.Array], Any], key: jax.Array) -> int:
+  """Bytes of all intermediate values of one ``sample_fn(key)`` (tracing only)."""
+  return _jaxpr_bytes(jax.make_jaxpr(sample_fn)(key).jaxpr)
+
+
+def _budget_bytes(sampling_config) -> float:
+  device = jax.devices()[0]
+  if device.platform == 'cpu':
+    return sampling_config.auto_cpu_budget_mb * 2**20
+  stats = device.memory_stats() or {}
+  total = stats.get('bytes_limit', _DEFAULT_ACCELERATOR_BYTES)
+  return sampling_config.auto_accelerator_memory_fraction * total
+
+
+def resolve_chunk(sampling_config, sample_fn: Callable[[jax.Array], Any], key: jax.Array,
+                  num_samples: int) -> int:
+  """The chunk for this run: ``config.sampling.chunk_size`` or the auto rule."""
+  setting = str(sampling_config.chunk_size)
+  if setting != 'auto':
+    return max(1, min(int(setting), num_samples))
+  per_sample = max(1, working_set_bytes(sample_fn, key))
+  return int(max(1, min(num_samples, _budget_bytes(sampling_config) // per_sample)))
+
+
+def scan_samples(sample_fn: Callable[[jax.Array], tuple[Any, Any]], key: jax.Array,
+                 num_samples: int, chunk: int) -> tuple[Any, Any]:
+  """Sums one part of every sample and keeps the other.
 
   Args:
-    sample_fn: key -> pytree of arrays (one sample).
-    key: base key; identical keys give identical results.
+    sample_fn: key -> ``(summed, kept)``, two pytrees of arrays (either may be
+      ``None``).
+    key: base key; sample t uses ``sample_keys(key, num_samples)[t]``.
     num_samples: T >= 1.
-    chunk_size: samples computed together by ``vmap`` (memory ~ chunk_size
-      samples); the remainder of T / chunk_size runs as one smaller chunk.
+    chunk: samples computed together by ``vmap`` (memory ~ chunk samples);
+      the remainder of T / chunk runs as one smaller chunk.
 
   Returns:
-    The pytree mean over the T samples.
+    ``(sum over the T samples of summed, kept stacked on a leading T axis)``.
   """
   keys = sample_keys(key, num_samples)
-  chunk = max(1, min(chunk_size, num_samples))
+  chunk = max(1, min(chunk, num_samples))
   num_full = num_samples // chunk
   batched = jax.vmap(sample_fn)
-  add_chunk = lambda acc, ks: jax.tree.map(lambda a, s: a + s.sum(0), acc, batched(ks))
-  shapes = jax.eval_shape(sample_fn, keys[0])
-  total = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  summed_shape, _ = jax.eval_shape(sample_fn, keys[0])
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), summed_shape)
+
+  def step(total, chunk_keys):
+    summed, kept = batched(chunk_keys)
+    return jax.tree.map(lambda a, s: a + s.sum(0), total, summed), kept
+
   full = keys[:num_full * chunk].reshape((num_full, chunk) + keys.shape[1:])
-  total, _ = jax.lax.scan(lambda acc, ks: (add_chunk(acc, ks), None), total, full)
+  total, kept = jax.lax.scan(step, zeros, full)
+  kept = jax.tree.map(lambda k: k.reshape((num_full * chunk,) + k.shape[2:]), kept)
   if num_full * chunk < num_samples:
-    total = add_chunk(total, keys[num_full * chunk:])
+    total, rest = step(total, keys[num_full * chunk:])
+    kept = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kept, rest)
+  return total, kept
+
+
+def mean_over_samples(sample_fn: Callable[[jax.Array], Any], key: jax.Array,
+                      num_samples: int, chunk: int) -> Any:
+  """Mean of the pytree ``sample_fn(k)`` over T keys split from ``key``."""
+  total, _ = scan_samples(lambda k: (sample_fn(k), None), key, num_samples, chunk)
   return jax.tree.map(lambda a: a / num_samples, total)
+
+
+def summarize(sample_fn: Callable[[jax.Array], jax.Array], key: jax.Array, num_samples: int,
+              chunk: int, keep_labels: bool = False) -> dict[str, jax.Array]:
+  """What every score needs from T probability samples, in bounded memory.
+
+  Args:
+    sample_fn: key -> class probabilities (N, H, W, C) of one sample.
+    key, num_samples, chunk: as in ``scan_samples``.
+    keep_labels: also return each sample's argmax label map.
+
+  Returns:
+    ``mean_probs`` (N, H, W, C); ``entropy`` of the mean (total uncertainty)
+    and ``expected_entropy`` (mean per-sample entropy, the aleatoric part),
+    both (N, H, W) in nats; ``mutual_information`` = their difference (the
+    epistemic part, clipped at 0 against rounding); with ``keep_labels``,
+    ``labels`` (T, N, H, W) uint8.
+  """
+  def one(k):
+    probs = sample_fn(k)
+    kept = probs.argmax(-1).astype(jnp.uint8) if keep_labels else None
+    return {'probs': probs, 'entropy': entropy(probs)}, kept
+
+  total, labels = scan_samples(one, key, num_samples, chunk)
+  mean_probs = total['probs'] / num_samples
+  expected_entropy = total['entropy'] / num_samples
+  total_entropy = entropy(mean_probs)
+  out = {'mean_probs': mean_probs, 'entropy': total_entropy,
+         'expected_entropy': expected_entropy,
+         'mutual_information': jnp.maximum(total_entropy - expected_entropy, 0.0)}
+  if keep_labels:
+    out['labels'] = labels
+  return out
