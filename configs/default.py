@@ -72,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_figure_cases = 3  # best and worst test cases shown in uncertainty_maps.png
 
   config.runtime = ml_collections.ConfigDict()
+  config.runtime.distributed = False  # multi-host: jax.distributed.initialize() first (TPU pods, multi-node GPU)
   config.runtime.threefry_partitionable = False  # True for sharded multi-device runs; False compiles ~5x faster on CPU
 
   config.testing = ml_collections.ConfigDict()

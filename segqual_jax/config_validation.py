@@ -95,6 +95,7 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('eval.fail_dice', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
       ('eval.fail_jaccard', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
       ('eval.num_figure_cases', _positive_int, 'must be >= 1'),
+      ('runtime.distributed', lambda v: isinstance(v, bool), 'must be True or False'),
       ('runtime.threefry_partitionable', lambda v: isinstance(v, bool), 'must be True or False'),
       ('testing.interrupt_at_step', _is_int, 'must be an integer'),
       ('testing.interrupt_signal', lambda v: v in ('SIGKILL', 'SIGINT'), 'must be SIGKILL or SIGINT'),

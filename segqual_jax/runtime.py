@@ -14,7 +14,13 @@ import jax
 
 
 def configure(config) -> None:
-  """Applies ``config.runtime`` to this process before anything is traced."""
+  """Applies ``config.runtime`` to this process before anything is traced.
+
+  With ``runtime.distributed`` it first joins the multi-host job
+  (``jax.distributed.initialize()``, once per process; see ``parallel.py``).
+  """
+  if config.runtime.distributed and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
   jax.config.update('jax_threefry_partitionable', bool(config.runtime.threefry_partitionable))
 
 

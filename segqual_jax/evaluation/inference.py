@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segqual_jax import parallel
 from segqual_jax.data import pipeline
 from segqual_jax.evaluation import segmentation
 
@@ -62,8 +63,10 @@ def predict_split(batch_predictor: Callable, params, split: pipeline.Split,
                   batch_size: int, key: jax.Array) -> SplitPredictions:
   """Runs ``batch_predictor`` over ``split`` in order; batch i uses ``fold_in(key, i)``."""
   outs = []
+  params = parallel.replicate(params)
   for i, (images, masks, valid) in enumerate(pipeline.eval_batches(batch_size, split.images, split.masks)):
-    result = jax.device_get(batch_predictor(params, images, masks, jax.random.fold_in(key, i)))
+    images, masks = parallel.shard_batch((images, masks))
+    result = parallel.fetch(batch_predictor(params, images, masks, jax.random.fold_in(key, i)))
     outs.append([np.asarray(r)[:valid] for r in result])
   if not outs:
     size = split.images.shape[1]

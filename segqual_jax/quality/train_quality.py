@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from segqual_jax import runtime
+from segqual_jax import parallel, runtime
 from segqual_jax.data import pipeline
 from segqual_jax.quality import labels as quality_labels
 from segqual_jax.quality import models
@@ -97,6 +97,7 @@ def train_quality(config, workdir: str) -> dict[str, dict]:
     ``{variant: final training summary}``.
   """
   runtime.configure(config)
+  parallel.check_batch_size(config.quality.batch_size, 'config.quality.batch_size')
   needed = {'holdout': ('quality',), 'train': ('train',), 'oof': ('train',)}[config.quality.label_source]
   splits = pipeline.load_splits(config.data, names=needed)
   split, labels = quality_labels.training_labels(config, workdir, splits)

@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from segqual_jax import parallel
+
 log = logging.getLogger(__name__)
 
 
@@ -31,8 +33,13 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def restore(self, target: Any) -> Any:
-    """The latest state, shaped like ``target`` (a real or ``eval_shape`` tree)."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    """The latest state, shaped like ``target`` (a real or ``eval_shape`` tree).
+
+    Restored replicated on every device of the mesh (``parallel.py``), the
+    layout training and prediction use.
+    """
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated()), target)
     return self._manager.restore(self._manager.latest_step(),
                                  args=ocp.args.StandardRestore(abstract))
 

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from segqual_jax import parallel
 from segqual_jax.config_validation import ConfigError, flatten
 from segqual_jax.training import checkpointing
 
@@ -193,12 +194,14 @@ def run(*, name: str, state: Any, train_step: Callable, batch_fn: Callable[[int]
     testing: ``config.testing`` (fault injection for tests) or None.
   """
   step = int(state['step'])
+  state = parallel.replicate(state)  # batches are split over the devices, the state is not
   progress = Progress(name, step, num_steps)
   sums: dict[str, float] = {}
   count = 0
   with _sigint_as_flag() as sigint:
     while step < num_steps:
-      state, metrics = train_step(state, *batch_fn(step))  # (batch, base_key)
+      batch, base_key = batch_fn(step)
+      state, metrics = train_step(state, parallel.shard_batch(batch), base_key)
       step += 1
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not math.isfinite(metrics['loss']):

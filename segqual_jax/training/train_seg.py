@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from segqual_jax import runtime, uncertainty
+from segqual_jax import parallel, runtime, uncertainty
 from segqual_jax.data import pipeline
 from segqual_jax.evaluation import inference
 from segqual_jax.training import checkpointing, loop
@@ -90,6 +90,8 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
   if (done := loop.completed(metrics_path, 'stage 1')) is not None:
     return done
 
+  parallel.check_batch_size(config.seg.batch_size, 'config.seg.batch_size')
+  parallel.check_batch_size(config.seg.eval_batch_size, 'config.seg.eval_batch_size')
   t_start = time.time()
   splits = pipeline.load_splits(config.data, names=('train', 'validation'))
   train, validation = train_split or splits['train'], splits['validation']

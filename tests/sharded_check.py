@@ -1,0 +1,53 @@
+"""Run by test_sharding.py in a process with 4 fake CPU devices.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/sharded_check.py WORKDIR
+
+Checks that sampling on a batch split over the 4-device mesh equals the same
+sampling on one device, then trains f end to end on the mesh into WORKDIR
+(the parent test compares that run with a one-device run).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import test as test_config  # noqa: E402
+from segqual_jax import parallel, runtime, uncertainty  # noqa: E402
+from segqual_jax.training import train_seg  # noqa: E402
+
+
+def check_sampling(config):
+  device0 = jax.devices()[0]
+  for method in ('mc_dropout', 'hcnn'):
+    config.method = method
+    m = uncertainty.create_method(config)
+    params = m.init_params(jax.random.key(0), config.data.image_size)
+    images = np.asarray(jax.random.uniform(jax.random.key(1), (8, 32, 32, 3)))
+    predict = jax.jit(m.predict)
+    key = jax.random.key(2)
+    one = predict(jax.device_put(params, device0), jax.device_put(images, device0), key)
+    sharded = predict(parallel.replicate(params), parallel.shard_batch(images), key)
+    for a, b in zip(one, sharded):
+      assert len(b.sharding.device_set) == 4, b.sharding
+      assert len(a.sharding.device_set) == 1, a.sharding
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    print(f'{method}: sharded prediction == one-device prediction')
+
+
+def main(workdir):
+  assert jax.device_count() == 4, jax.devices()
+  config = test_config.get_config()
+  config.data.data_dir = os.environ['SEGQUAL_DATA_DIR']
+  runtime.configure(config)
+  check_sampling(config)
+  config.method = 'mc_dropout'
+  train_seg.train_and_evaluate(config, workdir)
+  print('OK')
+
+
+if __name__ == '__main__':
+  main(sys.argv[1])
