@@ -2,6 +2,7 @@
 
   python main.py --config=configs/lce.py --workdir=runs/lce             # both stages + evaluation
   python main.py --config=configs/lce.py --workdir=runs/lce --mode=train_seg
+  python main.py --config=configs/bench.py --workdir=runs/bench --mode=bench  # sampling speed
 """
 
 import sys
@@ -12,13 +13,14 @@ from ml_collections import config_flags
 from segqual_jax import config_validation, runtime
 from segqual_jax.training import loop
 
-MODES = ('all', 'train_seg', 'train_quality', 'evaluate')
+MODES = ('all', 'train_seg', 'train_quality', 'evaluate', 'bench')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and outputs.')
 _MODE = flags.DEFINE_enum('mode', 'all', MODES,
                           'all: train_seg, train_quality and evaluate in order, each skipped '
-                          'when its output is already complete.')
+                          'when its output is already complete. bench: time the sampling '
+                          'engine against the naive loop (config.bench).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -36,10 +38,12 @@ def main(argv):
   from segqual_jax.evaluation import evaluate
   from segqual_jax.quality import train_quality
   from segqual_jax.training import train_seg
+  from segqual_jax.uncertainty import benchmark
   stages = {'train_seg': train_seg.train_and_evaluate,
             'train_quality': train_quality.train_quality,
-            'evaluate': evaluate.evaluate}
-  todo = list(stages) if _MODE.value == 'all' else [_MODE.value]
+            'evaluate': evaluate.evaluate,
+            'bench': benchmark.run}
+  todo = ['train_seg', 'train_quality', 'evaluate'] if _MODE.value == 'all' else [_MODE.value]
   try:
     for name in todo:
       stages[name](config, _WORKDIR.value)

@@ -50,8 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sampling = ml_collections.ConfigDict()
   config.sampling.chunk_size = 'auto'  # samples vmapped together (memory ~ chunk): 'auto' or an integer
-  config.sampling.auto_cpu_budget_mb = 64.0  # auto rule on CPU: largest chunk whose working set fits this
-  config.sampling.auto_accelerator_memory_fraction = 0.25  # auto rule on GPU/TPU: share of device memory
+  config.sampling.auto_accelerator_memory_fraction = 0.25  # auto on GPU/TPU: a chunk's share of device memory (CPU: chunk 1)
 
   config.quality = ml_collections.ConfigDict()
   config.quality.models = 'uncertainty,no_uncertainty,qualitynet'  # g variants to train, comma-separated
@@ -71,8 +70,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.fail_jaccard = 0.7  # ... or, second report, its Jaccard below this (the paper's)
   config.eval.num_figure_cases = 3  # best and worst test cases shown in uncertainty_maps.png
 
+  config.bench = ml_collections.ConfigDict()
+  config.bench.methods = 'mc_dropout,hcnn'  # stochastic methods to time, comma-separated
+  config.bench.cases = '128x8,64x8,64x32'  # image side x batch size; the first is the default case
+  config.bench.samples = (1, 5, 20, 50, 100)  # numbers of samples T (HCNN also gets T=0: closed form)
+  config.bench.repeats = 3  # timed runs per measurement after compilation; the median is reported
+  config.bench.matmul_size = 2048  # side of the float32 matmul that measures the FLOP/s peak
+  config.bench.chunk_sweep = (1, 2, 5, 10, 20)  # fixed chunks timed beside 'auto' (default case, configured T)
+  config.bench.quick = False  # True: one small case, narrow U-Net, few T (under a minute)
+  config.bench.quick_cases = '32x4'  # cases when quick
+  config.bench.quick_samples = (1, 5, 20)  # T when quick
+  config.bench.quick_repeats = 2  # repeats when quick
+  config.bench.quick_base_width = 8  # U-Net base width when quick
+  config.bench.quick_depth = 3  # U-Net depth when quick
+
   config.runtime = ml_collections.ConfigDict()
   config.runtime.distributed = False  # multi-host: jax.distributed.initialize() first (TPU pods, multi-node GPU)
+  config.runtime.coordinator_address = ''  # multi-host: host:port of process 0; '' = auto-detect (TPU, SLURM, Open MPI)
+  config.runtime.num_processes = 0  # multi-host: number of processes; 0 = auto-detect
+  config.runtime.process_id = -1  # multi-host: this process's index; -1 = auto-detect
   config.runtime.threefry_partitionable = False  # True for sharded multi-device runs; False compiles ~5x faster on CPU
 
   config.testing = ml_collections.ConfigDict()

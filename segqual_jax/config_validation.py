@@ -43,6 +43,20 @@ def _variants_ok(value: str) -> bool:
       'uncertainty', 'no_uncertainty', 'qualitynet'}
 
 
+def _positive_ints(value) -> bool:
+  return isinstance(value, (tuple, list)) and len(value) >= 1 and all(_positive_int(v) for v in value)
+
+
+def _cases_ok(value) -> bool:
+  if not isinstance(value, str) or not value.strip():
+    return False
+  for item in value.split(','):
+    parts = item.strip().lower().split('x')
+    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+      return False
+  return True
+
+
 def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
   return [
       ('seed', _is_int, 'must be an integer'),
@@ -75,7 +89,6 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('uncertainty.lce_lambda_init', lambda v: isinstance(v, (int, float)) and v > 0, 'must be > 0'),
       ('sampling.chunk_size', lambda v: v == 'auto' or (str(v).isdigit() and int(v) >= 1),
        'must be "auto" or a positive integer'),
-      ('sampling.auto_cpu_budget_mb', lambda v: isinstance(v, (int, float)) and v > 0, 'must be > 0'),
       ('sampling.auto_accelerator_memory_fraction',
        lambda v: isinstance(v, (int, float)) and 0 < v <= 1, 'must be in (0, 1]'),
       ('quality.models', lambda v: isinstance(v, str) and _variants_ok(v),
@@ -95,7 +108,24 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('eval.fail_dice', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
       ('eval.fail_jaccard', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
       ('eval.num_figure_cases', _positive_int, 'must be >= 1'),
+      ('bench.methods', lambda v: isinstance(v, str) and bool(v.strip()) and all(
+          m.strip() in ('mc_dropout', 'hcnn') for m in v.split(',') if m.strip()),
+       'must be a comma-separated subset of mc_dropout,hcnn'),
+      ('bench.cases', _cases_ok, 'must be comma-separated SIZExBATCH items, e.g. 128x8,64x32'),
+      ('bench.quick_cases', _cases_ok, 'must be comma-separated SIZExBATCH items, e.g. 32x4'),
+      ('bench.samples', _positive_ints, 'must be a non-empty tuple of positive integers'),
+      ('bench.quick_samples', _positive_ints, 'must be a non-empty tuple of positive integers'),
+      ('bench.chunk_sweep', _positive_ints, 'must be a non-empty tuple of positive integers'),
+      ('bench.repeats', _positive_int, 'must be >= 1'),
+      ('bench.quick_repeats', _positive_int, 'must be >= 1'),
+      ('bench.matmul_size', _positive_int, 'must be >= 1'),
+      ('bench.quick_base_width', _positive_int, 'must be >= 1'),
+      ('bench.quick_depth', _positive_int, 'must be >= 1'),
+      ('bench.quick', lambda v: isinstance(v, bool), 'must be True or False'),
       ('runtime.distributed', lambda v: isinstance(v, bool), 'must be True or False'),
+      ('runtime.coordinator_address', lambda v: isinstance(v, str), 'must be a string (host:port)'),
+      ('runtime.num_processes', lambda v: _is_int(v) and v >= 0, 'must be >= 0 (0: auto-detect)'),
+      ('runtime.process_id', lambda v: _is_int(v) and v >= -1, 'must be >= -1 (-1: auto-detect)'),
       ('runtime.threefry_partitionable', lambda v: isinstance(v, bool), 'must be True or False'),
       ('testing.interrupt_at_step', _is_int, 'must be an integer'),
       ('testing.interrupt_signal', lambda v: v in ('SIGKILL', 'SIGINT'), 'must be SIGKILL or SIGINT'),

@@ -19,8 +19,12 @@ def configure(config) -> None:
   With ``runtime.distributed`` it first joins the multi-host job
   (``jax.distributed.initialize()``, once per process; see ``parallel.py``).
   """
-  if config.runtime.distributed and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  rt = config.runtime
+  if rt.distributed and not jax.distributed.is_initialized():
+    given = {'coordinator_address': rt.coordinator_address or None,
+             'num_processes': rt.num_processes if rt.num_processes > 0 else None,
+             'process_id': rt.process_id if rt.process_id >= 0 else None}
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
   jax.config.update('jax_threefry_partitionable', bool(config.runtime.threefry_partitionable))
 
 

@@ -3,8 +3,8 @@
   XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/sharded_check.py WORKDIR
 
 Checks that sampling on a batch split over the 4-device mesh equals the same
-sampling on one device, then trains f end to end on the mesh into WORKDIR
-(the parent test compares that run with a one-device run).
+sampling on one device, then runs both stages and the evaluation on the mesh
+into WORKDIR (the parent test compares its f with a one-device run).
 """
 
 import os
@@ -17,6 +17,8 @@ import numpy as np  # noqa: E402
 
 from configs import test as test_config  # noqa: E402
 from segqual_jax import parallel, runtime, uncertainty  # noqa: E402
+from segqual_jax.evaluation import evaluate  # noqa: E402
+from segqual_jax.quality import train_quality  # noqa: E402
 from segqual_jax.training import train_seg  # noqa: E402
 
 
@@ -46,6 +48,10 @@ def main(workdir):
   check_sampling(config)
   config.method = 'mc_dropout'
   train_seg.train_and_evaluate(config, workdir)
+  config.quality.models = 'uncertainty'
+  train_quality.train_quality(config, workdir)
+  metrics = evaluate.evaluate(config, workdir)
+  print(f"evaluated on the mesh: {len(metrics['quality_models'])} quality model(s)")
   print('OK')
 
 

@@ -26,7 +26,7 @@ def _toy_sample(k):
 def test_summarize_matches_python_loop(num_samples, chunk):
   key = jax.random.key(4)
   got = jax.jit(lambda k: sampling.summarize(_toy_sample, k, num_samples, chunk,
-                                             keep_labels=True))(key)
+                                             keep_labels=True, expected_entropy=True))(key)
   samples = np.stack([_toy_sample(k) for k in sampling.sample_keys(key, num_samples)])
   mean = samples.mean(0)
   np.testing.assert_allclose(got['mean_probs'], mean, rtol=1e-5, atol=1e-6)
@@ -39,9 +39,9 @@ def test_summarize_matches_python_loop(num_samples, chunk):
   np.testing.assert_array_equal(got['labels'], samples.argmax(-1))
 
 
-def test_labels_only_when_asked():
+def test_only_what_is_asked_is_returned():
   got = sampling.summarize(_toy_sample, jax.random.key(0), 3, 2)
-  assert 'labels' not in got
+  assert set(got) == {'mean_probs', 'entropy'}
 
 
 def test_mc_dropout_prefix_reuse_gives_the_naive_samples(config):
@@ -84,7 +84,7 @@ def test_mc_dropout_mutual_information_map(config):
   key = jax.random.key(2)
   _, umap = jax.jit(m.predict)(params, images, key)
   summary = jax.jit(lambda k: m.sample_summary(
-      params, images, base.purpose_keys(k)['dropout'], 4))(key)
+      params, images, base.purpose_keys(k)['dropout'], 4, expected_entropy=True))(key)
   np.testing.assert_allclose(umap, summary['mutual_information'], atol=1e-6)
   assert float(umap.max()) > 0 and bool(jnp.all(umap <= summary['entropy'] + 1e-6))
 
@@ -118,17 +118,17 @@ def test_hcnn_predict_with_zero_samples_is_the_closed_form(config):
 
 
 def test_chunk_rule(config):
-  """Fixed chunks are clipped to T; auto grows with the budget and shrinks with the work."""
+  """Fixed chunks are clipped to T; auto is 1 on CPU and, on accelerators,
+  grows with the memory budget and shrinks with the work per sample."""
   config.sampling.chunk_size = '8'
   assert sampling.resolve_chunk(config.sampling, _toy_sample, jax.random.key(0), 5) == 5
   config.sampling.chunk_size = 'auto'
+  assert sampling.resolve_chunk(config.sampling, _toy_sample, jax.random.key(0), 100) == 1
   per_sample = sampling.working_set_bytes(_toy_sample, jax.random.key(0))
   assert per_sample >= 3 * 4 * 5 * 2 * 4  # at least the output
-  config.sampling.auto_cpu_budget_mb = 3 * per_sample / 2**20
-  assert sampling.resolve_chunk(config.sampling, _toy_sample, jax.random.key(0), 100) == 3
-  assert sampling.resolve_chunk(config.sampling, _toy_sample, jax.random.key(0), 2) == 2
-  config.sampling.auto_cpu_budget_mb = 1e-6
-  assert sampling.resolve_chunk(config.sampling, _toy_sample, jax.random.key(0), 100) == 1
+  assert sampling.accelerator_chunk(per_sample, 12 * per_sample, 0.25, 100) == 3
+  assert sampling.accelerator_chunk(per_sample, 12 * per_sample, 0.25, 2) == 2
+  assert sampling.accelerator_chunk(per_sample, per_sample, 0.25, 100) == 1
   m, params, images = _setup(config, 'mc_dropout', batch=1)
   _, _, images4 = _setup(config, 'mc_dropout', batch=4)
   work = lambda x: sampling.working_set_bytes(

@@ -27,6 +27,7 @@ def test_four_device_run_equals_one_device_run(config, tmp_path):
   assert r.returncode == 0 and r.stdout.strip().endswith('OK'), r.stdout + r.stderr
   assert 'mc_dropout: sharded prediction == one-device prediction' in r.stdout
   assert 'hcnn: sharded prediction == one-device prediction' in r.stdout
+  assert 'evaluated on the mesh: 1 quality model(s)' in r.stdout
 
   single_dir = str(tmp_path / 'one')
   assert jax.device_count() == 1

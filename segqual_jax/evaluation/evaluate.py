@@ -20,7 +20,7 @@ import os
 import jax
 import numpy as np
 
-from segqual_jax import runtime
+from segqual_jax import parallel, runtime
 from segqual_jax.data import pipeline
 from segqual_jax.evaluation import figures, quality_metrics, report
 from segqual_jax.quality import labels as quality_labels
@@ -46,7 +46,8 @@ def predict_quality(config, workdir: str, variant: str, split: pipeline.Split, l
   out = []
   for images, preds, umaps, valid in pipeline.eval_batches(
       config.seg.eval_batch_size, split.images, labels.predictions, labels.uncertainty):
-    out.append(np.asarray(predict(params, method_state, images, preds, umaps))[:valid])
+    batch = parallel.shard_batch((images, preds, umaps))
+    out.append(np.asarray(parallel.fetch(predict(params, method_state, *batch)))[:valid])
   return np.concatenate(out) if out else np.zeros(0)
 
 

@@ -93,7 +93,8 @@ class Method:
     return sampling.resolve_chunk(self.config.sampling, sample_fn, key, num_samples)
 
   def sample_summary(self, params, images: jax.Array, key: jax.Array, num_samples: int,
-                     keep_labels: bool = False, features: Any = None) -> dict[str, jax.Array]:
+                     keep_labels: bool = False, expected_entropy: bool = False,
+                     features: Any = None) -> dict[str, jax.Array]:
     """``sampling.summarize`` of ``num_samples`` samples drawn from ``key``.
 
     ``features`` may pass in ``sample_features(params, images)`` when the
@@ -103,4 +104,4 @@ class Method:
       features = self.sample_features(params, images)
     sample_fn = lambda k: self.sample(params, features, k)
     chunk = self.chunk_for(sample_fn, key, num_samples)
-    return sampling.summarize(sample_fn, key, num_samples, chunk, keep_labels)
+    return sampling.summarize(sample_fn, key, num_samples, chunk, keep_labels, expected_entropy)

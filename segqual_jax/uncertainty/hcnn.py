@@ -76,7 +76,11 @@ class Heteroscedastic(base.Method):
 
   def sample(self, params, features, key):
     del params
-    return jax.nn.softmax(jnp.stack(self._noisy_logits(features, key), -1))
+    noisy = self._noisy_logits(features, key)
+    if len(noisy) == 2:  # the same softmax, as one sigmoid of the gap instead of 2 exps and a division
+      lesion = jax.nn.sigmoid(noisy[1] - noisy[0])
+      return jnp.stack([1.0 - lesion, lesion], -1)
+    return jax.nn.softmax(jnp.stack(noisy, -1))
 
   def predict(self, params, images, key):
     out = self.sample_features(params, images)

@@ -32,6 +32,8 @@ class MCDropout(base.Method):
     return jax.nn.softmax(self.apply(params, images, dropout_key=key)['logits'])
 
   def predict(self, params, images, key):
+    mc_map = self.config.uncertainty.mc_map
     summary = self.sample_summary(params, images, base.purpose_keys(key)['dropout'],
-                                  self.config.uncertainty.mc_samples)
-    return summary['mean_probs'], summary[self.config.uncertainty.mc_map]
+                                  self.config.uncertainty.mc_samples,
+                                  expected_entropy=mc_map == 'mutual_information')
+    return summary['mean_probs'], summary[mc_map]

@@ -19,13 +19,19 @@ noise in the loss and at test time). Three choices make it fast:
 Sample t always uses key t of ``jax.random.split(key, T)``, whatever the
 chunk, so the chunk changes speed and memory but not the samples.
 
-The ``auto`` chunk rule (``config.sampling``): estimate one sample's working
-set as the bytes of every intermediate value in its traced program (an upper
-bound: XLA reuses buffers), and take the largest chunk whose working set fits
-a per-backend budget -- on CPU ``auto_cpu_budget_mb`` (cache-sized: larger
-chunks only thrash, measured in experiments/BENCHMARKS.md); on GPU/TPU the
-share ``auto_accelerator_memory_fraction`` of the device's memory, where wide
-chunks keep the device busy. Always 1 <= chunk <= T.
+The ``auto`` chunk rule (``config.sampling.chunk_size='auto'``), per backend:
+
+* CPU: 1 -- a ``scan`` over single samples. XLA already spreads each
+  operation over the cores, and wider chunks only enlarge the working set:
+  the chunk sweep in experiments/BENCHMARKS.md finds chunk 1 fastest for both
+  the convolution-bound MC-dropout sampler and the RNG-bound HCNN one.
+* GPU/TPU: the largest chunk whose working set fits the share
+  ``auto_accelerator_memory_fraction`` of the device's memory (wide chunks
+  keep the device busy). One sample's working set is estimated as the bytes
+  of every intermediate value of its traced program -- an upper bound, since
+  XLA fuses and reuses buffers, so the rule errs towards smaller chunks.
+
+Always 1 <= chunk <= T.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from jax.extend import core as jax_core
 
 EPS = 1e-6  # probability floor inside logarithms
 
-# Assumed device memory for the auto rule when the backend does not report it.
+# Device memory the auto rule assumes when an accelerator does not report it.
 _DEFAULT_ACCELERATOR_BYTES = 16 * 2**30
 
 
@@ -71,23 +77,26 @@ def working_set_bytes(sample_fn: Callable[[jax.Array], Any], key: jax.Array) -> 
   return _jaxpr_bytes(jax.make_jaxpr(sample_fn)(key).jaxpr)
 
 
-def _budget_bytes(sampling_config) -> float:
-  device = jax.devices()[0]
-  if device.platform == 'cpu':
-    return sampling_config.auto_cpu_budget_mb * 2**20
-  stats = device.memory_stats() or {}
-  total = stats.get('bytes_limit', _DEFAULT_ACCELERATOR_BYTES)
-  return sampling_config.auto_accelerator_memory_fraction * total
+def accelerator_chunk(per_sample_bytes: int, memory_bytes: float, memory_fraction: float,
+                      num_samples: int) -> int:
+  """The largest chunk whose working set fits ``memory_fraction`` of the device."""
+  budget = memory_fraction * memory_bytes
+  return int(max(1, min(num_samples, budget // max(1, per_sample_bytes))))
 
 
 def resolve_chunk(sampling_config, sample_fn: Callable[[jax.Array], Any], key: jax.Array,
                   num_samples: int) -> int:
-  """The chunk for this run: ``config.sampling.chunk_size`` or the auto rule."""
+  """The chunk for this run: ``config.sampling.chunk_size`` or the auto rule (module doc)."""
   setting = str(sampling_config.chunk_size)
   if setting != 'auto':
     return max(1, min(int(setting), num_samples))
-  per_sample = max(1, working_set_bytes(sample_fn, key))
-  return int(max(1, min(num_samples, _budget_bytes(sampling_config) // per_sample)))
+  device = jax.devices()[0]
+  if device.platform == 'cpu':
+    return 1
+  stats = device.memory_stats() or {}
+  return accelerator_chunk(working_set_bytes(sample_fn, key),
+                           stats.get('bytes_limit', _DEFAULT_ACCELERATOR_BYTES),
+                           sampling_config.auto_accelerator_memory_fraction, num_samples)
 
 
 def scan_samples(sample_fn: Callable[[jax.Array], tuple[Any, Any]], key: jax.Array,
@@ -133,33 +142,49 @@ def mean_over_samples(sample_fn: Callable[[jax.Array], Any], key: jax.Array,
 
 
 def summarize(sample_fn: Callable[[jax.Array], jax.Array], key: jax.Array, num_samples: int,
-              chunk: int, keep_labels: bool = False) -> dict[str, jax.Array]:
-  """What every score needs from T probability samples, in bounded memory.
+              chunk: int, keep_labels: bool = False,
+              expected_entropy: bool = False) -> dict[str, jax.Array]:
+  """What the scores need from T probability samples, in bounded memory.
+
+  Only what is asked for is computed: a per-sample entropy costs a log per
+  pixel and class per sample, which is most of the work of a cheap sampler
+  such as HCNN's logit noise.
 
   Args:
     sample_fn: key -> class probabilities (N, H, W, C) of one sample.
     key, num_samples, chunk: as in ``scan_samples``.
     keep_labels: also return each sample's argmax label map.
+    expected_entropy: also return the mean per-sample entropy and the mutual
+      information.
 
   Returns:
-    ``mean_probs`` (N, H, W, C); ``entropy`` of the mean (total uncertainty)
-    and ``expected_entropy`` (mean per-sample entropy, the aleatoric part),
-    both (N, H, W) in nats; ``mutual_information`` = their difference (the
+    ``mean_probs`` (N, H, W, C) and ``entropy`` of the mean (total
+    uncertainty, nats, (N, H, W)); with ``expected_entropy``, that (the
+    aleatoric part) and ``mutual_information`` = their difference (the
     epistemic part, clipped at 0 against rounding); with ``keep_labels``,
     ``labels`` (T, N, H, W) uint8.
   """
+  num_classes = jax.eval_shape(sample_fn, key).shape[-1]
+  binary = num_classes == 2
+
   def one(k):
     probs = sample_fn(k)
+    # Two classes: carry p(lesion) alone. XLA then never builds the (.., 2)
+    # array per sample, which halved HCNN's sampling time here.
+    summed = {'probs': probs[..., 1] if binary else probs}
+    if expected_entropy:
+      summed['entropy'] = entropy(probs)
     kept = probs.argmax(-1).astype(jnp.uint8) if keep_labels else None
-    return {'probs': probs, 'entropy': entropy(probs)}, kept
+    return summed, kept
 
   total, labels = scan_samples(one, key, num_samples, chunk)
   mean_probs = total['probs'] / num_samples
-  expected_entropy = total['entropy'] / num_samples
-  total_entropy = entropy(mean_probs)
-  out = {'mean_probs': mean_probs, 'entropy': total_entropy,
-         'expected_entropy': expected_entropy,
-         'mutual_information': jnp.maximum(total_entropy - expected_entropy, 0.0)}
+  if binary:
+    mean_probs = jnp.stack([1.0 - mean_probs, mean_probs], -1)
+  out = {'mean_probs': mean_probs, 'entropy': entropy(mean_probs)}
+  if expected_entropy:
+    out['expected_entropy'] = total['entropy'] / num_samples
+    out['mutual_information'] = jnp.maximum(out['entropy'] - out['expected_entropy'], 0.0)
   if keep_labels:
     out['labels'] = labels
   return out
