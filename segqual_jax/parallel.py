@@ -10,16 +10,16 @@ the gradient mean becomes an all-reduce. One device is the special case of
 a one-device mesh, so there is no second code path.
 
 Multi-host (TPU pods, multi-node GPU): set ``config.runtime.distributed``;
-``runtime.configure`` then calls ``jax.distributed.initialize()`` (on Cloud
-TPU and SLURM it finds the coordinator itself; elsewhere set
-``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``)
-before anything else touches JAX, and launch the same command on every host.
-Every process computes the same global batch indices (they are a pure
+``runtime.configure`` then calls ``jax.distributed.initialize()`` before
+anything else touches JAX (Cloud TPU, SLURM and Open MPI are detected;
+elsewhere ``runtime.coordinator_address``, ``num_processes`` and
+``process_id`` say where the processes meet), and the same command runs on
+every host. Every process computes the same global batch indices (a pure
 function of the step), keeps its own contiguous block of rows, and
 ``jax.make_array_from_process_local_data`` assembles the global array;
-results are gathered back with ``process_allgather``. Set
-``config.runtime.threefry_partitionable=True`` there, so each device draws
-only its own random bits.
+results come back whole with ``process_allgather``; only process 0 writes
+files (``artifacts.py``). Set ``config.runtime.threefry_partitionable=True``
+there, so each device draws only its own random bits.
 """
 
 from __future__ import annotations
@@ -82,6 +82,12 @@ def replicated() -> NamedSharding:
 def replicate(tree: Any) -> Any:
   """Places a pytree (training state, keys) in full on every device."""
   return jax.device_put(tree, replicated())
+
+
+def barrier(name: str) -> None:
+  """Waits until every process of a multi-host job gets here (no-op on one host)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def fetch(tree: Any) -> Any:

@@ -24,6 +24,8 @@ def configure(config) -> None:
     given = {'coordinator_address': rt.coordinator_address or None,
              'num_processes': rt.num_processes if rt.num_processes > 0 else None,
              'process_id': rt.process_id if rt.process_id >= 0 else None}
+    # CPU processes exchange collectives over gloo (accelerators use their own).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
   jax.config.update('jax_threefry_partitionable', bool(config.runtime.threefry_partitionable))
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
+from segqual_jax import artifacts, parallel
 from segqual_jax.data import builders
 
 
@@ -36,7 +37,9 @@ def load_splits(data_config, names=builders.SPLITS) -> dict[str, Split]:
     raise ValueError(f'config.data.name={data_config.name!r}: only "synthetic" is available')
   tfds.disable_progress_bar()  # our own log lines say what is happening
   builder = builders.synthetic_builder(data_config)
-  builder.download_and_prepare()
+  if artifacts.is_writer():  # one process of a multi-host job prepares; the others wait
+    builder.download_and_prepare()
+  parallel.barrier('data prepared')
   sources = builder.as_data_source()
   out = {}
   for name in names:

@@ -20,7 +20,7 @@ import os
 import jax
 import numpy as np
 
-from segqual_jax import parallel, runtime
+from segqual_jax import artifacts, parallel, runtime
 from segqual_jax.data import pipeline
 from segqual_jax.evaluation import figures, quality_metrics, report
 from segqual_jax.quality import labels as quality_labels
@@ -30,13 +30,6 @@ from segqual_jax.training import loop
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-
-
-def _write_text(path: str, text: str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def predict_quality(config, workdir: str, variant: str, split: pipeline.Split, labels) -> np.ndarray:
@@ -90,7 +83,7 @@ def evaluate(config, workdir: str) -> dict:
             f'({len(test)} cases, {config.data.name} data)\n\n'
             f'f: mean Dice {seg["mean_dice"]:.3f}, mean Jaccard {seg["mean_jaccard"]:.3f}; '
             f'g predicts {config.quality.target}, trained on {config.quality.label_source} labels.\n')
-  _write_text(os.path.join(workdir, 'table.md'), header + table)
+  artifacts.write_text(os.path.join(workdir, 'table.md'), header + table)
 
   buf = io.StringIO()
   writer = csv.writer(buf)
@@ -98,7 +91,7 @@ def evaluate(config, workdir: str) -> dict:
   for i in range(len(test)):
     writer.writerow([i, f'{labels.dice[i]:.5f}', f'{labels.jaccard[i]:.5f}',
                      *[f'{p[i]:.5f}' for p in predicted.values()]])
-  _write_text(os.path.join(workdir, 'predictions.csv'), buf.getvalue())
+  artifacts.write_text(os.path.join(workdir, 'predictions.csv'), buf.getvalue())
 
   true_target = labels.jaccard if config.quality.target == 'jaccard' else labels.dice
   equivalent = fail_d / (2 - fail_d) if config.quality.target == 'jaccard' else fail_d
@@ -111,6 +104,6 @@ def evaluate(config, workdir: str) -> dict:
                            labels.predictions, labels.uncertainty, labels.dice,
                            config.eval.num_figure_cases)
   figures.risk_coverage(os.path.join(workdir, 'risk_coverage.png'), predicted, 1.0 - labels.dice)
-  loop.write_json(metrics_path, result)  # last: its presence marks the stage complete
+  artifacts.write_json(metrics_path, result)  # last: its presence marks the stage complete
   log.info('evaluation written to %s\n%s', workdir, header + table)
   return result

@@ -6,7 +6,6 @@ a temporary file and renamed, so a crash never leaves a truncated PNG.
 
 from __future__ import annotations
 
-import os
 
 import matplotlib
 
@@ -14,14 +13,14 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from segqual_jax import artifacts  # noqa: E402
 from segqual_jax.evaluation import quality_metrics  # noqa: E402
 
 
 def _save(fig, path: str) -> None:
-  tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=110, bbox_inches='tight')
+  artifacts.write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches='tight'),
+                         suffix='.tmp.png')
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def overlay(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -7,14 +7,13 @@ prediction, the uncertainty map, and the true Dice / Jaccard of each case).
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segqual_jax import parallel
+from segqual_jax import artifacts, parallel
 from segqual_jax.data import pipeline
 from segqual_jax.evaluation import segmentation
 
@@ -29,9 +28,8 @@ class SplitPredictions:
 
   def save(self, path: str) -> None:
     """Writes an .npz atomically: a crash never leaves a file that looks complete."""
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, **dataclasses.asdict(self))
-    os.replace(tmp, path)
+    artifacts.write_atomic(path, lambda tmp: np.savez(tmp, **dataclasses.asdict(self)),
+                           suffix='.tmp.npz')
 
   @classmethod
   def load(cls, path: str) -> 'SplitPredictions':

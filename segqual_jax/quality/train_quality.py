@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from segqual_jax import parallel, runtime
+from segqual_jax import artifacts, parallel, runtime
 from segqual_jax.data import pipeline
 from segqual_jax.quality import labels as quality_labels
 from segqual_jax.quality import models
@@ -133,7 +133,7 @@ def train_quality(config, workdir: str) -> dict[str, dict]:
       return (split.images[idx], labels.predictions[idx], labels.uncertainty[idx], targets[idx]), step_key
 
     def epoch_end_fn(state, epoch, train_metrics, variant=variant, log_path=log_path):
-      loop.append_jsonl(log_path, {'epoch': epoch, 'step': int(state['step']),
+      artifacts.append_jsonl(log_path, {'epoch': epoch, 'step': int(state['step']),
                                    **{f'train_{k}': v for k, v in train_metrics.items()}})
       log.info('quality %s epoch %d: train RMSE %.4f', variant, epoch, train_metrics['rmse'])
 
@@ -146,5 +146,5 @@ def train_quality(config, workdir: str) -> dict[str, dict]:
     results[variant] = {'variant': variant, 'steps': num_steps, 'num_cases': int(len(targets)),
                         'label_source': config.quality.label_source,
                         'z_scale': z_scale, 'wall_time_s': round(time.time() - t_start, 1)}
-    loop.write_json(done_path, results[variant])
+    artifacts.write_json(done_path, results[variant])
   return results

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from segqual_jax import parallel
+from segqual_jax import artifacts, parallel
 from segqual_jax.config_validation import ConfigError, flatten
 from segqual_jax.training import checkpointing
 
@@ -92,8 +92,7 @@ def prepare_stage_dir(out_dir: str, config, depends_on: tuple[str, ...] | None =
       details = ', '.join(f'config.{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in diff)
       raise ConfigError(f'{path} was written by a run with a different config ({details}). '
                         'Use a new --workdir, or the original config to resume.')
-  with open(path, 'w') as f:
-    f.write(config.to_json(indent=2))
+  artifacts.write_text(path, config.to_json(indent=2))
 
 
 class TrainingInterrupted(RuntimeError):
@@ -152,30 +151,12 @@ def _sigint_as_flag():
     signal.signal(signal.SIGINT, previous)
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temp file + rename): never a half-written file."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
-def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
-
-
 def completed(path: str, what: str) -> Any | None:
   """The output of a stage whose completion file ``path`` exists (logged), else None."""
   if not os.path.exists(path):
     return None
   log.info('%s already complete (%s); skipping', what, path)
-  return read_json(path)
-
-
-def append_jsonl(path: str, record: dict[str, Any]) -> None:
-  with open(path, 'a') as f:
-    f.write(json.dumps(record) + '\n')
+  return artifacts.read_json(path)
 
 
 def run(*, name: str, state: Any, train_step: Callable, batch_fn: Callable[[int], tuple],

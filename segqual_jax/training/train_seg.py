@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from segqual_jax import parallel, runtime, uncertainty
+from segqual_jax import artifacts, parallel, runtime, uncertainty
 from segqual_jax.data import pipeline
 from segqual_jax.evaluation import inference
 from segqual_jax.training import checkpointing, loop
@@ -123,7 +123,7 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
     record = {'epoch': epoch, 'step': int(state['step']), 'time_s': round(time.time() - t_start, 1),
               **{f'train_{k}': v for k, v in train_metrics.items()},
               'val_dice': val['mean_dice'], 'val_jaccard': val['mean_jaccard']}
-    loop.append_jsonl(log_path, record)
+    artifacts.append_jsonl(log_path, record)
     log.info('epoch %d: train loss %.4f | val Dice %.4f Jaccard %.4f', epoch,
                  train_metrics.get('loss', float('nan')), val['mean_dice'], val['mean_jaccard'])
 
@@ -138,6 +138,6 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
                                   config.seg.eval_batch_size, eval_key)
   summary = {'method': config.method, 'split': 'validation', 'steps': num_steps,
              **final.summary(), 'wall_time_s': round(time.time() - t_start, 1)}
-  loop.write_json(metrics_path, summary)
+  artifacts.write_json(metrics_path, summary)
   log.info('stage 1 done (%s): %s', config.method, json.dumps(summary))
   return summary

@@ -24,7 +24,6 @@ needs at its peak). Results go to ``<workdir>/bench.json`` and ``bench.md``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -34,7 +33,7 @@ from typing import Any, Callable
 
 import jax
 
-from segqual_jax import runtime, uncertainty
+from segqual_jax import artifacts, runtime, uncertainty
 from segqual_jax.uncertainty import base, sampling
 
 log = logging.getLogger(__name__)
@@ -273,8 +272,6 @@ def markdown(result: dict) -> str:
 
 def run(config, workdir: str) -> dict:
   """Runs the benchmark described by ``config.bench``; writes bench.json and bench.md."""
-  from segqual_jax.training import loop as training_loop  # atomic JSON writer
-
   runtime.configure(config)
   bench = config.bench
   quick = bench.quick
@@ -310,11 +307,8 @@ def run(config, workdir: str) -> dict:
       'chunk_sweep': sweep,
       'targets': targets(rows, cases[0]), 'wall_time_s': round(time.time() - t0, 1),
   }
-  training_loop.write_json(os.path.join(workdir, 'bench.json'), result)
+  artifacts.write_json(os.path.join(workdir, 'bench.json'), result)
   text = markdown(result)
-  tmp = os.path.join(workdir, 'bench.md.tmp')
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, os.path.join(workdir, 'bench.md'))
+  artifacts.write_text(os.path.join(workdir, 'bench.md'), text)
   print(text)
   return result
