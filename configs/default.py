@@ -17,11 +17,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.method = 'msp'  # uncertainty method: msp | mc_dropout | hcnn | lce
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = 'synthetic'  # data set: synthetic (embedded generator)
+  config.data.name = 'synthetic'  # data set: synthetic (embedded generator) | folder | isic2017
+  config.data.root = ''  # folder: dir with images/ and masks/; isic2017: the official download (manual dir)
+  config.data.splits = ''  # split lists 'train=a.txt,validation=b.txt,...' relative to root; '' = official / seeded 60-10-15-15
   config.data.data_dir = ''  # TFDS data dir for prepared data; '' = TFDS default (~/tensorflow_datasets)
   config.data.image_size = 64  # square image side in pixels
-  config.data.seed = 0  # generator seed: which synthetic data set (fixed across model seeds)
-  config.data.num_train = 1000  # images f trains on
+  config.data.seed = 0  # synthetic: generator seed (fixed across model seeds); folder: seed of the default split
+  config.data.num_train = 1000  # synthetic: images f trains on (real data: the split lists decide)
   config.data.num_validation = 200  # images for f's per-epoch validation
   config.data.num_quality = 500  # held-out images whose predictions train g (stage 2)
   config.data.num_test = 500  # images every reported metric comes from
@@ -64,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.quality.num_epochs = 30  # g's epochs (paper: 30)
   config.quality.log_every_steps = 200  # progress line interval for g
   config.quality.checkpoint_every_steps = 300  # g's checkpoint interval (and at the end)
+
+  config.predict = ml_collections.ConfigDict()
+  config.predict.quality_model = 'uncertainty'  # which trained g --mode=predict uses: uncertainty | no_uncertainty | qualitynet
 
   config.eval = ml_collections.ConfigDict()
   config.eval.fail_dice = 0.8  # a case fails when its true Dice is below this (the user's bar)

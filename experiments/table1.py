@@ -7,7 +7,11 @@ Each run is ``main.py --config=configs/<method>.py --workdir=<workdir>/<method>_
 stopped (complete stages are skipped). The MSP run trains three g on one f and
 gives three rows (Max probability, No uncertainty, QualityNet); MC-dropout,
 HCNN and LCE train only their uncertainty-based g. ``--override`` passes extra
-``--config.x=y`` flags to every run (e.g. a data dir).
+``--config.x=y`` flags to every run (e.g. a data dir). ``--config_base`` takes
+one config file with the method as argument, e.g. the real data sets:
+
+  python experiments/table1.py --config_base=configs/isic2017.py --seeds=0,1,2 \
+      --workdir=runs/isic2017 --out=experiments/table1_isic2017.md
 """
 
 from __future__ import annotations
@@ -33,12 +37,18 @@ _WORKDIR = flags.DEFINE_string('workdir', 'runs/table1', 'Parent directory of th
 _OUT = flags.DEFINE_string('out', 'experiments/table1_synthetic.md', 'Markdown output.')
 _OVERRIDES = flags.DEFINE_multi_string('override', [], 'Extra --config.x=y for every run.')
 _CONFIG_DIR = flags.DEFINE_string('config_dir', 'configs', 'Directory of the method configs.')
+_CONFIG_BASE = flags.DEFINE_string('config_base', None,
+                                   'One config file taking the method as its argument '
+                                   '(e.g. configs/isic2017.py -> configs/isic2017.py:lce); '
+                                   'replaces --config_dir.')
 
 
 def run_one(method: str, models: str, seed: int) -> tuple[dict, dict, float]:
   """Runs (or resumes, or skips) one method and seed; returns (metrics, stage-1 metrics, seconds)."""
   workdir = os.path.join(_WORKDIR.value, f'{method}_seed{seed}')
-  cmd = [sys.executable, 'main.py', f'--config={_CONFIG_DIR.value}/{method}.py', f'--workdir={workdir}',
+  config = (f'{_CONFIG_BASE.value}:{method}' if _CONFIG_BASE.value
+            else f'{_CONFIG_DIR.value}/{method}.py')
+  cmd = [sys.executable, 'main.py', f'--config={config}', f'--workdir={workdir}',
          f'--config.seed={seed}', f'--config.quality.models={models}', *_OVERRIDES.value]
   print(' '.join(cmd), flush=True)
   start = time.time()

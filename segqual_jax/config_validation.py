@@ -47,6 +47,17 @@ def _positive_ints(value) -> bool:
   return isinstance(value, (tuple, list)) and len(value) >= 1 and all(_positive_int(v) for v in value)
 
 
+def _split_spec_ok(value) -> bool:
+  if not isinstance(value, str):
+    return False
+  items = [i for i in value.split(',') if i.strip()]
+  for item in items:
+    split, sep, path = item.partition('=')
+    if not sep or split.strip() not in ('train', 'validation', 'quality', 'test') or not path.strip():
+      return False
+  return True
+
+
 def _cases_ok(value) -> bool:
   if not isinstance(value, str) or not value.strip():
     return False
@@ -61,7 +72,11 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
   return [
       ('seed', _is_int, 'must be an integer'),
       ('method', lambda v: v in methods, f'must be one of {sorted(methods)}'),
-      ('data.name', lambda v: v == 'synthetic', 'must be "synthetic"'),
+      ('data.name', lambda v: v in ('synthetic', 'folder', 'isic2017'),
+       'must be synthetic, folder or isic2017'),
+      ('data.root', lambda v: isinstance(v, str), 'must be a path'),
+      ('data.splits', _split_spec_ok,
+       'must be comma-separated SPLIT=PATH items with SPLIT in train, validation, quality, test'),
       ('data.image_size', _positive_int, 'must be a positive integer'),
       ('data.num_train', _positive_int, 'must be >= 1'),
       ('data.num_validation', _positive_int, 'must be >= 1'),
@@ -105,6 +120,8 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('quality.num_epochs', _positive_int, 'must be >= 1'),
       ('quality.log_every_steps', _positive_int, 'must be >= 1'),
       ('quality.checkpoint_every_steps', _positive_int, 'must be >= 1'),
+      ('predict.quality_model', lambda v: v in ('uncertainty', 'no_uncertainty', 'qualitynet'),
+       'must be uncertainty, no_uncertainty or qualitynet'),
       ('eval.fail_dice', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
       ('eval.fail_jaccard', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
       ('eval.num_figure_cases', _positive_int, 'must be >= 1'),
@@ -152,6 +169,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for path, ok, message in _rules(METHODS):
     if not ok(given[path]):
       raise ConfigError(f'config.{path}={given[path]!r}: {message}')
+  if config.data.name != 'synthetic' and not config.data.root:
+    raise ConfigError(f'config.data.name={config.data.name!r} needs config.data.root '
+                      '(the folder with images/ and masks/, or the ISIC 2017 download)')
   if config.seg.central_levels < 0 or config.seg.central_levels > config.seg.depth:
     raise ConfigError(f'config.seg.central_levels={config.seg.central_levels!r}: '
                       f'must be in [0, seg.depth={config.seg.depth}]')

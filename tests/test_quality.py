@@ -58,7 +58,8 @@ def test_both_stages_and_evaluation_write_every_output(config, tmp_path):
   table = (tmp_path / 'table.md').read_text()
   assert all(f'| {n} |' in table for n in names) and 'Dice < 0.8' in table and 'Jaccard < 0.7' in table
   rows = list(csv.reader((tmp_path / 'predictions.csv').open()))
-  assert len(rows) == 1 + config.data.num_test and len(rows[0]) == 3 + len(names)
+  assert len(rows) == 1 + config.data.num_test and len(rows[0]) == 4 + len(names)
+  assert rows[0][:4] == ['case', 'id', 'true_dice', 'true_jaccard'] and rows[1][1] == '0'
   for png in ('scatter.png', 'uncertainty_maps.png', 'risk_coverage.png'):
     assert (tmp_path / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   # The true Dice in the labels matches a recomputation from the stored predictions.

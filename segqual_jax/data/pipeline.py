@@ -22,36 +22,53 @@ from segqual_jax.data import builders
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split as arrays: ``images`` (N, S, S, 3) uint8, ``masks`` (N, S, S) uint8."""
+  """One split as arrays: ``images`` (N, S, S, 3) uint8, ``masks`` (N, S, S) uint8,
+  and the example ids (file stems for real data, generator indices for synthetic)."""
   name: str
   images: np.ndarray
   masks: np.ndarray
+  ids: tuple = ()
 
   def __len__(self) -> int:
     return len(self.images)
 
 
+def make_builder(data_config):
+  """The TFDS builder of ``config.data`` (synthetic, folder or isic2017), not yet prepared."""
+  if data_config.name == 'synthetic':
+    return builders.synthetic_builder(data_config)
+  return builders.real_builder(data_config)
+
+
 def load_splits(data_config, names=builders.SPLITS) -> dict[str, Split]:
-  """Prepares the configured data set if needed and loads ``names`` into memory."""
-  if data_config.name != 'synthetic':
-    raise ValueError(f'config.data.name={data_config.name!r}: only "synthetic" is available')
+  """Prepares the configured data set if needed and loads ``names`` into memory.
+
+  Raises ``builders.DataError`` for a split the data set does not have, and
+  for bad real data (the error lists the offending ids).
+  """
   tfds.disable_progress_bar()  # our own log lines say what is happening
-  builder = builders.synthetic_builder(data_config)
+  builder = make_builder(data_config)
   if artifacts.is_writer():  # one process of a multi-host job prepares; the others wait
     builder.download_and_prepare()
   parallel.barrier('data prepared')
   sources = builder.as_data_source()
   out = {}
+  size = data_config.image_size
   for name in names:
+    if name not in sources:
+      raise builders.DataError(
+          f'the {data_config.name} data set has no {name!r} split (it has {sorted(sources)}); '
+          f'give one with config.data.splits, e.g. {name}=path/to/{name}.txt')
     source = sources[name]
     examples = source.__getitems__(range(len(source))) if len(source) else []
-    # as_data_source yields records in shuffled storage order: sort by id so
-    # index i of a split is always example i of the generator.
-    examples = sorted(examples, key=lambda e: int(e['id']))
-    size = data_config.image_size
+    # as_data_source yields records in shuffled storage order: sort by position
+    # so index i of a split is always example i of its list (or generator).
+    order = 'index' if data_config.name != 'synthetic' else 'id'
+    examples = sorted(examples, key=lambda e: int(e[order]))
+    ids = tuple(e['id'].decode() if isinstance(e['id'], bytes) else str(e['id']) for e in examples)
     images = np.stack([e['image'] for e in examples]) if examples else np.zeros((0, size, size, 3), np.uint8)
     masks = np.stack([e['mask'] for e in examples]) if examples else np.zeros((0, size, size), np.uint8)
-    out[name] = Split(name, images, masks)
+    out[name] = Split(name, images, masks, ids)
   return out
 
 

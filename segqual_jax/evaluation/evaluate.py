@@ -87,9 +87,10 @@ def evaluate(config, workdir: str) -> dict:
 
   buf = io.StringIO()
   writer = csv.writer(buf)
-  writer.writerow(['case', 'true_dice', 'true_jaccard', *[f'predicted[{n}]' for n in predicted]])
+  writer.writerow(['case', 'id', 'true_dice', 'true_jaccard', *[f'predicted[{n}]' for n in predicted]])
   for i in range(len(test)):
-    writer.writerow([i, f'{labels.dice[i]:.5f}', f'{labels.jaccard[i]:.5f}',
+    case_id = test.ids[i] if test.ids else str(i)
+    writer.writerow([i, case_id, f'{labels.dice[i]:.5f}', f'{labels.jaccard[i]:.5f}',
                      *[f'{p[i]:.5f}' for p in predicted.values()]])
   artifacts.write_text(os.path.join(workdir, 'predictions.csv'), buf.getvalue())
 

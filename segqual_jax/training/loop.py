@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # Not seg.eval_batch_size: MC keys are folded per batch, so it changes samples.)
 RESUMABLE_CHANGES = ('testing.', 'seg.log_every_steps', 'seg.checkpoint_every_steps',
                      'quality.models', 'quality.log_every_steps',
-                     'quality.checkpoint_every_steps', 'data.data_dir', 'eval.', 'bench.',
+                     'quality.checkpoint_every_steps', 'data.data_dir', 'eval.', 'bench.', 'predict.',
                      # where a multi-host job's processes meet, not what they compute
                      'runtime.coordinator_address', 'runtime.num_processes',
                      'runtime.process_id')

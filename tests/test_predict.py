@@ -1,0 +1,122 @@
+"""--mode=predict end to end on a folder with every kind of bad file."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segqual_jax.evaluation import predict
+from segqual_jax.quality import train_quality
+from segqual_jax.training import train_seg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, data_dir):
+  from configs import test as test_config
+  config = test_config.get_config()
+  config.data.data_dir = data_dir
+  config.method = 'mc_dropout'
+  config.quality.models = 'uncertainty'
+  workdir = str(tmp_path_factory.mktemp('run'))
+  train_seg.train_and_evaluate(config, workdir)
+  train_quality.train_quality(config, workdir)
+  return config, workdir
+
+
+def _inputs(folder, masks_folder=None):
+  """Three good images and one file of every bad kind; returns {file: expected status start}."""
+  os.makedirs(folder)
+  rng = np.random.default_rng(0)
+  expected = {}
+  for i, ext in enumerate(('.png', '.jpg', '.bmp')):
+    Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(os.path.join(folder, f'good{i}{ext}'))
+    expected[f'good{i}{ext}'] = 'ok'
+    if masks_folder:
+      os.makedirs(masks_folder, exist_ok=True)
+      Image.fromarray((rng.random((48, 40)) > 0.5).astype(np.uint8) * 255).save(
+          os.path.join(masks_folder, f'good{i}.png'))
+  Image.fromarray(np.full((30, 30), 40000, np.uint16)).save(os.path.join(folder, 'deep16.png'))
+  expected['deep16.png'] = 'ok'  # 16-bit is scaled to 8 bits, not an error
+  Image.new('RGB', (8000, 8000), (120, 80, 60)).save(os.path.join(folder, 'huge.jpg'))
+  expected['huge.jpg'] = 'ok'  # decoded at a reduced scale
+  open(os.path.join(folder, 'empty.png'), 'wb').close()
+  expected['empty.png'] = 'error: empty file'
+  good = open(os.path.join(folder, 'good0.png'), 'rb').read()
+  open(os.path.join(folder, 'cut.png'), 'wb').write(good[:len(good) // 2])
+  expected['cut.png'] = 'error: corrupt or truncated'
+  good_jpg = open(os.path.join(folder, 'good1.jpg'), 'rb').read()
+  open(os.path.join(folder, 'cut.jpg'), 'wb').write(good_jpg[:len(good_jpg) // 3])
+  expected['cut.jpg'] = 'error: corrupt or truncated'
+  open(os.path.join(folder, 'notes.png'), 'w').write('not an image')
+  expected['notes.png'] = 'error: not an image'
+  Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(os.path.join(folder, 'dot.png'))
+  expected['dot.png'] = 'error: image too small'
+  open(os.path.join(folder, 'readme.txt'), 'w').write('ignored: not an image extension')
+  return expected
+
+
+def _rows(path):
+  with open(path) as f:
+    return {r['file']: r for r in csv.DictReader(f)}
+
+
+def test_predict_folder_every_row_and_page(trained, tmp_path):
+  config, workdir = trained
+  expected = _inputs(str(tmp_path / 'in'), str(tmp_path / 'masks'))
+  out = str(tmp_path / 'out')
+  summary = predict.predict_folder(config, workdir, str(tmp_path / 'in'), out,
+                                   masks_dir=str(tmp_path / 'masks'))
+  rows = _rows(os.path.join(out, 'predictions.csv'))
+  assert set(rows) == set(expected)  # one row per image file, readme.txt ignored
+  for name, status in expected.items():
+    r = rows[name]
+    assert r['status'].startswith(status), (name, r['status'])
+    if status == 'ok':
+      d, j = float(r['predicted_dice']), float(r['predicted_jaccard'])
+      assert 0 <= j <= d <= 1 and abs(d - 2 * j / (1 + j)) < 1e-3
+      assert r['decision'] == ('pass' if d >= config.eval.fail_dice else 'fail')
+      assert float(r['mean_uncertainty']) >= 0
+      stem = os.path.splitext(name)[0]
+      for kind in ('image', 'overlay', 'uncertainty'):
+        assert os.path.getsize(os.path.join(out, 'maps', f'{stem}_{kind}.png')) > 0
+    else:
+      assert r['predicted_dice'] == '' and r['decision'] == ''
+  for i in range(3):  # masks given for the good images only
+    assert 0 <= float(rows[f'good{i}' + ('.png', '.jpg', '.bmp')[i]]['true_dice']) <= 1
+  assert rows['deep16.png']['true_dice'] == ''
+  assert summary['read'] == 5 and summary['unreadable'] == 5 and summary['cases_with_truth'] == 3
+  page = open(os.path.join(out, 'index.html')).read()
+  positions = {name: page.index(f'<td>{name}</td>') for name in expected}
+  ok = sorted((n for n in expected if expected[n] == 'ok'), key=lambda n: float(rows[n]['predicted_dice']))
+  bad = [n for n in expected if expected[n] != 'ok']
+  assert max(positions[n] for n in bad) < min(positions[n] for n in ok)  # unreadable first
+  assert [positions[n] for n in ok] == sorted(positions[n] for n in ok)  # then worst quality first
+  assert 'maps/good0_overlay.png' in page and 'predicted to fail' in page
+  # a second run into the same folder refuses, unless told to overwrite
+  with pytest.raises(predict.PredictError, match='not empty'):
+    predict.predict_folder(config, workdir, str(tmp_path / 'in'), out)
+  predict.predict_folder(config, workdir, str(tmp_path / 'in'), out, overwrite=True)
+  assert 'true_dice' not in open(os.path.join(out, 'predictions.csv')).readline()
+
+
+def test_predict_cli_fails_only_when_nothing_is_readable(trained, tmp_path):
+  config, workdir = trained
+  os.makedirs(tmp_path / 'bad')
+  open(tmp_path / 'bad' / 'empty.png', 'wb').close()
+  open(tmp_path / 'bad' / 'fake.jpg', 'w').write('nope')
+  r = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/test.py', f'--workdir={workdir}', '--mode=predict',
+       '--config.method=mc_dropout', '--config.quality.models=uncertainty',
+       f'--config.data.data_dir={config.data.data_dir}',
+       f'--input={tmp_path / "bad"}', f'--output={tmp_path / "out"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert r.returncode != 0 and 'none of the 2 files' in r.stderr, r.stderr[-2000:]
+  rows = _rows(tmp_path / 'out' / 'predictions.csv')  # the CSV still says why, per file
+  assert rows['empty.png']['status'] == 'error: empty file'
+  assert rows['fake.jpg']['status'].startswith('error: not an image')
