@@ -20,7 +20,7 @@ import os
 
 from configs import default
 
-SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
+SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
 PROTOCOL = ('train=../protocol/seg_train.txt,validation=../protocol/quality_train.txt,'
             'quality=../protocol/quality_train.txt,test=../protocol/test.txt')
 METHOD_CONFIGS = {  # method name -> (config.method, g variants)

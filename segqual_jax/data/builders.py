@@ -105,8 +105,9 @@ class FolderConfig(tfds.core.BuilderConfig):
   prepared copy is exactly what the config asked for.
   """
   image_size: int = 128
-  pairs: tuple = ()
-  splits: tuple = ()
+  # repr=False: TFDS logs the config, and thousands of paths are noise there
+  pairs: tuple = dataclasses.field(default=(), repr=False)
+  splits: tuple = dataclasses.field(default=(), repr=False)
 
 
 class FolderSegmentation(tfds.core.GeneratorBasedBuilder):
