@@ -252,8 +252,7 @@ def predict_folder(config, workdir: str, input_dir: str, output_dir: str,
         _save_png(os.path.join(maps_dir, f'{r.stem}_uncertainty.png'), _heat(umaps[i], umap_max, scale))
         stem = os.path.splitext(name)[0]
         if masks_dir:
-          if stem not in masks:
-            r.status = 'ok'  # the prediction stands; only the truth is missing
+          if stem not in masks:  # the prediction stands; only its truth is missing
             log.warning('%s: no mask named %s.* in %s', name, stem, masks_dir)
             continue
           try:
