@@ -66,7 +66,7 @@ def _rows(path):
     return {r['file']: r for r in csv.DictReader(f)}
 
 
-def test_predict_folder_every_row_and_page(trained, tmp_path):
+def test_predict_folder_every_row_and_page(trained, tmp_path, capsys):
   config, workdir = trained
   expected = _inputs(str(tmp_path / 'in'), str(tmp_path / 'masks'))
   out = str(tmp_path / 'out')
@@ -91,6 +91,8 @@ def test_predict_folder_every_row_and_page(trained, tmp_path):
     assert 0 <= float(rows[f'good{i}' + ('.png', '.jpg', '.bmp')[i]]['true_dice']) <= 1
   assert rows['deep16.png']['true_dice'] == ''
   assert summary['read'] == 5 and summary['unreadable'] == 5 and summary['cases_with_truth'] == 3
+  printed = capsys.readouterr().out  # with masks, the paper's metrics are printed
+  assert '3 cases with a mask; failure = Dice < 0.8' in printed and '| MC-dropout |' in printed
   page = open(os.path.join(out, 'index.html')).read()
   positions = {name: page.index(f'<td>{name}</td>') for name in expected}
   ok = sorted((n for n in expected if expected[n] == 'ok'), key=lambda n: float(rows[n]['predicted_dice']))

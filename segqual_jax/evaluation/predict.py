@@ -34,7 +34,7 @@ from PIL import Image
 from segqual_jax import artifacts, parallel, runtime
 from segqual_jax.data import images as image_io
 from segqual_jax.data import pipeline
-from segqual_jax.evaluation import inference, quality_metrics, segmentation
+from segqual_jax.evaluation import inference, quality_metrics, report, segmentation
 from segqual_jax.quality import train_quality
 from segqual_jax.training import train_seg
 
@@ -288,6 +288,14 @@ def predict_folder(config, workdir: str, input_dir: str, output_dir: str,
         config.eval.fail_dice, config.eval.fail_jaccard)
     summary['cases_with_truth'] = len(truth_rows)
   artifacts.write_json(os.path.join(output_dir, 'summary.json'), summary)
+  log.info('predict: %d files, %d read, %d unreadable, %d predicted to fail (Dice < %s); '
+           'outputs in %s', summary['files'], summary['read'], summary['unreadable'],
+           summary['predicted_fail'], threshold, output_dir)
+  if 'metrics' in summary:  # the paper's metrics of the predicted quality, against the masks
+    name = report.row_name(config.method, variant)
+    for key in (f'dice<{config.eval.fail_dice}', f'jaccard<{config.eval.fail_jaccard}'):
+      print(f'\n{len(truth_rows)} cases with a mask; failure = {report.threshold_title(key)}:\n\n'
+            + report.table_markdown({name: [summary['metrics']]}, key))
   if n_ok == 0:
     raise PredictError(f'none of the {len(files)} files in {input_dir} could be read; see '
                        f'{os.path.join(output_dir, "predictions.csv")}')
