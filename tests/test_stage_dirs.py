@@ -31,3 +31,18 @@ def test_adding_a_quality_variant_reuses_the_trained_ones(config, tmp_path):
   loop.prepare_stage_dir(str(tmp_path), config)
   config.quality.models = 'uncertainty,qualitynet'
   loop.prepare_stage_dir(str(tmp_path), config)  # no error: the existing g is unaffected
+
+
+def test_fields_added_later_at_their_default_do_not_block_a_resume(config, tmp_path):
+  """A workdir from before a field existed resumes while the field keeps its default."""
+  import json
+  out = tmp_path / 'seg'
+  loop.prepare_stage_dir(str(out), config, train_seg.STAGE1_FIELDS)
+  saved = json.loads((out / 'config.json').read_text())
+  del saved['uncertainty']['mc_map']  # as written by a version without the field
+  (out / 'config.json').write_text(json.dumps(saved))
+  loop.prepare_stage_dir(str(out), config, train_seg.STAGE1_FIELDS)
+  (out / 'config.json').write_text(json.dumps(saved))  # the old file again
+  config.uncertainty.mc_map = 'mutual_information'
+  with pytest.raises(ConfigError, match=r"config\.uncertainty\.mc_map: None -> 'mutual_information'"):
+    loop.prepare_stage_dir(str(out), config, train_seg.STAGE1_FIELDS)

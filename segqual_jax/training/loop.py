@@ -70,6 +70,11 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Call
   return jax.jit(step, donate_argnums=0)
 
 
+def _defaults() -> dict:
+  from configs import default  # the schema (imported late, like config_validation does)
+  return flatten(json.loads(default.get_config().to_json()))
+
+
 def prepare_stage_dir(out_dir: str, config, depends_on: tuple[str, ...] | None = None) -> None:
   """Creates ``out_dir`` and records ``config``; refuses a dir made by another config.
 
@@ -85,9 +90,15 @@ def prepare_stage_dir(out_dir: str, config, depends_on: tuple[str, ...] | None =
     with open(path) as f:
       before = flatten(json.load(f))
     now = flatten(json.loads(config.to_json()))
+    defaults = _defaults()
+    # A field added to the schema after the run was made, left at its default,
+    # changes nothing: new fields get defaults that keep the old behaviour.
+    added_at_default = lambda k: k not in before and now.get(k) == defaults.get(k)
+    # str(): a field whose type widened (sampling.chunk_size: 10 -> '10') is unchanged.
+    same = lambda a, b: a == b or (a is not None and b is not None and str(a) == str(b))
     diff = [k for k in sorted(set(before) | set(now))
-            if before.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES)
-            and (depends_on is None or k.startswith(depends_on))]
+            if not same(before.get(k), now.get(k)) and not k.startswith(RESUMABLE_CHANGES)
+            and not added_at_default(k) and (depends_on is None or k.startswith(depends_on))]
     if diff:
       details = ', '.join(f'config.{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in diff)
       raise ConfigError(f'{path} was written by a run with a different config ({details}). '
