@@ -5,7 +5,7 @@ Launch:
   # a TPU pod / several GPU hosts: the same command on every host, plus
   #   --config.runtime.distributed=True --config.runtime.threefry_partitionable=True
 Expected runtime: stage 1 ~1-2 h on one modern GPU (1300 images at 224 px, 120
-epochs); stage 2 minutes. Far too slow for a CPU (weeks).
+epochs); stage 2 minutes. Not for a CPU: ~2 days of stage 1 on 2 cores (an estimate from the measured 128 px step time, scaled by pixels and width).
 
 DeVries & Taylor 2018: 224x224 inputs, batch 16, Adam 1e-3, f for 120 epochs,
 g for 30 epochs, MC-dropout T=20, HCNN T=100. Images are upsampled here from
