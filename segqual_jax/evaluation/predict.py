@@ -231,9 +231,9 @@ def predict_folder(config, workdir: str, input_dir: str, output_dir: str,
       sharded_images, sharded_zeros = parallel.shard_batch((batch, zeros))
       labels, umaps, _, _ = f_batch(f_params, sharded_images, sharded_zeros,
                                     jax.random.fold_in(key, start // batch_size))
-      quality = g_batch(g_params, g_state, *parallel.shard_batch((batch, np.asarray(parallel.fetch(labels)),
-                                                                   np.asarray(parallel.fetch(umaps)))))
-      labels, umaps, quality = (np.asarray(parallel.fetch(a)) for a in (labels, umaps, quality))
+      labels, umaps = (np.asarray(a) for a in parallel.fetch((labels, umaps)))
+      quality = np.asarray(parallel.fetch(
+          g_batch(g_params, g_state, *parallel.shard_batch((batch, labels, umaps)))))
       if umap_max is None:  # one colour scale for the whole run: maps are comparable
         umap_max = float(np.percentile(umaps[:len(loaded)], 99.5)) or 1.0
       for i, name in enumerate(names):
