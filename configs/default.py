@@ -14,7 +14,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # seeds parameter init, batch order, dropout/noise/hint keys
-  config.method = 'msp'  # uncertainty method: msp | mc_dropout | hcnn | lce
+  config.method = 'msp'  # uncertainty method: msp | mc_dropout | hcnn | lce | ensemble | tta | hierarchical
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'synthetic'  # data set: synthetic (embedded generator) | folder | isic2017
@@ -43,12 +43,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.uncertainty = ml_collections.ConfigDict()
   config.uncertainty.mc_samples = 20  # MC-dropout test-time passes T (paper: 20)
-  config.uncertainty.mc_map = 'entropy'  # MC-dropout map: entropy (of the mean, paper) | mutual_information
+  config.uncertainty.mc_map = 'entropy'  # map of sample-based methods (MC-dropout, ensemble, TTA, hierarchical): entropy (of the mean, paper) | mutual_information
   config.uncertainty.hcnn_train_samples = 100  # HCNN logit-noise samples in the loss (paper: 100)
   config.uncertainty.hcnn_test_samples = 100  # HCNN logit-noise samples at test time; 0 = mean-field closed form
   config.uncertainty.hcnn_map = 'sigma'  # HCNN map: sigma (learned noise scale) | entropy
   config.uncertainty.lce_budget = 0.3  # LCE budget beta for mean(-log c)
   config.uncertainty.lce_lambda_init = 0.1  # LCE initial lambda
+  config.uncertainty.ensemble_members = 5  # deep-ensemble size M (members trained at once, vmapped)
+  config.uncertainty.hier_samples = 20  # hierarchical: test-time draws of the skip latents
+  config.uncertainty.hier_kl_weight = 0.01  # hierarchical: weight of the skip latents' KL term in the loss
+  config.uncertainty.tta_transforms = 8  # TTA: first k of the 8 flips/rot90 (1 = identity only)
+  config.uncertainty.score_band_px = 2  # half-width (px) of the boundary band of the map_boundary_mean score
 
   config.sampling = ml_collections.ConfigDict()
   config.sampling.chunk_size = 'auto'  # samples vmapped together (memory ~ chunk): 'auto' or an integer

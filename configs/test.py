@@ -27,6 +27,8 @@ def get_config():
   config.uncertainty.mc_samples = 3
   config.uncertainty.hcnn_train_samples = 4
   config.uncertainty.hcnn_test_samples = 4
+  config.uncertainty.hier_samples = 3
+  config.uncertainty.ensemble_members = 2
   config.sampling.chunk_size = '2'
   config.quality.widths = (4, 8)
   config.quality.dense = 8

@@ -28,7 +28,7 @@ def test_predict_interface(config, method):
   again = jax.jit(m.predict)(params, images, jax.random.key(5))
   np.testing.assert_array_equal(probs, again[0])
   other = jax.jit(m.predict)(params, images, jax.random.key(6))[0]
-  assert np.array_equal(probs, other) == (method in ('msp', 'lce'))
+  assert np.array_equal(probs, other) == (method in ('msp', 'lce', 'ensemble', 'tta'))
 
 
 def test_msp_and_lce_maps():

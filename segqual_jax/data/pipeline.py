@@ -77,14 +77,15 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return max(1, num_examples // batch_size)
 
 
-def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+def batch_indices(num_examples: int, batch_size: int, seed: int | tuple[int, ...],
+                  step: int) -> np.ndarray:
   """Example indices of training batch ``step``: a fresh permutation per epoch.
 
   A pure function of its arguments, so resuming at any step is exact.
   """
   per_epoch = steps_per_epoch(num_examples, batch_size)
   epoch, i = divmod(step, per_epoch)
-  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  perm = np.random.default_rng([*np.atleast_1d(seed), epoch]).permutation(num_examples)
   if num_examples < batch_size:  # tiny data sets: repeat to fill one batch
     perm = np.resize(perm, batch_size)
   return perm[i * batch_size:(i + 1) * batch_size]

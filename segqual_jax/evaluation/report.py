@@ -25,6 +25,9 @@ ROW_NAMES = {
     ('mc_dropout', 'uncertainty'): 'MC-dropout',
     ('hcnn', 'uncertainty'): 'HCNN',
     ('lce', 'uncertainty'): 'LCE',
+    ('ensemble', 'uncertainty'): 'Deep ensemble',
+    ('tta', 'uncertainty'): 'TTA',
+    ('hierarchical', 'uncertainty'): 'Hierarchical',
 }
 BASELINE_NAMES = {'no_uncertainty': 'No uncertainty', 'qualitynet': 'QualityNet'}
 

@@ -9,6 +9,8 @@ Design choices and why:
   bottleneck itself -- as in Bayesian SegNet and DeVries & Taylor 2018. It is
   active in training for every method (same architecture for all rows of
   Table 1) and at test time only when a method samples it (MC-dropout).
+* Skip latents (``skip_latents``, the hierarchical method): each skip
+  connection becomes a Gaussian latent, see ``UNet._skip``.
 * Heads: ``logits`` always; ``variance`` (softplus, HCNN's per-pixel noise
   scale -- the paper's z in softmax(rho + z * eps)); ``confidence`` (sigmoid,
   LCE's c). A method asks for the heads it needs.
@@ -66,6 +68,7 @@ class UNet(nn.Module):
   central_levels: int = 1
   norm: str = 'group'
   heads: Sequence[str] = ()
+  skip_latents: bool = False
 
   def setup(self):
     # Submodule names are those the original single-method (compact) U-Net got
@@ -86,6 +89,29 @@ class UNet(nn.Module):
       self.variance = nn.Conv(1, (1, 1))
     if 'confidence' in self.heads:
       self.confidence = nn.Conv(1, (1, 1))
+    if self.skip_latents:  # hierarchical uncertainty: a Gaussian latent per skip connection
+      for level in range(depth):
+        setattr(self, f'SkipMean_{level}', nn.Conv(width(level), (1, 1)))
+        setattr(self, f'SkipLogVar_{level}', nn.Conv(width(level), (1, 1)))
+
+  def _skip(self, level: int, skip: jax.Array, sample_latents: bool) -> tuple[jax.Array, jax.Array]:
+    """The decoder's view of a skip tensor, and its KL term.
+
+    Without latents: the skip itself, KL 0. With them: ``z = mu + sigma * eps``
+    (``eps`` from the 'latent' RNG stream when ``sample_latents``, else
+    ``z = mu``), where ``mu`` and ``log sigma^2`` are 1x1 convolutions of the
+    skip, and the KL of ``N(mu, sigma^2)`` from ``N(0, 1)``, averaged over
+    elements.
+    """
+    if not self.skip_latents:
+      return skip, jnp.zeros(())
+    mean = getattr(self, f'SkipMean_{level}')(skip)
+    logvar = jnp.clip(getattr(self, f'SkipLogVar_{level}')(skip), -10.0, 5.0)
+    kl = 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+    if not sample_latents:
+      return mean, kl
+    eps = jax.random.normal(self.make_rng('latent'), mean.shape, mean.dtype)
+    return mean + jnp.exp(0.5 * logvar) * eps, kl
 
   def _down(self, level: int) -> ConvBlock:
     return getattr(self, f'ConvBlock_{level}')  # level == depth is the bottleneck
@@ -117,8 +143,12 @@ class UNet(nn.Module):
     return self._down(self.first_central_level)(x), tuple(skips)
 
   def from_prefix(self, h: jax.Array, skips: tuple[jax.Array, ...], *,
-                  deterministic: bool = True) -> dict[str, jax.Array]:
-    """Everything after the prefix, starting with its dropout."""
+                  deterministic: bool = True, sample_latents: bool = False) -> dict[str, jax.Array]:
+    """Everything after the prefix, starting with its dropout.
+
+    ``sample_latents`` draws the skip latents (``skip_latents`` only) from the
+    'latent' RNG stream; ``out['kl']`` is their summed KL term.
+    """
     drop = lambda t: self.Dropout_0(t, deterministic=deterministic)
     skips = list(skips)
     x = h
@@ -131,9 +161,12 @@ class UNet(nn.Module):
     if self.first_central_level < self.depth:
       x = self._down(self.depth)(x)
     x = drop(x)
+    kl = jnp.zeros(())
     for level in reversed(range(self.depth)):
       x = self._upsample(level)(x)
-      x = self._up(level)(jnp.concatenate([x, skips[level]], -1))
+      skip, level_kl = self._skip(level, skips[level], sample_latents)
+      kl = kl + level_kl
+      x = self._up(level)(jnp.concatenate([x, skip], -1))
       if level >= self.first_central_level:
         x = drop(x)
     out = {'logits': self.logits(x)}
@@ -141,17 +174,21 @@ class UNet(nn.Module):
       out['variance'] = nn.softplus(self.variance(x))[..., 0]
     if 'confidence' in self.heads:
       out['confidence'] = nn.sigmoid(self.confidence(x))[..., 0]
+    if self.skip_latents:
+      out['kl'] = kl
     return out
 
-  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> dict[str, jax.Array]:
-    """Returns ``logits`` (N, H, W, C) and, if built, ``variance`` and ``confidence`` (N, H, W)."""
+  def __call__(self, x: jax.Array, *, deterministic: bool = True,
+               sample_latents: bool = False) -> dict[str, jax.Array]:
+    """Returns ``logits`` (N, H, W, C) and, if built, ``variance`` and ``confidence`` (N, H, W)
+    and the skip latents' ``kl``."""
     h, skips = self.prefix(x)
-    return self.from_prefix(h, skips, deterministic=deterministic)
+    return self.from_prefix(h, skips, deterministic=deterministic, sample_latents=sample_latents)
 
 
-def create_unet(seg_config, heads: Sequence[str] = ()) -> UNet:
-  """The U-Net described by ``config.seg`` with the given extra heads."""
+def create_unet(seg_config, heads: Sequence[str] = (), skip_latents: bool = False) -> UNet:
+  """The U-Net described by ``config.seg`` with the given extra heads (and skip latents)."""
   return UNet(base_width=seg_config.base_width, depth=seg_config.depth,
               num_classes=2, dropout_rate=seg_config.dropout_rate,
               central_levels=seg_config.central_levels, norm=seg_config.norm,
-              heads=tuple(heads))
+              heads=tuple(heads), skip_latents=skip_latents)

@@ -34,16 +34,23 @@ def labels_dir(workdir: str) -> str:
 
 def _predict(config, model_workdir: str, split: pipeline.Split) -> inference.SplitPredictions:
   method, params = train_seg.restore_params(config, model_workdir)
-  predictor = inference.make_batch_predictor(method.predict)
+  predictor = inference.method_predictor(method, with_scores=True)
   key = jax.random.fold_in(jax.random.key(config.seed), LABEL_KEY_SALT)
   return inference.predict_split(predictor, params, split, config.seg.eval_batch_size, key)
 
 
 def split_labels(config, workdir: str, split: pipeline.Split) -> inference.SplitPredictions:
-  """f's outputs on ``split`` (cached as ``<split.name>.npz``)."""
+  """f's outputs on ``split`` with the image-level scores (cached as ``<split.name>.npz``).
+
+  A cache written before the scores existed is recomputed: the keys are fixed,
+  so the predictions and maps come out the same and only the scores are new.
+  """
   path = os.path.join(labels_dir(workdir), f'{split.name}.npz')
   if os.path.exists(path):
-    return inference.SplitPredictions.load(path)
+    cached = inference.SplitPredictions.load(path)
+    if cached.scores or not len(cached.dice):
+      return cached
+    log.info('%s has no image-level scores (written by an older version); recomputing', path)
   log.info('running f (%s) on the %s split (%d cases)', config.method, split.name, len(split))
   labels = _predict(config, workdir, split)
   os.makedirs(labels_dir(workdir), exist_ok=True)
@@ -69,7 +76,9 @@ def oof_labels(config, workdir: str, train: pipeline.Split) -> inference.SplitPr
     parts[i] = _predict(config, fold_workdir, held_out)
   order = np.argsort(np.concatenate(folds))  # back to split order
   cat = lambda field: np.concatenate([getattr(parts[i], field) for i in range(k)])[order]
-  labels = inference.SplitPredictions(cat('predictions'), cat('uncertainty'), cat('dice'), cat('jaccard'))
+  labels = inference.SplitPredictions(cat('predictions'), cat('uncertainty'), cat('dice'), cat('jaccard'),
+                                      {name: np.concatenate([parts[i].scores[name] for i in range(k)])[order]
+                                       for name in parts[0].scores})
   os.makedirs(labels_dir(workdir), exist_ok=True)
   labels.save(path)
   return labels

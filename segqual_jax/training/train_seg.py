@@ -16,12 +16,14 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from segqual_jax import artifacts, parallel, runtime, uncertainty
 from segqual_jax.data import pipeline
 from segqual_jax.evaluation import inference
 from segqual_jax.training import checkpointing, loop
+from segqual_jax.uncertainty import ensemble
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,27 @@ def create_train_state(method: uncertainty.Method, config, key: jax.Array):
 
 
 def make_loss_fn(method: uncertainty.Method):
-  """Augments on device (flips, rot90), then the method's own loss."""
+  """Augments on device (flips, rot90), then the method's own loss.
+
+  An ensemble's members each get this single-model loss (``ensemble.stack_loss``).
+  """
   def loss_fn(params, method_state, batch, key):
     images, masks = pipeline.augment(jax.random.fold_in(key, 0),
                                      pipeline.to_float(batch[0]), batch[1])
     return method.loss(params, method_state, images, masks.astype(jnp.int32),
                        jax.random.fold_in(key, 1))
+  if method.members > 1:
+    return ensemble.stack_loss(loss_fn, method.members)
   return loss_fn
+
+
+def batch_indices(method: uncertainty.Method, num_examples: int, batch_size: int, seed: int,
+                  step: int) -> np.ndarray:
+  """Training batch ``step``: (B,) indices, or (B, M) with member m's own data order."""
+  if method.members == 1:
+    return pipeline.batch_indices(num_examples, batch_size, seed, step)
+  return np.stack([pipeline.batch_indices(num_examples, batch_size, ensemble.member_seed(seed, m), step)
+                   for m in range(method.members)], axis=1)
 
 
 def seg_dir(workdir: str) -> str:
@@ -114,7 +130,7 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
   log_path = os.path.join(out_dir, 'log.jsonl')
 
   def batch_fn(step):
-    idx = pipeline.batch_indices(len(train), config.seg.batch_size, config.seed, step)
+    idx = batch_indices(method, len(train), config.seg.batch_size, config.seed, step)
     return (train.images[idx], train.masks[idx]), step_key
 
   def epoch_end_fn(state, epoch, train_metrics):

@@ -1,10 +1,11 @@
 """Uncertainty methods for the segmentation network f, by config name."""
 
-from segqual_jax.uncertainty import hcnn, lce, mc_dropout, msp
+from segqual_jax.uncertainty import ensemble, hcnn, hierarchical, lce, mc_dropout, msp, tta
 from segqual_jax.uncertainty.base import Method
 
 METHODS = {cls.name: cls for cls in (msp.MaxSoftmax, mc_dropout.MCDropout,
-                                     hcnn.Heteroscedastic, lce.LearnedConfidence)}
+                                     hcnn.Heteroscedastic, lce.LearnedConfidence,
+                                     ensemble.DeepEnsemble, tta.TTA, hierarchical.Hierarchical)}
 
 
 def create_method(config) -> Method:

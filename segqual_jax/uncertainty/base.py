@@ -26,7 +26,7 @@ from segqual_jax.uncertainty.sampling import EPS, entropy  # noqa: F401  (the me
 def purpose_keys(key: jax.Array) -> dict[str, jax.Array]:
   """Independent keys per use, derived by fold_in so adding one never shifts another."""
   return {name: jax.random.fold_in(key, i)
-          for i, name in enumerate(('dropout', 'noise', 'hints'))}
+          for i, name in enumerate(('dropout', 'noise', 'hints', 'latent'))}
 
 
 class Method:
@@ -34,10 +34,12 @@ class Method:
 
   name = ''
   heads: tuple[str, ...] = ()
+  members = 1  # networks trained at once (a deep ensemble's M; see ensemble.py)
+  skip_latents = False  # Gaussian latents in the U-Net's skips (hierarchical.py)
 
   def __init__(self, config):
     self.config = config
-    self.model = unet.create_unet(config.seg, self.heads)
+    self.model = unet.create_unet(config.seg, self.heads, self.skip_latents)
 
   def init_params(self, key: jax.Array, image_size: int) -> Any:
     """Fresh parameters; jitted, because op-by-op init of a U-Net takes ~20 s on CPU."""
@@ -73,6 +75,14 @@ class Method:
     """The method's own ``(probabilities, uncertainty map)``."""
     raise NotImplementedError
 
+  def predict_samples(self, params, images: jax.Array, key: jax.Array, keep_labels: bool = False):
+    """``predict`` plus the per-sample label maps (T, N, H, W) the sample scores need.
+
+    Single-pass methods have no samples: ``(probabilities, map, None)``.
+    """
+    del keep_labels
+    return (*self.predict(params, images, key), None)
+
   # Stochastic methods split their forward pass for the sampling engine: the
   # deterministic part runs once per image, only the rest runs per key.
 
@@ -81,27 +91,58 @@ class Method:
     raise NotImplementedError(f'{self.name} does not sample')
 
   def sample(self, params, features: Any, key: jax.Array) -> jax.Array:
-    """Class probabilities (N, H, W, C) of one sample drawn with ``key``."""
+    """Class probabilities (N, H, W, C) of one sample, selected by one row of ``sample_inputs``."""
     raise NotImplementedError(f'{self.name} does not sample')
+
+  def sample_inputs(self, params, key: jax.Array, num_samples: int) -> Any:
+    """What selects each sample, stacked on a leading axis: by default T keys.
+
+    Methods whose samples are not random draws override it (an ensemble's
+    members, the test-time transforms); the engine treats every kind alike.
+    """
+    del params
+    return sampling.sample_keys(key, num_samples)
 
   def naive_sample(self, params, images: jax.Array, key: jax.Array) -> jax.Array:
     """The same sample from the whole forward pass: the reference the engine must equal."""
     return self.sample(params, self.sample_features(params, images), key)
 
-  def chunk_for(self, sample_fn, key: jax.Array, num_samples: int) -> int:
-    """The engine's chunk for this sampling run (``config.sampling``)."""
+  def chunk_for(self, sample_fn, key: Any, num_samples: int) -> int:
+    """The engine's chunk for this sampling run (``config.sampling``); ``key`` is one input row."""
     return sampling.resolve_chunk(self.config.sampling, sample_fn, key, num_samples)
 
   def sample_summary(self, params, images: jax.Array, key: jax.Array, num_samples: int,
                      keep_labels: bool = False, expected_entropy: bool = False,
                      features: Any = None) -> dict[str, jax.Array]:
-    """``sampling.summarize`` of ``num_samples`` samples drawn from ``key``.
+    """``sampling.summarize_inputs`` of ``num_samples`` samples selected from ``key``.
 
     ``features`` may pass in ``sample_features(params, images)`` when the
     caller needs them too, so the deterministic part still runs once.
     """
     if features is None:
       features = self.sample_features(params, images)
-    sample_fn = lambda k: self.sample(params, features, k)
-    chunk = self.chunk_for(sample_fn, key, num_samples)
-    return sampling.summarize(sample_fn, key, num_samples, chunk, keep_labels, expected_entropy)
+    inputs = self.sample_inputs(params, key, num_samples)
+    sample_fn = lambda x: self.sample(params, features, x)
+    chunk = self.chunk_for(sample_fn, jax.tree.map(lambda a: a[0], inputs), num_samples)
+    return sampling.summarize_inputs(sample_fn, inputs, chunk, keep_labels, expected_entropy)
+
+
+class SamplingMethod(Method):
+  """A method whose prediction summarises samples drawn through the engine.
+
+  Subclasses define ``sample_features``, ``sample`` (and, if their samples
+  are not keys, ``sample_inputs``) and ``predict_samples``; ``predict`` is
+  ``predict_samples`` without the label maps.
+  """
+
+  def predict(self, params, images: jax.Array, key: jax.Array):
+    probs, umap, _ = self.predict_samples(params, images, key, keep_labels=False)
+    return probs, umap
+
+  def summary_map(self, params, images: jax.Array, key: jax.Array, num_samples: int,
+                  keep_labels: bool):
+    """``(mean probabilities, uncertainty.mc_map map, labels or None)`` of T samples."""
+    mc_map = self.config.uncertainty.mc_map
+    summary = self.sample_summary(params, images, key, num_samples, keep_labels=keep_labels,
+                                  expected_entropy=mc_map == 'mutual_information')
+    return summary['mean_probs'], summary[mc_map], summary.get('labels')

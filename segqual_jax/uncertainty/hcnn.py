@@ -36,7 +36,7 @@ def mean_field_probs(logits: jax.Array, sigma: jax.Array) -> jax.Array:
   return jax.nn.softmax(logits / scale)
 
 
-class Heteroscedastic(base.Method):
+class Heteroscedastic(base.SamplingMethod):
   name = 'hcnn'
   heads = ('variance',)
 
@@ -82,14 +82,16 @@ class Heteroscedastic(base.Method):
       return jnp.stack([1.0 - lesion, lesion], -1)
     return jax.nn.softmax(jnp.stack(noisy, -1))
 
-  def predict(self, params, images, key):
+  def predict_samples(self, params, images, key, keep_labels=False):
     out = self.sample_features(params, images)
     num_samples = self.config.uncertainty.hcnn_test_samples
+    labels = None
     if num_samples == 0:
       probs = mean_field_probs(out['logits'], out['variance'])
     else:
-      probs = self.sample_summary(params, images, base.purpose_keys(key)['noise'], num_samples,
-                                  features=out)['mean_probs']
+      summary = self.sample_summary(params, images, base.purpose_keys(key)['noise'], num_samples,
+                                    keep_labels=keep_labels, features=out)
+      probs, labels = summary['mean_probs'], summary.get('labels')
     if self.config.uncertainty.hcnn_map == 'entropy':
-      return probs, base.entropy(probs)
-    return probs, out['variance']
+      return probs, base.entropy(probs), labels
+    return probs, out['variance'], labels

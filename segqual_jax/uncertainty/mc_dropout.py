@@ -16,7 +16,7 @@ from segqual_jax.models import unet
 from segqual_jax.uncertainty import base
 
 
-class MCDropout(base.Method):
+class MCDropout(base.SamplingMethod):
   name = 'mc_dropout'
 
   def sample_features(self, params, images):
@@ -31,9 +31,6 @@ class MCDropout(base.Method):
   def naive_sample(self, params, images, key):
     return jax.nn.softmax(self.apply(params, images, dropout_key=key)['logits'])
 
-  def predict(self, params, images, key):
-    mc_map = self.config.uncertainty.mc_map
-    summary = self.sample_summary(params, images, base.purpose_keys(key)['dropout'],
-                                  self.config.uncertainty.mc_samples,
-                                  expected_entropy=mc_map == 'mutual_information')
-    return summary['mean_probs'], summary[mc_map]
+  def predict_samples(self, params, images, key, keep_labels=False):
+    return self.summary_map(params, images, base.purpose_keys(key)['dropout'],
+                            self.config.uncertainty.mc_samples, keep_labels)

@@ -99,39 +99,50 @@ def resolve_chunk(sampling_config, sample_fn: Callable[[jax.Array], Any], key: j
                            sampling_config.auto_accelerator_memory_fraction, num_samples)
 
 
-def scan_samples(sample_fn: Callable[[jax.Array], tuple[Any, Any]], key: jax.Array,
-                 num_samples: int, chunk: int) -> tuple[Any, Any]:
-  """Sums one part of every sample and keeps the other.
+def scan_inputs(sample_fn: Callable[[Any], tuple[Any, Any]], inputs: Any,
+                chunk: int) -> tuple[Any, Any]:
+  """Sums one part of ``sample_fn(x)`` and keeps the other, over the rows of ``inputs``.
+
+  The engine's core. A "sample" is whatever one row of ``inputs`` selects:
+  an RNG key (MC-dropout, HCNN, hierarchical latents), an ensemble member's
+  parameters, or a test-time transform's index.
 
   Args:
-    sample_fn: key -> ``(summed, kept)``, two pytrees of arrays (either may be
-      ``None``).
-    key: base key; sample t uses ``sample_keys(key, num_samples)[t]``.
-    num_samples: T >= 1.
+    sample_fn: one row of ``inputs`` -> ``(summed, kept)``, two pytrees of
+      arrays (either may be ``None``).
+    inputs: a pytree whose leaves share a leading axis of length T >= 1.
     chunk: samples computed together by ``vmap`` (memory ~ chunk samples);
       the remainder of T / chunk runs as one smaller chunk.
 
   Returns:
     ``(sum over the T samples of summed, kept stacked on a leading T axis)``.
   """
-  keys = sample_keys(key, num_samples)
+  num_samples = jax.tree.leaves(inputs)[0].shape[0]
   chunk = max(1, min(chunk, num_samples))
   num_full = num_samples // chunk
   batched = jax.vmap(sample_fn)
-  summed_shape, _ = jax.eval_shape(sample_fn, keys[0])
+  row = lambda i: jax.tree.map(lambda x: x[i], inputs)
+  summed_shape, _ = jax.eval_shape(sample_fn, row(0))
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), summed_shape)
 
-  def step(total, chunk_keys):
-    summed, kept = batched(chunk_keys)
+  def step(total, chunk_inputs):
+    summed, kept = batched(chunk_inputs)
     return jax.tree.map(lambda a, s: a + s.sum(0), total, summed), kept
 
-  full = keys[:num_full * chunk].reshape((num_full, chunk) + keys.shape[1:])
+  full = jax.tree.map(lambda x: x[:num_full * chunk].reshape((num_full, chunk) + x.shape[1:]),
+                      inputs)
   total, kept = jax.lax.scan(step, zeros, full)
   kept = jax.tree.map(lambda k: k.reshape((num_full * chunk,) + k.shape[2:]), kept)
   if num_full * chunk < num_samples:
-    total, rest = step(total, keys[num_full * chunk:])
+    total, rest = step(total, jax.tree.map(lambda x: x[num_full * chunk:], inputs))
     kept = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kept, rest)
   return total, kept
+
+
+def scan_samples(sample_fn: Callable[[jax.Array], tuple[Any, Any]], key: jax.Array,
+                 num_samples: int, chunk: int) -> tuple[Any, Any]:
+  """``scan_inputs`` over T keys: sample t uses ``sample_keys(key, num_samples)[t]``."""
+  return scan_inputs(sample_fn, sample_keys(key, num_samples), chunk)
 
 
 def mean_over_samples(sample_fn: Callable[[jax.Array], Any], key: jax.Array,
@@ -144,6 +155,14 @@ def mean_over_samples(sample_fn: Callable[[jax.Array], Any], key: jax.Array,
 def summarize(sample_fn: Callable[[jax.Array], jax.Array], key: jax.Array, num_samples: int,
               chunk: int, keep_labels: bool = False,
               expected_entropy: bool = False) -> dict[str, jax.Array]:
+  """``summarize_inputs`` over T keys split from ``key`` (sample t uses key t)."""
+  return summarize_inputs(sample_fn, sample_keys(key, num_samples), chunk, keep_labels,
+                          expected_entropy)
+
+
+def summarize_inputs(sample_fn: Callable[[Any], jax.Array], inputs: Any, chunk: int,
+                     keep_labels: bool = False,
+                     expected_entropy: bool = False) -> dict[str, jax.Array]:
   """What the scores need from T probability samples, in bounded memory.
 
   Only what is asked for is computed: a per-sample entropy costs a log per
@@ -151,8 +170,8 @@ def summarize(sample_fn: Callable[[jax.Array], jax.Array], key: jax.Array, num_s
   such as HCNN's logit noise.
 
   Args:
-    sample_fn: key -> class probabilities (N, H, W, C) of one sample.
-    key, num_samples, chunk: as in ``scan_samples``.
+    sample_fn: one row of ``inputs`` -> class probabilities (N, H, W, C) of one sample.
+    inputs, chunk: as in ``scan_inputs``.
     keep_labels: also return each sample's argmax label map.
     expected_entropy: also return the mean per-sample entropy and the mutual
       information.
@@ -164,7 +183,8 @@ def summarize(sample_fn: Callable[[jax.Array], jax.Array], key: jax.Array, num_s
     epistemic part, clipped at 0 against rounding); with ``keep_labels``,
     ``labels`` (T, N, H, W) uint8.
   """
-  num_classes = jax.eval_shape(sample_fn, key).shape[-1]
+  num_samples = jax.tree.leaves(inputs)[0].shape[0]
+  num_classes = jax.eval_shape(sample_fn, jax.tree.map(lambda x: x[0], inputs)).shape[-1]
   binary = num_classes == 2
 
   def one(k):
@@ -177,7 +197,7 @@ def summarize(sample_fn: Callable[[jax.Array], jax.Array], key: jax.Array, num_s
     kept = probs.argmax(-1).astype(jnp.uint8) if keep_labels else None
     return summed, kept
 
-  total, labels = scan_samples(one, key, num_samples, chunk)
+  total, labels = scan_inputs(one, inputs, chunk)
   mean_probs = total['probs'] / num_samples
   if binary:
     mean_probs = jnp.stack([1.0 - mean_probs, mean_probs], -1)
