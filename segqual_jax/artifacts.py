@@ -34,11 +34,16 @@ def write_atomic(path: str, writer: Callable[[str], None], suffix: str = '.tmp')
   os.replace(tmp, path)
 
 
-def write_text(path: str, text: str) -> None:
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes ``data`` to ``path`` atomically (process 0 only)."""
   def writer(tmp):
-    with open(tmp, 'w') as f:
-      f.write(text)
+    with open(tmp, 'wb') as f:
+      f.write(data)
   write_atomic(path, writer)
+
+
+def write_text(path: str, text: str) -> None:
+  write_bytes(path, text.encode())
 
 
 def write_json(path: str, obj: Any) -> None:

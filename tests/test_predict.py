@@ -81,6 +81,7 @@ def test_predict_folder_every_row_and_page(trained, tmp_path, capsys):
       d, j = float(r['predicted_dice']), float(r['predicted_jaccard'])
       assert 0 <= j <= d <= 1 and abs(d - 2 * j / (1 + j)) < 1e-3
       assert r['decision'] == ('pass' if d >= config.eval.fail_dice else 'fail')
+      assert r['decision_rule'] == 'fixed: pass if predicted Dice >= 0.8'
       assert float(r['mean_uncertainty']) >= 0
       stem = os.path.splitext(name)[0]
       for kind in ('image', 'overlay', 'uncertainty'):

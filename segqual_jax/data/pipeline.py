@@ -32,6 +32,11 @@ class Split:
   def __len__(self) -> int:
     return len(self.images)
 
+  def take(self, idx: np.ndarray, name: str) -> 'Split':
+    """The cases ``idx`` of this split, as a split called ``name``."""
+    ids = tuple(self.ids[i] for i in idx) if self.ids else ()
+    return Split(name, self.images[idx], self.masks[idx], ids)
+
 
 def make_builder(data_config):
   """The TFDS builder of ``config.data`` (synthetic, folder or isic2017), not yet prepared."""

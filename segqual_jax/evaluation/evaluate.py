@@ -23,25 +23,71 @@ import numpy as np
 from segqual_jax import artifacts, parallel, runtime
 from segqual_jax.data import pipeline
 from segqual_jax.evaluation import figures, quality_metrics, report
+from segqual_jax.quality import auto_accept, train_quality
 from segqual_jax.quality import labels as quality_labels
-from segqual_jax.quality import train_quality
 from segqual_jax.training import loop
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+CALIBRATION_FILE = 'auto_accept.json'  # the calibrated thresholds --mode=predict applies
 
 
 def predict_quality(config, workdir: str, variant: str, split: pipeline.Split, labels) -> np.ndarray:
-  """Predicted quality of each case of ``split`` by the trained g of ``variant``."""
-  model, params, method_state = train_quality.restore(config, workdir, variant)
-  predict = jax.jit(train_quality.predict_fn(model, variant))
+  """Predicted quality of each case of ``split`` by the trained quality model ``variant``."""
+  predictor = train_quality.load_predictor(config, workdir, variant)
+  names = sorted(labels.scores)
   out = []
-  for images, preds, umaps, valid in pipeline.eval_batches(
-      config.seg.eval_batch_size, split.images, labels.predictions, labels.uncertainty):
-    batch = parallel.shard_batch((images, preds, umaps))
-    out.append(np.asarray(parallel.fetch(predict(params, method_state, *batch)))[:valid])
+  for images, preds, umaps, *score_columns, valid in pipeline.eval_batches(
+      config.seg.eval_batch_size, split.images, labels.predictions, labels.uncertainty,
+      *[labels.scores[n] for n in names]):
+    batch_scores = dict(zip(names, score_columns))
+    out.append(np.asarray(predictor(images, preds, umaps, batch_scores))[:valid])
   return np.concatenate(out) if out else np.zeros(0)
+
+
+def score_metrics(config, labels) -> dict[str, dict]:
+  """Every image-level score used directly as the quality score (no g): its metrics.
+
+  RMSE is left out (None): a score is not an estimate of Dice or Jaccard,
+  only an ordering, which every other metric judges.
+  """
+  out = {}
+  for name, values in sorted(labels.scores.items()):
+    metrics = quality_metrics.all_metrics(values, labels.dice, labels.jaccard, config.quality.target,
+                                          config.eval.fail_dice, config.eval.fail_jaccard)
+    metrics['rmse'] = None
+    out[report.score_row_name(config.method, name)] = metrics
+  return out
+
+
+def calibrate_auto_accept(config, workdir: str, predicted_test: dict[str, np.ndarray],
+                          test_labels) -> dict:
+  """The auto-accept threshold of every quality model, calibrated and then applied to the test split.
+
+  Per model and alpha: the LTT threshold from the calibration cases (grid:
+  quantiles of the model's predictions on its own training cases), and the
+  test split's automation rate and accepted-failure rate under it.
+  """
+  quality = pipeline.load_splits(config.data, names=('quality',))['quality']
+  (fit_split, fit_labels), (cal_split, cal_labels) = quality_labels.holdout_parts(config, workdir, quality)
+  cal = config.calibration
+  out = {}
+  for variant in train_quality.variants(config):
+    name = report.row_name(config.method, variant)
+    grid = auto_accept.threshold_grid(predict_quality(config, workdir, variant, fit_split, fit_labels),
+                                      cal.grid_size)
+    cal_pred = predict_quality(config, workdir, variant, cal_split, cal_labels)
+    per_alpha = {}
+    for alpha in cal.alphas:
+      rule = auto_accept.calibrate(cal_pred, cal_labels.dice < config.eval.fail_dice, grid, alpha,
+                                   cal.delta, cal.starts)
+      rule['test'] = auto_accept.realised(predicted_test[name], test_labels.dice < config.eval.fail_dice,
+                                          rule['threshold'])
+      per_alpha[str(alpha)] = rule
+    out[variant] = {'row': name, 'delta': cal.delta, 'fail_dice': config.eval.fail_dice,
+                    'rules': per_alpha}
+  return out
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -63,6 +109,9 @@ def evaluate(config, workdir: str) -> dict:
   models = {name: quality_metrics.all_metrics(pred, labels.dice, labels.jaccard,
                                               config.quality.target, fail_d, fail_j)
             for name, pred in predicted.items()}
+  scores = score_metrics(config, labels)
+  calibration = (calibrate_auto_accept(config, workdir, predicted, labels)
+                 if config.calibration.fraction > 0 else None)
   seg = labels.summary(fail_d)
   seg[f'fail_rate_jaccard_{fail_j}'] = float(np.mean(labels.jaccard < fail_j))
   result = {
@@ -74,11 +123,20 @@ def evaluate(config, workdir: str) -> dict:
       'label_source': config.quality.label_source,
       'segmentation': seg,
       'quality_models': models,
+      'scores': scores,  # image-level scores used directly as quality scores (no g)
   }
+  if calibration is not None:
+    result['auto_accept'] = calibration
+    artifacts.write_json(os.path.join(workdir, CALIBRATION_FILE), calibration)
 
   keys = [f'dice<{fail_d}', f'jaccard<{fail_j}']
   table = ''.join(f'\n### Failure = {report.threshold_title(k)} (fail rate {100 * models[next(iter(models))][k]["fail_rate"]:.1f} %)\n\n'
                   + report.table_markdown({n: [m] for n, m in models.items()}, k) for k in keys)
+  if scores:
+    table += (f'\n### Image-level scores as quality scores (no g), failure = {report.threshold_title(keys[0])}\n\n'
+              + report.table_markdown({n: [m] for n, m in scores.items()}, keys[0]))
+  if calibration is not None:
+    table += '\n' + report.auto_accept_markdown(calibration)
   header = (f'# {config.method}, seed {config.seed}: quality prediction on the test split '
             f'({len(test)} cases, {config.data.name} data)\n\n'
             f'f: mean Dice {seg["mean_dice"]:.3f}, mean Jaccard {seg["mean_jaccard"]:.3f}; '

@@ -46,6 +46,11 @@ class SplitPredictions:
       return cls(**{field.name: f[field.name] for field in dataclasses.fields(cls)
                     if field.name != 'scores'}, scores=scores)
 
+  def take(self, idx: np.ndarray) -> 'SplitPredictions':
+    """The cases ``idx``."""
+    return SplitPredictions(self.predictions[idx], self.uncertainty[idx], self.dice[idx],
+                            self.jaccard[idx], {k: v[idx] for k, v in self.scores.items()})
+
   def summary(self, fail_dice: float = 0.8) -> dict[str, float]:
     """Mean scores, the share of failures (Dice < fail_dice) and mean uncertainty."""
     return {

@@ -23,6 +23,7 @@ import dataclasses
 import html
 import io
 import logging
+import math
 import os
 import time
 
@@ -43,8 +44,8 @@ from matplotlib import colormaps  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ('file', 'predicted_dice', 'predicted_jaccard', 'decision', 'mean_uncertainty',
-           'status')
+COLUMNS = ('file', 'predicted_dice', 'predicted_jaccard', 'decision', 'decision_rule',
+           'mean_uncertainty', 'status')
 TRUE_COLUMNS = ('true_dice', 'true_jaccard')
 OWN_FILES = ('predictions.csv', 'index.html', 'summary.json', 'maps')
 
@@ -61,6 +62,7 @@ class Row:
   predicted_dice: float | None = None
   predicted_jaccard: float | None = None
   decision: str = ''
+  decision_rule: str = ''
   mean_uncertainty: float | None = None
   true_dice: float | None = None
   true_jaccard: float | None = None
@@ -76,6 +78,38 @@ def dice_from_jaccard(j):
 
 def jaccard_from_dice(d):
   return d / (2.0 - d)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionRule:
+  """Pass when the quality model's output (in ``quality.target`` units) is >= ``threshold``."""
+  threshold: float
+  description: str
+
+  def decide(self, quality: float) -> str:
+    return 'pass' if quality >= self.threshold else 'fail'
+
+
+def decision_rule(config, workdir: str, variant: str) -> DecisionRule:
+  """The calibrated auto-accept rule of ``variant`` at ``predict.alpha`` if the run has one,
+  else the fixed rule "predicted Dice >= eval.fail_dice"."""
+  target, fail_dice = config.quality.target, config.eval.fail_dice
+  path = os.path.join(workdir, 'auto_accept.json')
+  if os.path.exists(path):
+    entry = artifacts.read_json(path).get(variant, {})
+    rule = entry.get('rules', {}).get(str(config.predict.alpha))
+    if rule is not None:
+      promise = (f'calibrated: accepted-failure rate (Dice < {fail_dice}) <= {config.predict.alpha} '
+                 f'with {100 * (1 - entry["delta"]):g} % confidence; ')
+      if rule['threshold'] is None:
+        return DecisionRule(math.inf, promise + 'the calibration cases cannot support accepting '
+                            'any case, so every case goes to review')
+      return DecisionRule(rule['threshold'], promise + f'pass if predicted {target} >= '
+                          f'{rule["threshold"]:.4f}')
+    log.warning('%s has no rule for quality model %s at predict.alpha=%s; using the fixed rule',
+                path, variant, config.predict.alpha)
+  threshold = jaccard_from_dice(fail_dice) if target == 'jaccard' else fail_dice
+  return DecisionRule(threshold, f'fixed: pass if predicted Dice >= {fail_dice}')
 
 
 def prepare_output(output_dir: str, overwrite: bool) -> None:
@@ -137,7 +171,7 @@ def write_csv(path: str, rows: list[Row], with_truth: bool) -> None:
   writer = csv.writer(buf)
   writer.writerow(COLUMNS + (TRUE_COLUMNS if with_truth else ()))
   for r in rows:
-    line = [r.file, _fmt(r.predicted_dice), _fmt(r.predicted_jaccard), r.decision,
+    line = [r.file, _fmt(r.predicted_dice), _fmt(r.predicted_jaccard), r.decision, r.decision_rule,
             _fmt(r.mean_uncertainty), r.status]
     if with_truth:
       line += [_fmt(r.true_dice), _fmt(r.true_jaccard)]
@@ -145,7 +179,7 @@ def write_csv(path: str, rows: list[Row], with_truth: bool) -> None:
   artifacts.write_text(path, buf.getvalue())
 
 
-def write_html(path: str, rows: list[Row], title: str, threshold: float, with_truth: bool) -> None:
+def write_html(path: str, rows: list[Row], title: str, rule_text: str, with_truth: bool) -> None:
   """One page, worst predicted quality first; unreadable files at the top."""
   ordered = sorted(rows, key=lambda r: (r.ok, r.predicted_dice if r.ok else 0.0))
   head = ('<th>file</th><th>image</th><th>f\'s segmentation</th><th>uncertainty</th>'
@@ -176,7 +210,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:center}} img{{width:160p
 </head><body>
 <h1>{html.escape(title)}</h1>
 <p>{len(rows)} files: {n_ok} read, {len(rows) - n_ok} unreadable; {n_fail} predicted to fail
-(predicted Dice &lt; {threshold}) and worth a human look. Sorted worst predicted quality first.
+(decision rule: {html.escape(rule_text)}) and worth a human look. Sorted worst predicted quality first.
 Overlay: f's mask outlined in yellow. Uncertainty: brighter = less certain.</p>
 <table><tr>{head}</tr>
 {chr(10).join(body)}
@@ -200,9 +234,10 @@ def predict_folder(config, workdir: str, input_dir: str, output_dir: str,
 
   variant = config.predict.quality_model
   method, f_params = train_seg.restore_params(config, workdir)
-  model, g_params, g_state = train_quality.restore(config, workdir, variant)
-  f_batch = inference.make_batch_predictor(method.predict)
-  g_batch = jax.jit(train_quality.predict_fn(model, variant))
+  quality_model = train_quality.load_predictor(config, workdir, variant)
+  rule = decision_rule(config, workdir, variant)
+  log.info('decision rule: %s', rule.description)
+  f_batch = inference.method_predictor(method, with_scores=variant == 'cheap_qc')
   f_params = parallel.replicate(f_params)
   size, batch_size = config.data.image_size, config.seg.eval_batch_size
   threshold = config.eval.fail_dice
@@ -229,11 +264,9 @@ def predict_folder(config, workdir: str, input_dir: str, output_dir: str,
       batch[:len(loaded)] = np.stack([a for _, a in loaded])
       zeros = np.zeros((batch_size, size, size), np.uint8)
       sharded_images, sharded_zeros = parallel.shard_batch((batch, zeros))
-      labels, umaps, _, _ = f_batch(f_params, sharded_images, sharded_zeros,
-                                    jax.random.fold_in(key, start // batch_size))
-      labels, umaps = (np.asarray(a) for a in parallel.fetch((labels, umaps)))
-      quality = np.asarray(parallel.fetch(
-          g_batch(g_params, g_state, *parallel.shard_batch((batch, labels, umaps)))))
+      f_out = f_batch(f_params, sharded_images, sharded_zeros, jax.random.fold_in(key, start // batch_size))
+      labels, umaps, image_scores = parallel.fetch((f_out[0], f_out[1], f_out[4] if len(f_out) > 4 else {}))
+      quality = quality_model(batch, labels, umaps, image_scores)
       if umap_max is None:  # one colour scale for the whole run: maps are comparable
         umap_max = float(np.percentile(umaps[:len(loaded)], 99.5)) or 1.0
       for i, name in enumerate(names):
@@ -243,7 +276,7 @@ def predict_folder(config, workdir: str, input_dir: str, output_dir: str,
           r.predicted_jaccard, r.predicted_dice = q, dice_from_jaccard(q)
         else:
           r.predicted_dice, r.predicted_jaccard = q, jaccard_from_dice(q)
-        r.decision = 'pass' if r.predicted_dice >= threshold else 'fail'
+        r.decision, r.decision_rule = rule.decide(q), rule.description
         r.mean_uncertainty = float(umaps[i].mean())
         maps_dir = os.path.join(output_dir, 'maps')
         _save_png(os.path.join(maps_dir, f'{r.stem}_image.png'),
@@ -273,10 +306,10 @@ def predict_folder(config, workdir: str, input_dir: str, output_dir: str,
   write_csv(os.path.join(output_dir, 'predictions.csv'), ordered, with_truth)
   write_html(os.path.join(output_dir, 'index.html'), ordered,
              f'segqual-jax: {config.method} on {os.path.basename(os.path.abspath(input_dir))}',
-             threshold, with_truth)
+             rule.description, with_truth)
   summary = {'files': len(files), 'read': n_ok, 'unreadable': len(files) - n_ok,
              'predicted_fail': sum(r.decision == 'fail' for r in ordered),
-             'threshold_dice': threshold, 'quality_model': variant,
+             'threshold_dice': threshold, 'decision_rule': rule.description, 'quality_model': variant,
              'wall_time_s': round(time.time() - t0, 1)}
   truth_rows = [r for r in ordered if r.true_dice is not None]
   if truth_rows:
@@ -288,9 +321,9 @@ def predict_folder(config, workdir: str, input_dir: str, output_dir: str,
         config.eval.fail_dice, config.eval.fail_jaccard)
     summary['cases_with_truth'] = len(truth_rows)
   artifacts.write_json(os.path.join(output_dir, 'summary.json'), summary)
-  log.info('predict: %d files, %d read, %d unreadable, %d predicted to fail (Dice < %s); '
+  log.info('predict: %d files, %d read, %d unreadable, %d predicted to fail (%s); '
            'outputs in %s', summary['files'], summary['read'], summary['unreadable'],
-           summary['predicted_fail'], threshold, output_dir)
+           summary['predicted_fail'], rule.description, output_dir)
   if 'metrics' in summary:  # the paper's metrics of the predicted quality, against the masks
     name = report.row_name(config.method, variant)
     for key in (f'dice<{config.eval.fail_dice}', f'jaccard<{config.eval.fail_jaccard}'):

@@ -29,12 +29,40 @@ ROW_NAMES = {
     ('tta', 'uncertainty'): 'TTA',
     ('hierarchical', 'uncertainty'): 'Hierarchical',
 }
-BASELINE_NAMES = {'no_uncertainty': 'No uncertainty', 'qualitynet': 'QualityNet'}
+BASELINE_NAMES = {'no_uncertainty': 'No uncertainty', 'qualitynet': 'QualityNet', 'rca': 'RCA'}
+METHOD_NAMES = {method: name for (method, _), name in ROW_NAMES.items()}
+SCORE_NAMES = {'pairwise_dice': 'pairwise Dice', 'samples_iou': 'IoU over samples',
+               'area_cv': 'area CoV', 'map_mean': 'map mean', 'map_fg_mean': 'map foreground mean',
+               'map_boundary_mean': 'map boundary mean', 'map_p95': 'map 95th percentile'}
 
 
 def row_name(method: str, variant: str) -> str:
-  """The Table 1 row of a quality model: its uncertainty method, or the baseline."""
+  """The table row of a quality model: its uncertainty method, the baseline, or cheap QC on the method's scores."""
+  if variant == 'cheap_qc':
+    return f'Cheap QC ({METHOD_NAMES[method]})'
   return ROW_NAMES.get((method, variant)) or BASELINE_NAMES[variant]
+
+
+def score_row_name(method: str, score: str) -> str:
+  """The row of an image-level score used directly: ``'MC-dropout: pairwise Dice'``."""
+  return f'{METHOD_NAMES[method]}: {SCORE_NAMES.get(score, score)}'
+
+
+def auto_accept_markdown(calibration: dict) -> str:
+  """The calibrated auto-accept rules of one run and what they do on the test split."""
+  lines = ['### Calibrated auto-accept (test split)\n',
+           '| Quality model | alpha | delta | threshold | calibration cases | test automation rate | '
+           'test accepted-failure rate |', '|---|---|---|---|---|---|---|']
+  for entry in calibration.values():
+    for alpha, rule in entry['rules'].items():
+      test = rule['test']
+      rate = test['accepted_failure_rate']
+      threshold = 'none: review all' if rule['threshold'] is None else f"{rule['threshold']:.3f}"
+      lines.append(f"| {entry['row']} | {alpha} | {entry['delta']} | {threshold} | "
+                   f"{rule['calibration_cases']} | {100 * test['automation_rate']:.1f} % | "
+                   + ('n/a (none accepted)' if rate is None else
+                      f"{100 * rate:.1f} % ({test['accepted_failures']}/{test['accepted']})") + ' |')
+  return '\n'.join(lines) + '\n'
 
 
 def threshold_title(key: str) -> str:
@@ -70,4 +98,26 @@ def table_markdown(rows: dict[str, list[dict]], threshold_key: str) -> str:
     cells = [_cell([_value(m, key, threshold_key) for m in per_seed], scale, 3 if scale == 1 else 1)
              for _, key, scale, _ in COLUMNS]
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def auto_accept_seeds_markdown(rules: dict[tuple[str, str], list[dict]]) -> str:
+  """Calibrated auto-accept over seeds: ``{(row, alpha): [rule of seed 1, ...]}`` -> a table.
+
+  Test automation rate and accepted-failure rate as mean +- std over the
+  seeds, and how many seeds broke the promise on the test split (a realised
+  rate above alpha; the guarantee is on the population rate, so a finite
+  test split can do that with no fault in the rule).
+  """
+  lines = ['Calibrated auto-accept on the test split (thresholds chosen on the calibration cases):\n',
+           '| Quality model | alpha | seeds accepting anything | test automation rate (%) | '
+           'test accepted-failure rate (%) | seeds with realised rate > alpha |',
+           '|---|---|---|---|---|---|']
+  for (row, alpha), per_seed in rules.items():
+    tests = [r['test'] for r in per_seed]
+    rates = [t['accepted_failure_rate'] for t in tests]
+    over = sum(r is not None and r > float(alpha) for r in rates)
+    lines.append(f'| {row} | {alpha} | {sum(t["accepted"] > 0 for t in tests)}/{len(tests)} | '
+                 f'{_cell([t["automation_rate"] for t in tests], 100, 1)} | {_cell(rates, 100, 1)} | '
+                 f'{over}/{len(tests)} |')
   return '\n'.join(lines) + '\n'

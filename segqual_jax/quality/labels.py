@@ -21,6 +21,7 @@ import numpy as np
 
 from segqual_jax.data import pipeline
 from segqual_jax.evaluation import inference
+from segqual_jax.quality import auto_accept
 from segqual_jax.training import train_seg
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,29 @@ def oof_labels(config, workdir: str, train: pipeline.Split) -> inference.SplitPr
   return labels
 
 
+def holdout_parts(config, workdir: str, quality: pipeline.Split):
+  """The quality split's ``(g's part, calibration part)``, each as ``(split, labels)``.
+
+  With ``calibration.fraction`` = 0 the calibration part is None. The part is
+  a seeded sample (``data.seed``: the same cases for every model seed) and
+  the labels of the whole split are computed and cached once.
+  """
+  labels = split_labels(config, workdir, quality)
+  if config.calibration.fraction <= 0:
+    return (quality, labels), None
+  cal, rest = auto_accept.calibration_indices(len(quality), config.calibration.fraction, config.data.seed)
+  return ((quality.take(rest, 'quality_fit'), labels.take(rest)),
+          (quality.take(cal, 'calibration'), labels.take(cal)))
+
+
 def training_labels(config, workdir: str, splits: dict[str, pipeline.Split]):
-  """``(split, labels)`` g trains on, per ``config.quality.label_source``."""
+  """``(split, labels)`` g trains on, per ``config.quality.label_source``.
+
+  With a calibration fraction, the held-out calibration cases are never among them.
+  """
   source = config.quality.label_source
   if source == 'holdout':
-    return splits['quality'], split_labels(config, workdir, splits['quality'])
+    return holdout_parts(config, workdir, splits['quality'])[0]
   if source == 'train':
     return splits['train'], split_labels(config, workdir, splits['train'])
   return splits['train'], oof_labels(config, workdir, splits['train'])

@@ -20,8 +20,8 @@ import optax
 
 from segqual_jax import artifacts, parallel, runtime
 from segqual_jax.data import pipeline
+from segqual_jax.quality import cheap_qc, models, rca
 from segqual_jax.quality import labels as quality_labels
-from segqual_jax.quality import models
 from segqual_jax.training import checkpointing, loop
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,75 @@ def restore(config, workdir: str, variant: str):
   return model, state['params'], state['method_state']
 
 
+def load_predictor(config, workdir: str, variant: str):
+  """Any trained quality model as ``(images, predictions, maps, scores) -> (N,) numpy``.
+
+  The arguments are one padded batch (numpy, ``seg.eval_batch_size`` rows):
+  uint8 images, f's labels, f's maps and the image-level scores by name. The
+  CNN variants and RCA run sharded over the devices; cheap QC runs on the host.
+  """
+  out_dir = variant_dir(workdir, variant)
+  if variant in models.VARIANTS:
+    model, params, method_state = restore(config, workdir, variant)
+    g = jax.jit(predict_fn(model, variant))
+    return lambda images, predictions, umaps, scores: np.asarray(parallel.fetch(
+        g(params, method_state, *parallel.shard_batch((images, predictions, umaps)))))
+  if not os.path.exists(os.path.join(out_dir, 'done.json')):
+    raise FileNotFoundError(f'no trained quality model in {out_dir}; run first: python main.py '
+                            f'--config=<config> --workdir={workdir} --mode=train_quality')
+  if variant == 'cheap_qc':
+    return cheap_qc.load_predictor(out_dir)
+  rca_predict = rca.load_predictor(config, out_dir)
+  return lambda images, predictions, umaps, scores: rca_predict(
+      *parallel.shard_batch((images, predictions)), umaps, scores)
+
+
+def _train_cnn(config, variant: str, out_dir: str, split, labels, targets: np.ndarray,
+               z_scale: float) -> dict:
+  """Trains (or resumes) one CNN g; returns its summary."""
+  t_start = time.time()
+  # Keyed by the variant's fixed index, not its position in quality.models,
+  # so adding a variant to a run never changes another variant's g.
+  base_key = jax.random.fold_in(jax.random.key(config.seed), 10)
+  variant_key = jax.random.fold_in(base_key, models.VARIANTS.index(variant))
+  model, tx, state = create_train_state(config, variant, jax.random.fold_in(variant_key, 0), z_scale)
+  checkpointer = checkpointing.Checkpointer(os.path.join(out_dir, 'checkpoints'),
+                                            config.quality.checkpoint_every_steps)
+  state = checkpointer.resume(state, f'quality model {variant}')
+  per_epoch = pipeline.steps_per_epoch(len(targets), config.quality.batch_size)
+  num_steps = per_epoch * config.quality.num_epochs
+  step_key = jax.random.fold_in(variant_key, 1)
+  log_path = os.path.join(out_dir, 'log.jsonl')
+
+  def batch_fn(step):
+    idx = pipeline.batch_indices(len(targets), config.quality.batch_size, config.seed, step)
+    return (split.images[idx], labels.predictions[idx], labels.uncertainty[idx], targets[idx]), step_key
+
+  def epoch_end_fn(state, epoch, train_metrics):
+    artifacts.append_jsonl(log_path, {'epoch': epoch, 'step': int(state['step']),
+                                      **{f'train_{k}': v for k, v in train_metrics.items()}})
+    log.info('quality %s epoch %d: train RMSE %.4f', variant, epoch, train_metrics['rmse'])
+
+  loop.run(name=f'train_quality[{variant}]', state=state,
+           train_step=loop.make_train_step(make_loss_fn(model, variant), tx),
+           batch_fn=batch_fn, num_steps=num_steps, steps_per_epoch=per_epoch,
+           checkpointer=checkpointer, log_every_steps=config.quality.log_every_steps,
+           epoch_end_fn=epoch_end_fn, testing=config.testing)
+  checkpointer.close()
+  return {'variant': variant, 'steps': num_steps, 'num_cases': int(len(targets)),
+          'label_source': config.quality.label_source,
+          'z_scale': z_scale, 'wall_time_s': round(time.time() - t_start, 1)}
+
+
+# Fields a quality model's result never depends on: the other kinds' settings.
+_OTHER_MODELS_FIELDS = {'cnn': ('cheap_qc.', 'rca.'), 'cheap_qc': ('rca.', 'quality.widths', 'quality.dense',
+                        'quality.batch_size', 'quality.learning_rate', 'quality.num_epochs'),
+                        'rca': ('cheap_qc.', 'quality.widths', 'quality.dense', 'quality.batch_size',
+                                'quality.learning_rate', 'quality.num_epochs')}
+
+
 def train_quality(config, workdir: str) -> dict[str, dict]:
-  """Builds g's training labels with f, then trains every configured variant.
+  """Builds the quality models' training labels with f, then fits every configured model.
 
   Returns:
     ``{variant: final training summary}``.
@@ -102,49 +169,24 @@ def train_quality(config, workdir: str) -> dict[str, dict]:
   splits = pipeline.load_splits(config.data, names=needed)
   split, labels = quality_labels.training_labels(config, workdir, splits)
   targets = (labels.jaccard if config.quality.target == 'jaccard' else labels.dice).astype(np.float32)
-  log.info('g trains on %d %s cases (label source %s): mean %s %.3f, %.1f%% with Dice < %.2f',
+  log.info('quality models train on %d %s cases (label source %s): mean %s %.3f, %.1f%% with Dice < %.2f',
            len(targets), split.name, config.quality.label_source, config.quality.target,
            targets.mean(), 100 * np.mean(labels.dice < config.eval.fail_dice), config.eval.fail_dice)
   z_scale = uncertainty_scale(labels.uncertainty)
-  base_key = jax.random.fold_in(jax.random.key(config.seed), 10)
   results = {}
   for variant in variants(config):
     out_dir = variant_dir(workdir, variant)
-    loop.prepare_stage_dir(out_dir, config)
+    kind = variant if variant in _OTHER_MODELS_FIELDS else 'cnn'
+    loop.prepare_stage_dir(out_dir, config, ignore=_OTHER_MODELS_FIELDS[kind])
     done_path = os.path.join(out_dir, 'done.json')
     if (done := loop.completed(done_path, f'quality model {variant}')) is not None:
       results[variant] = done
       continue
-    t_start = time.time()
-    # Keyed by the variant's fixed index, not its position in quality.models,
-    # so adding a variant to a run never changes another variant's g.
-    variant_key = jax.random.fold_in(base_key, models.VARIANTS.index(variant))
-    model, tx, state = create_train_state(config, variant, jax.random.fold_in(variant_key, 0), z_scale)
-    checkpointer = checkpointing.Checkpointer(os.path.join(out_dir, 'checkpoints'),
-                                              config.quality.checkpoint_every_steps)
-    state = checkpointer.resume(state, f'quality model {variant}')
-    per_epoch = pipeline.steps_per_epoch(len(targets), config.quality.batch_size)
-    num_steps = per_epoch * config.quality.num_epochs
-    step_key = jax.random.fold_in(variant_key, 1)
-    log_path = os.path.join(out_dir, 'log.jsonl')
-
-    def batch_fn(step):
-      idx = pipeline.batch_indices(len(targets), config.quality.batch_size, config.seed, step)
-      return (split.images[idx], labels.predictions[idx], labels.uncertainty[idx], targets[idx]), step_key
-
-    def epoch_end_fn(state, epoch, train_metrics, variant=variant, log_path=log_path):
-      artifacts.append_jsonl(log_path, {'epoch': epoch, 'step': int(state['step']),
-                                   **{f'train_{k}': v for k, v in train_metrics.items()}})
-      log.info('quality %s epoch %d: train RMSE %.4f', variant, epoch, train_metrics['rmse'])
-
-    state = loop.run(name=f'train_quality[{variant}]', state=state,
-                     train_step=loop.make_train_step(make_loss_fn(model, variant), tx),
-                     batch_fn=batch_fn, num_steps=num_steps, steps_per_epoch=per_epoch,
-                     checkpointer=checkpointer, log_every_steps=config.quality.log_every_steps,
-                     epoch_end_fn=epoch_end_fn, testing=config.testing)
-    checkpointer.close()
-    results[variant] = {'variant': variant, 'steps': num_steps, 'num_cases': int(len(targets)),
-                        'label_source': config.quality.label_source,
-                        'z_scale': z_scale, 'wall_time_s': round(time.time() - t_start, 1)}
+    if variant == 'cheap_qc':
+      results[variant] = cheap_qc.fit(config, out_dir, labels, targets)
+    elif variant == 'rca':
+      results[variant] = rca.fit(config, out_dir, split)
+    else:
+      results[variant] = _train_cnn(config, variant, out_dir, split, labels, targets, z_scale)
     artifacts.write_json(done_path, results[variant])
   return results

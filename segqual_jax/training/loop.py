@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = ('testing.', 'seg.log_every_steps', 'seg.checkpoint_every_steps',
                      'quality.models', 'quality.log_every_steps',
                      'quality.checkpoint_every_steps', 'data.data_dir', 'eval.', 'bench.', 'predict.',
+                     # the auto-accept rule is chosen at evaluation, from g's predictions
+                     'calibration.alphas', 'calibration.delta', 'calibration.starts',
+                     'calibration.grid_size',
                      # where a multi-host job's processes meet, not what they compute
                      'runtime.coordinator_address', 'runtime.num_processes',
                      'runtime.process_id')
@@ -75,7 +78,8 @@ def _defaults() -> dict:
   return flatten(json.loads(default.get_config().to_json()))
 
 
-def prepare_stage_dir(out_dir: str, config, depends_on: tuple[str, ...] | None = None) -> None:
+def prepare_stage_dir(out_dir: str, config, depends_on: tuple[str, ...] | None = None,
+                      ignore: tuple[str, ...] = ()) -> None:
   """Creates ``out_dir`` and records ``config``; refuses a dir made by another config.
 
   Args:
@@ -83,6 +87,7 @@ def prepare_stage_dir(out_dir: str, config, depends_on: tuple[str, ...] | None =
     config: the full config.
     depends_on: field prefixes the stage's result depends on (None: all fields).
       Changing any other field (e.g. g's settings for f's directory) reuses the stage.
+    ignore: field prefixes it does not depend on, among ``depends_on``.
   """
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, 'config.json')
@@ -98,7 +103,8 @@ def prepare_stage_dir(out_dir: str, config, depends_on: tuple[str, ...] | None =
     same = lambda a, b: a == b or (a is not None and b is not None and str(a) == str(b))
     diff = [k for k in sorted(set(before) | set(now))
             if not same(before.get(k), now.get(k)) and not k.startswith(RESUMABLE_CHANGES)
-            and not added_at_default(k) and (depends_on is None or k.startswith(depends_on))]
+            and not added_at_default(k) and (depends_on is None or k.startswith(depends_on))
+            and not (ignore and k.startswith(ignore))]
     if diff:
       details = ', '.join(f'config.{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in diff)
       raise ConfigError(f'{path} was written by a run with a different config ({details}). '
