@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seg.eval_batch_size = 32  # batch size for validation and prediction
   config.seg.log_every_steps = 50  # progress line (loss, steps/s, ETA) every this many steps
   config.seg.checkpoint_every_steps = 200  # orbax checkpoint interval (and at the end)
+  config.seg.reuse_from = ''  # workdir whose complete f this run reuses instead of training (same seed, data and seg settings, a method that trains alike, e.g. msp for mc_dropout or tta)
 
   config.uncertainty = ml_collections.ConfigDict()
   config.uncertainty.mc_samples = 20  # MC-dropout test-time passes T (paper: 20)
@@ -60,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampling.auto_accelerator_memory_fraction = 0.25  # auto on GPU/TPU: a chunk's share of device memory (CPU: chunk 1)
 
   config.quality = ml_collections.ConfigDict()
-  config.quality.models = 'uncertainty,no_uncertainty,qualitynet'  # g variants to train, comma-separated
+  config.quality.models = 'uncertainty,no_uncertainty,qualitynet'  # quality models: CNN g variants uncertainty | no_uncertainty | qualitynet, and cheap_qc | rca
   config.quality.label_source = 'holdout'  # cases g learns from: holdout (quality split) | train | oof
   config.quality.oof_folds = 5  # folds (extra copies of f) when label_source=oof
   config.quality.target = 'jaccard'  # metric g regresses: jaccard (paper) | dice
@@ -72,8 +73,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.quality.log_every_steps = 200  # progress line interval for g
   config.quality.checkpoint_every_steps = 300  # g's checkpoint interval (and at the end)
 
+  config.cheap_qc = ml_collections.ConfigDict()
+  config.cheap_qc.regressor = 'gradient_boosting'  # quality model cheap_qc: gradient_boosting | random_forest | lasso
+
+  config.rca = ml_collections.ConfigDict()
+  config.rca.references = 20  # quality model rca: reference cases with ground truth (from g's training cases)
+  config.rca.steps = 50  # Adam steps of each image's reverse segmenter
+  config.rca.learning_rate = 0.01  # the reverse segmenter's Adam learning rate
+  config.rca.base_width = 8  # the reverse U-Net's first-level channels
+  config.rca.depth = 2  # the reverse U-Net's down-samplings
+
+  config.calibration = ml_collections.ConfigDict()
+  config.calibration.fraction = 0.0  # share of the quality split held out from g to calibrate auto-accept (0 = no calibration)
+  config.calibration.alphas = (0.05, 0.1)  # tolerated accepted-failure rates (failure: Dice < eval.fail_dice)
+  config.calibration.delta = 0.1  # tolerated probability that the calibration draw breaks the rate
+  config.calibration.starts = 8  # chains of the multi-start fixed-sequence test
+  config.calibration.grid_size = 200  # candidate thresholds (quantiles of g's predictions on its training cases)
+
   config.predict = ml_collections.ConfigDict()
-  config.predict.quality_model = 'uncertainty'  # which trained g --mode=predict uses: uncertainty | no_uncertainty | qualitynet
+  config.predict.quality_model = 'uncertainty'  # quality model --mode=predict uses: a quality.models entry
+  config.predict.alpha = 0.1  # with a calibration run: the auto-accept rate whose threshold predict applies
 
   config.eval = ml_collections.ConfigDict()
   config.eval.fail_dice = 0.8  # a case fails when its true Dice is below this (the user's bar)

@@ -1,12 +1,14 @@
 """ISIC 2017 (dermoscopy) at CPU scale, with the shared evaluation protocol.
 
-Launch (METHOD: msp | mc_dropout | hcnn | lce | no_uncertainty | qualitynet):
+Launch (METHOD: msp | mc_dropout | hcnn | lce | no_uncertainty | qualitynet | tta | ensemble |
+hierarchical):
   python main.py --config=configs/isic2017.py:lce --workdir=runs/isic2017/lce
 Table 1, 3 seeds:
   python experiments/table1.py --config_base=configs/isic2017.py --seeds=0,1,2 \
       --workdir=runs/isic2017 --out=experiments/table1_isic2017.md
 Expected CPU runtime (2 cores): stage 1 ~8 min per method (1300 images at
-64 px, 12 epochs), stage 2 ~1-2 min per g, evaluation < 1 min.
+64 px, 12 epochs; the 5-member ensemble ~5x that), stage 2 ~1-2 min per g,
+evaluation < 1 min.
 
 Data: ../shared/data/isic2017/128 (128 px PNGs of the official train and val
 sets), resized here to 64 px. Protocol lists (../shared/data/isic2017/protocol):
@@ -30,6 +32,9 @@ METHOD_CONFIGS = {  # method name -> (config.method, g variants)
     'lce': ('lce', 'uncertainty'),
     'no_uncertainty': ('msp', 'no_uncertainty'),
     'qualitynet': ('msp', 'qualitynet'),
+    'tta': ('tta', 'uncertainty'),
+    'ensemble': ('ensemble', 'uncertainty'),
+    'hierarchical': ('hierarchical', 'uncertainty'),
 }
 
 

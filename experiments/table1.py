@@ -12,6 +12,20 @@ one config file with the method as argument, e.g. the real data sets:
 
   python experiments/table1.py --config_base=configs/isic2017.py --seeds=0,1,2 \
       --workdir=runs/isic2017 --out=experiments/table1_isic2017.md
+
+``--runs`` replaces the six rows by any set of runs, ``METHOD=MODEL+MODEL,...``
+(quality models of ``quality.models``), and ``--reuse_dir`` lets each run
+reuse a trained f from an earlier table (``config.seg.reuse_from``: its own
+method's, or the one it trains like, e.g. MSP's for TTA). The issue-6 table
+on ISIC 2017, every quality model fitted on the same cases and calibrated on
+held-out ones:
+
+  python experiments/table1.py --config_base=configs/isic2017.py --seeds=0,1,2 \
+      --workdir=runs/isic2017_wider --reuse_dir=runs/isic2017 --runs=WIDER \
+      --override=--config.calibration.fraction=0.3 --out=experiments/wider_isic2017.md
+
+Besides Table 1, the output has the image-level scores used directly as
+quality scores and, with a calibration split, the auto-accept rules.
 """
 
 from __future__ import annotations
@@ -30,17 +44,44 @@ from segqual_jax.evaluation import report  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = (('msp', 'uncertainty,no_uncertainty,qualitynet'), ('mc_dropout', 'uncertainty'),
         ('hcnn', 'uncertainty'), ('lce', 'uncertainty'))
-ROW_ORDER = ('QualityNet', 'No uncertainty', 'Max probability', 'MC-dropout', 'HCNN', 'LCE')
+# --runs=WIDER: every method of issue 6 and every quality model.
+WIDER = 'msp=uncertainty+no_uncertainty+qualitynet+cheap_qc+rca,' + ','.join(
+    f'{m}=uncertainty+cheap_qc' for m in ('mc_dropout', 'hcnn', 'lce', 'tta', 'ensemble', 'hierarchical'))
+ROW_ORDER = ('RCA', 'QualityNet', 'No uncertainty', 'Max probability', 'MC-dropout', 'HCNN', 'LCE',
+             'TTA', 'Deep ensemble', 'Hierarchical')
 
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Model seeds (the data set is fixed).')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/table1', 'Parent directory of the runs.')
 _OUT = flags.DEFINE_string('out', 'experiments/table1_synthetic.md', 'Markdown output.')
 _OVERRIDES = flags.DEFINE_multi_string('override', [], 'Extra --config.x=y for every run.')
 _CONFIG_DIR = flags.DEFINE_string('config_dir', 'configs', 'Directory of the method configs.')
+_RUNS = flags.DEFINE_string('runs', '', 'METHOD=MODEL+MODEL,... (or WIDER); empty: the six rows of Table 1.')
+_REUSE_DIR = flags.DEFINE_string('reuse_dir', '', 'Parent dir of earlier runs whose trained f to reuse.')
 _CONFIG_BASE = flags.DEFINE_string('config_base', None,
                                    'One config file taking the method as its argument '
                                    '(e.g. configs/isic2017.py -> configs/isic2017.py:lce); '
                                    'replaces --config_dir.')
+
+
+def parse_runs(spec: str) -> tuple[tuple[str, str], ...]:
+  """``'msp=uncertainty+cheap_qc,tta=uncertainty'`` -> ``(('msp', 'uncertainty,cheap_qc'), ...)``."""
+  if not spec:
+    return RUNS
+  spec = WIDER if spec == 'WIDER' else spec
+  return tuple((m.strip(), models.replace('+', ',')) for m, _, models in
+               (item.partition('=') for item in spec.split(',') if item.strip()))
+
+
+def reuse_source(method: str, seed: int) -> str | None:
+  """The earlier run whose f ``method`` can reuse: its own method's, else the one it trains like."""
+  if not _REUSE_DIR.value:
+    return None
+  from segqual_jax import uncertainty
+  for name in (method, uncertainty.training_family(method)):
+    path = os.path.join(_REUSE_DIR.value, f'{name}_seed{seed}')
+    if os.path.exists(os.path.join(REPO, path, 'seg', 'metrics.json')):
+      return path
+  return None
 
 
 def run_one(method: str, models: str, seed: int) -> tuple[dict, dict, float]:
@@ -48,8 +89,10 @@ def run_one(method: str, models: str, seed: int) -> tuple[dict, dict, float]:
   workdir = os.path.join(_WORKDIR.value, f'{method}_seed{seed}')
   config = (f'{_CONFIG_BASE.value}:{method}' if _CONFIG_BASE.value
             else f'{_CONFIG_DIR.value}/{method}.py')
+  source = reuse_source(method, seed)
+  reuse = [f'--config.seg.reuse_from={source}'] if source else []
   cmd = [sys.executable, 'main.py', f'--config={config}', f'--workdir={workdir}',
-         f'--config.seed={seed}', f'--config.quality.models={models}', *_OVERRIDES.value]
+         f'--config.seed={seed}', f'--config.quality.models={models}', *reuse, *_OVERRIDES.value]
   print(' '.join(cmd), flush=True)
   start = time.time()
   subprocess.run(cmd, cwd=REPO, check=True)
@@ -65,16 +108,24 @@ def main(argv):
   rows: dict[str, list[dict]] = {}
   seg: dict[str, list[dict]] = {}
   stage1: dict[str, list[dict]] = {}
+  scores: dict[str, list[dict]] = {}
+  accept: dict[tuple[str, str], list[dict]] = {}
   wall = 0.0
   for seed in seeds:
-    for method, models in RUNS:
+    for method, models in parse_runs(_RUNS.value):
       result, val, seconds = run_one(method, models, seed)
       wall += seconds
       seg.setdefault(method, []).append(result['segmentation'])
       stage1.setdefault(method, []).append(val)
       for name, metrics in result['quality_models'].items():
         rows.setdefault(name, []).append(metrics)
-  rows = {name: rows[name] for name in ROW_ORDER if name in rows}
+      for name, metrics in result.get('scores', {}).items():
+        scores.setdefault(name, []).append(metrics)
+      for entry in result.get('auto_accept', {}).values():
+        for alpha, rule in entry['rules'].items():
+          accept.setdefault((entry['row'], alpha), []).append(rule)
+  order = lambda name: (ROW_ORDER.index(name) if name in ROW_ORDER else len(ROW_ORDER), name)
+  rows = {name: rows[name] for name in sorted(rows, key=order)}
   keys = [k for k in next(iter(rows.values()))[0] if '<' in k]  # the failure definitions
   lines = [f'Seeds {seeds}; wall time of the runs in this invocation: {wall / 60:.1f} min '
            '(complete stages found on disk are skipped and cost ~0).\n',
@@ -95,6 +146,12 @@ def main(argv):
   for key in keys:
     lines.append(f'\nFailure = {report.threshold_title(key)}:\n\n')
     lines.append(report.table_markdown(rows, key))
+  if scores:
+    lines.append(f'\nImage-level scores used directly as quality scores (no g; RMSE does not apply), '
+                 f'failure = {report.threshold_title(keys[0])}:\n\n')
+    lines.append(report.table_markdown(scores, keys[0]))
+  if accept:
+    lines.append('\n' + report.auto_accept_seeds_markdown(accept))
   text = ''.join(lines)
   with open(os.path.join(REPO, _OUT.value), 'w') as f:
     f.write(text)

@@ -37,10 +37,12 @@ def _positive_int(v) -> bool:
   return _is_int(v) and v >= 1
 
 
+QUALITY_MODELS = ('uncertainty', 'no_uncertainty', 'qualitynet', 'cheap_qc', 'rca')
+
+
 def _variants_ok(value: str) -> bool:
   names = [v.strip() for v in value.split(',') if v.strip()]
-  return bool(names) and len(set(names)) == len(names) and set(names) <= {
-      'uncertainty', 'no_uncertainty', 'qualitynet'}
+  return bool(names) and len(set(names)) == len(names) and set(names) <= set(QUALITY_MODELS)
 
 
 def _positive_ints(value) -> bool:
@@ -93,6 +95,7 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('seg.eval_batch_size', _positive_int, 'must be >= 1'),
       ('seg.log_every_steps', _positive_int, 'must be >= 1'),
       ('seg.checkpoint_every_steps', _positive_int, 'must be >= 1'),
+      ('seg.reuse_from', lambda v: isinstance(v, str), 'must be a workdir path or empty'),
       ('uncertainty.mc_samples', _positive_int, 'must be >= 1 (the number of passes T)'),
       ('uncertainty.hcnn_train_samples', _positive_int, 'must be >= 1'),
       ('uncertainty.hcnn_test_samples', lambda v: _is_int(v) and v >= 0,
@@ -112,7 +115,7 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('sampling.auto_accelerator_memory_fraction',
        lambda v: isinstance(v, (int, float)) and 0 < v <= 1, 'must be in (0, 1]'),
       ('quality.models', lambda v: isinstance(v, str) and _variants_ok(v),
-       'must be a comma-separated, non-empty subset of uncertainty,no_uncertainty,qualitynet'),
+       f'must be a comma-separated, non-empty subset of {",".join(QUALITY_MODELS)}'),
       ('quality.label_source', lambda v: v in ('holdout', 'train', 'oof'),
        'must be holdout, train or oof'),
       ('quality.oof_folds', lambda v: _is_int(v) and v >= 2, 'must be >= 2'),
@@ -125,8 +128,21 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('quality.num_epochs', _positive_int, 'must be >= 1'),
       ('quality.log_every_steps', _positive_int, 'must be >= 1'),
       ('quality.checkpoint_every_steps', _positive_int, 'must be >= 1'),
-      ('predict.quality_model', lambda v: v in ('uncertainty', 'no_uncertainty', 'qualitynet'),
-       'must be uncertainty, no_uncertainty or qualitynet'),
+      ('predict.quality_model', lambda v: v in QUALITY_MODELS, f'must be one of {", ".join(QUALITY_MODELS)}'),
+      ('predict.alpha', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
+      ('cheap_qc.regressor', lambda v: v in ('gradient_boosting', 'random_forest', 'lasso'),
+       'must be gradient_boosting, random_forest or lasso'),
+      ('rca.references', _positive_int, 'must be >= 1'),
+      ('rca.steps', _positive_int, 'must be >= 1'),
+      ('rca.learning_rate', lambda v: isinstance(v, (int, float)) and v > 0, 'must be > 0'),
+      ('rca.base_width', _positive_int, 'must be >= 1'),
+      ('rca.depth', _positive_int, 'must be >= 1'),
+      ('calibration.fraction', lambda v: isinstance(v, (int, float)) and 0 <= v < 1, 'must be in [0, 1)'),
+      ('calibration.alphas', lambda v: isinstance(v, (tuple, list)) and len(v) >= 1 and all(
+          isinstance(a, (int, float)) and 0 < a < 1 for a in v), 'must be a non-empty tuple of rates in (0, 1)'),
+      ('calibration.delta', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
+      ('calibration.starts', _positive_int, 'must be >= 1'),
+      ('calibration.grid_size', lambda v: _is_int(v) and v >= 2, 'must be >= 2'),
       ('eval.fail_dice', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
       ('eval.fail_jaccard', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
       ('eval.num_figure_cases', _positive_int, 'must be >= 1'),
@@ -186,3 +202,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.image_size % 2**len(config.quality.widths):
     raise ConfigError(f'config.quality.widths={tuple(config.quality.widths)}: image_size '
                       f'{config.data.image_size} must be divisible by 2**len(widths)')
+  if config.data.image_size % 2**config.rca.depth:
+    raise ConfigError(f'config.rca.depth={config.rca.depth}: image_size {config.data.image_size} '
+                      f'must be divisible by 2**rca.depth')

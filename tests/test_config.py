@@ -14,8 +14,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_shipped_configs_are_valid():
   import importlib
-  for name in ('default', 'msp', 'mc_dropout', 'hcnn', 'lce', 'test'):
+  names = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, 'configs'))
+                 if f.endswith('.py') and f not in ('__init__.py', 'isic2017.py', 'kvasir_seg.py'))
+  assert {'msp', 'ensemble', 'tta', 'hierarchical', 'cheap_qc', 'rca', 'auto_accept'} <= set(names)
+  for name in names:
     config_validation.validate(importlib.import_module(f'configs.{name}').get_config())
+  from configs import isic2017, kvasir_seg
+  for module in (isic2017, kvasir_seg):
+    for method in isic2017.METHOD_CONFIGS:
+      config_validation.validate(module.get_config(method))
 
 
 @pytest.mark.parametrize('path,value,field', [
@@ -26,6 +33,12 @@ def test_shipped_configs_are_valid():
     ('method', 'bayes', "config.method='bayes'"),
     ('data.image_size', 60, 'config.data.image_size=60'),
     ('seg.central_levels', 9, 'config.seg.central_levels=9'),
+    ('uncertainty.ensemble_members', 1, 'config.uncertainty.ensemble_members=1'),
+    ('uncertainty.tta_transforms', 9, 'config.uncertainty.tta_transforms=9'),
+    ('quality.models', 'uncertainty,svm', "config.quality.models='uncertainty,svm'"),
+    ('cheap_qc.regressor', 'svm', "config.cheap_qc.regressor='svm'"),
+    ('calibration.fraction', 1.0, 'config.calibration.fraction=1.0'),
+    ('calibration.alphas', (0.1, 1.5), 'config.calibration.alphas='),
 ])
 def test_invalid_values_name_the_field(path, value, field):
   cfg = default.get_config()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from segqual_jax import uncertainty
+from segqual_jax.config_validation import ConfigError
 from segqual_jax.training import loop, train_seg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,3 +88,22 @@ def test_non_finite_loss_stops_naming_the_step(config, tmp_path):
 def test_restore_without_stage1_is_a_clear_error(config, tmp_path):
   with pytest.raises(FileNotFoundError, match='--mode=train_seg'):
     train_seg.restore_params(config, str(tmp_path))
+
+
+def test_reuse_from_shares_f_between_methods_that_train_alike(config, tmp_path):
+  """TTA reusing MSP's f gets MSP's exact parameters; a method that trains otherwise, or another seed, is refused."""
+  config.method = 'msp'
+  train_seg.train_and_evaluate(config, str(tmp_path / 'msp'))
+  _, msp_params = train_seg.restore_params(config, str(tmp_path / 'msp'))
+  config.method = 'tta'
+  config.seg.reuse_from = str(tmp_path / 'msp')
+  summary = train_seg.train_and_evaluate(config, str(tmp_path / 'tta'))
+  assert summary['method'] == 'tta' and summary['steps'] == 6
+  _, tta_params = train_seg.restore_params(config, str(tmp_path / 'tta'))
+  jax.tree.map(np.testing.assert_array_equal, msp_params, tta_params)
+  config.method = 'lce'
+  with pytest.raises(ConfigError, match="trained by 'msp', which does not train like 'lce'"):
+    train_seg.train_and_evaluate(config, str(tmp_path / 'lce'))
+  config.method, config.seed = 'mc_dropout', 1
+  with pytest.raises(ConfigError, match='config.seed: 0 there, 1 here'):
+    train_seg.train_and_evaluate(config, str(tmp_path / 'mc'))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 
 import jax
@@ -22,6 +23,7 @@ import optax
 from segqual_jax import artifacts, parallel, runtime, uncertainty
 from segqual_jax.data import pipeline
 from segqual_jax.evaluation import inference
+from segqual_jax.config_validation import ConfigError, flatten
 from segqual_jax.training import checkpointing, loop
 from segqual_jax.uncertainty import ensemble
 
@@ -85,6 +87,42 @@ def restore_params(config, workdir: str):
   return method, state['params']
 
 
+# Stage-1 fields that do not change the trained f (besides the method, checked by family).
+_REUSE_IGNORED = ('seg.reuse_from', 'seg.log_every_steps', 'seg.checkpoint_every_steps',
+                  'seg.eval_batch_size', 'data.data_dir', 'uncertainty.', 'sampling.')
+
+
+def reuse_trained(config, source_workdir: str, out_dir: str) -> None:
+  """Copies the trained f of ``source_workdir`` into ``out_dir``, after checking it is the same f.
+
+  The source's stage 1 must be complete and its recorded config must equal
+  this one in every field that shapes training (seed, data, seg), with a
+  method of the same training family (``Method.trains_like``). The
+  uncertainty and sampling fields only act at test time for such a family.
+  """
+  source = seg_dir(source_workdir)
+  if not os.path.exists(os.path.join(source, 'metrics.json')):
+    raise ConfigError(f'config.seg.reuse_from={source_workdir!r}: no complete stage 1 in {source}')
+  with open(os.path.join(source, 'config.json')) as f:
+    before = flatten(json.load(f))
+  now = flatten(json.loads(config.to_json()))
+  if uncertainty.training_family(before['method']) != uncertainty.training_family(config.method):
+    raise ConfigError(f'config.seg.reuse_from={source_workdir!r}: its f was trained by '
+                           f'{before["method"]!r}, which does not train like {config.method!r}')
+  diff = [k for k in sorted(set(before) | set(now)) if k.startswith(STAGE1_FIELDS) and k != 'method'
+          and not k.startswith(_REUSE_IGNORED) and before.get(k) != now.get(k)]
+  if diff:
+    raise ConfigError(f'config.seg.reuse_from={source_workdir!r} trained another f: '
+                           + ', '.join(f'config.{k}: {before.get(k)!r} there, {now.get(k)!r} here' for k in diff))
+  for name in ('checkpoints', 'log.jsonl'):
+    src, dst = os.path.join(source, name), os.path.join(out_dir, name)
+    if os.path.isdir(src):
+      shutil.copytree(src, dst, dirs_exist_ok=True)
+    elif os.path.exists(src):
+      shutil.copyfile(src, dst)
+  log.info('reusing the trained f of %s (method %s)', source_workdir, before['method'])
+
+
 def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None = None) -> dict:
   """Trains f (resuming if ``workdir`` has a checkpoint) and evaluates it.
 
@@ -117,6 +155,8 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
   method = uncertainty.create_method(config)
   base_key = jax.random.key(config.seed)
   state, tx = create_train_state(method, config, jax.random.fold_in(base_key, 0))
+  if config.seg.reuse_from and train_split is None and not os.path.isdir(os.path.join(out_dir, 'checkpoints')):
+    reuse_trained(config, config.seg.reuse_from, out_dir)
   checkpointer = checkpointing.Checkpointer(os.path.join(out_dir, 'checkpoints'),
                                             config.seg.checkpoint_every_steps)
   state = checkpointer.resume(state, 'stage 1')

@@ -11,3 +11,8 @@ METHODS = {cls.name: cls for cls in (msp.MaxSoftmax, mc_dropout.MCDropout,
 def create_method(config) -> Method:
   """The method named by ``config.method``, with its U-Net."""
   return METHODS[config.method](config)
+
+
+def training_family(name: str) -> str:
+  """Methods of one family train identical networks (same config and seed -> same f)."""
+  return METHODS[name].trains_like or name

@@ -35,6 +35,10 @@ class Method:
   name = ''
   heads: tuple[str, ...] = ()
   members = 1  # networks trained at once (a deep ensemble's M; see ensemble.py)
+  # Methods that differ only at test time train the very same f: MSP's
+  # cross-entropy with dropout on. They name it here, and a run may reuse such
+  # an f (config.seg.reuse_from) instead of training it again.
+  trains_like = ''  # '' = its own training
   skip_latents = False  # Gaussian latents in the U-Net's skips (hierarchical.py)
 
   def __init__(self, config):

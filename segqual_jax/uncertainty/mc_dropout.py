@@ -18,6 +18,7 @@ from segqual_jax.uncertainty import base
 
 class MCDropout(base.SamplingMethod):
   name = 'mc_dropout'
+  trains_like = 'msp'
 
   def sample_features(self, params, images):
     return self.model.apply({'params': params}, images, method=unet.UNet.prefix)

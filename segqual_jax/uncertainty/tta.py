@@ -60,6 +60,7 @@ def invert_transform(x: jax.Array, t: jax.Array) -> jax.Array:
 
 class TTA(base.SamplingMethod):
   name = 'tta'
+  trains_like = 'msp'
 
   def sample_features(self, params, images):
     if images.shape[1] != images.shape[2]:
