@@ -16,12 +16,13 @@ one config file with the method as argument, e.g. the real data sets:
 ``--runs`` replaces the six rows by any set of runs, ``METHOD=MODEL+MODEL,...``
 (quality models of ``quality.models``), and ``--reuse_dir`` lets each run
 reuse a trained f from an earlier table (``config.seg.reuse_from``: its own
-method's, or the one it trains like, e.g. MSP's for TTA). The issue-6 table
+method's, or the one it trains like, e.g. MSP's for TTA; it may be the table's
+own --workdir, so MC-dropout and TTA reuse the MSP run of the same table). The issue-6 table
 on ISIC 2017, every quality model fitted on the same cases and calibrated on
 held-out ones:
 
   python experiments/table1.py --config_base=configs/isic2017.py --seeds=0,1,2 \
-      --workdir=runs/isic2017_wider --reuse_dir=runs/isic2017 --runs=WIDER \
+      --workdir=runs/isic2017_wider --reuse_dir=runs/isic2017_wider --runs=WIDER \
       --override=--config.calibration.fraction=0.3 --out=experiments/wider_isic2017.md
 
 Besides Table 1, the output has the image-level scores used directly as
@@ -44,9 +45,11 @@ from segqual_jax.evaluation import report  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = (('msp', 'uncertainty,no_uncertainty,qualitynet'), ('mc_dropout', 'uncertainty'),
         ('hcnn', 'uncertainty'), ('lce', 'uncertainty'))
-# --runs=WIDER: every method of issue 6 and every quality model.
+# --runs=WIDER: the methods of issue 6 beside the MSP f they compare with (MC-dropout and
+# TTA reuse it), every quality model, the sample-based scores. HCNN and LCE train their own
+# f and add no sample-based score; their Table-1 rows come from the six-row table.
 WIDER = 'msp=uncertainty+no_uncertainty+qualitynet+cheap_qc+rca,' + ','.join(
-    f'{m}=uncertainty+cheap_qc' for m in ('mc_dropout', 'hcnn', 'lce', 'tta', 'ensemble', 'hierarchical'))
+    f'{m}=uncertainty+cheap_qc' for m in ('mc_dropout', 'tta', 'hierarchical', 'ensemble'))
 ROW_ORDER = ('RCA', 'QualityNet', 'No uncertainty', 'Max probability', 'MC-dropout', 'HCNN', 'LCE',
              'TTA', 'Deep ensemble', 'Hierarchical')
 
@@ -77,9 +80,10 @@ def reuse_source(method: str, seed: int) -> str | None:
   if not _REUSE_DIR.value:
     return None
   from segqual_jax import uncertainty
+  own = os.path.normpath(os.path.join(_WORKDIR.value, f'{method}_seed{seed}'))
   for name in (method, uncertainty.training_family(method)):
     path = os.path.join(_REUSE_DIR.value, f'{name}_seed{seed}')
-    if os.path.exists(os.path.join(REPO, path, 'seg', 'metrics.json')):
+    if os.path.normpath(path) != own and os.path.exists(os.path.join(REPO, path, 'seg', 'metrics.json')):
       return path
   return None
 

@@ -21,8 +21,10 @@ def _train(method, config, init_key, loss_fn, batches, steps):
   return state['params']
 
 
-def test_vmapped_ensemble_equals_separately_trained_members(config):
+@pytest.mark.parametrize('chunk', ['1', '2'])  # a scan over members; vmap over 2 + the remainder
+def test_vmapped_ensemble_equals_separately_trained_members(config, chunk):
   """Member m of the one-jit ensemble == a single U-Net trained with member m's keys and data order."""
+  config.sampling.chunk_size = chunk
   config.seg.norm = 'none'  # every parameter then reaches the output (no bias cancelled by a norm)
   config.uncertainty.ensemble_members = 3
   rng = np.random.default_rng(0)

@@ -51,7 +51,7 @@ def make_loss_fn(method: uncertainty.Method):
     return method.loss(params, method_state, images, masks.astype(jnp.int32),
                        jax.random.fold_in(key, 1))
   if method.members > 1:
-    return ensemble.stack_loss(loss_fn, method.members)
+    return ensemble.stack_loss(loss_fn, method.members, method.config.sampling)
   return loss_fn
 
 

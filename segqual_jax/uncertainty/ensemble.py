@@ -3,8 +3,9 @@
 Member m is exactly the network a single-model run would train with its own
 init key ``fold_in(init_key, m)``, its own data order (``batch_indices`` with
 seed ``(seed, m)``) and its own step keys ``fold_in(step_key, m)``; the
-ensemble trains all M in one jitted step by ``vmap``-ping the single-model
-loss over parameters stacked on a leading member axis (``stack_loss``). The
+ensemble trains all M in one jitted step, the single-model loss mapped over
+parameters stacked on a leading member axis by the sampling engine
+(``stack_loss``: ``vmap`` in chunks, see there why CPU takes chunk 1). The
 loss is the sum of the member losses, so each member's gradient is its own,
 and Adam is elementwise, so the stacked update is M independent updates
 (tests/test_ensemble.py checks this against separately trained members).
@@ -22,7 +23,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from segqual_jax.uncertainty import base
+from segqual_jax.uncertainty import base, sampling
 
 
 def member_key(key: jax.Array, member: int | jax.Array) -> jax.Array:
@@ -35,18 +36,36 @@ def member_seed(seed: int, member: int) -> tuple[int, int]:
   return (seed, member)
 
 
-def stack_loss(loss_fn: Callable, members: int) -> Callable:
+def stack_loss(loss_fn: Callable, members: int, sampling_config) -> Callable:
   """The ensemble loss from a single-model ``loss_fn(params, state, batch, key)``.
 
   ``params`` carry a leading member axis, the batch arrays a member axis 1
   (``(B, M, ...)``: the batch axis stays first, so it is the one sharded over
   devices), and member m's key is ``member_key(key, m)``. Returns the sum of
   the member losses and the members' mean metrics.
+
+  The members go through the sampling engine (``sampling.scan_inputs``), so
+  training is vectorised exactly as far as ``config.sampling`` says. This
+  matters: ``vmap`` over stacked *parameters* turns every convolution into a
+  grouped one, whose gradient XLA:CPU ran 20-75x slower than M plain ones
+  here (experiments/BENCHMARKS.md), while accelerators run it well. With the
+  auto chunk, CPU therefore takes one member at a time -- M plain
+  convolutions in one jit, the member loop unrolled (a rolled scan's backward
+  pass is as slow) -- and GPU/TPU vmap as many members as fit in memory.
   """
   def ensemble_loss(params, method_state, batch, key):
+    def one(row):
+      loss, (metrics, _) = loss_fn(*row[:1], method_state, *row[1:])
+      return (loss, metrics), None
+
     keys = jax.vmap(lambda m: member_key(key, m))(jnp.arange(members))
-    losses, (metrics, _) = jax.vmap(loss_fn, in_axes=(0, None, 1, 0))(params, method_state, batch, keys)
-    return losses.sum(), (jax.tree.map(jnp.mean, metrics), method_state)
+    rows = (params, jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), batch), keys)
+    # A member's training working set: its gradient, not just its forward pass.
+    grad_one = lambda row: jax.grad(lambda p: one((p, *row[1:]))[0][0])(row[0])
+    chunk = sampling.resolve_chunk(sampling_config, grad_one,
+                                   jax.tree.map(lambda x: x[0], rows), members)
+    (loss, metrics), _ = sampling.scan_inputs(one, rows, chunk, unroll=True)
+    return loss, (jax.tree.map(lambda x: x / members, metrics), method_state)
   return ensemble_loss
 
 
