@@ -47,7 +47,7 @@ def stack_loss(loss_fn: Callable, members: int, sampling_config) -> Callable:
   The members go through the sampling engine (``sampling.scan_inputs``), so
   training is vectorised exactly as far as ``config.sampling`` says. This
   matters: ``vmap`` over stacked *parameters* turns every convolution into a
-  grouped one, whose gradient XLA:CPU ran 20-75x slower than M plain ones
+  grouped one, which XLA:CPU ran ~20x slower than M plain ones
   here (experiments/BENCHMARKS.md), while accelerators run it well. With the
   auto chunk, CPU therefore takes one member at a time -- M plain
   convolutions in one jit, the member loop unrolled (a rolled scan's backward
