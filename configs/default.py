@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.uncertainty.hcnn_map = 'sigma'  # HCNN map: sigma (learned noise scale) | entropy
   config.uncertainty.lce_budget = 0.3  # LCE budget beta for mean(-log c)
   config.uncertainty.lce_lambda_init = 0.1  # LCE initial lambda
-  config.uncertainty.ensemble_members = 5  # deep-ensemble size M (members trained at once, vmapped)
+  config.uncertainty.ensemble_members = 5  # deep-ensemble size M (members trained in one jitted step, mapped in sampling chunks)
   config.uncertainty.hier_samples = 20  # hierarchical: test-time draws of the skip latents
   config.uncertainty.hier_kl_weight = 0.01  # hierarchical: weight of the skip latents' KL term in the loss
   config.uncertainty.tta_transforms = 8  # TTA: first k of the 8 flips/rot90 (1 = identity only)
