@@ -8,7 +8,7 @@ parameters stacked on a leading member axis by the sampling engine
 (``stack_loss``: ``vmap`` in chunks, see there why CPU takes chunk 1). The
 loss is the sum of the member losses, so each member's gradient is its own,
 and Adam is elementwise, so the stacked update is M independent updates
-(tests/test_ensemble.py checks this against separately trained members).
+(tests/test_wider_methods.py checks this against separately trained members).
 
 At test time the members are the sampling engine's inputs (their stacked
 parameters, one member per sample), so they are vmapped in bounded chunks
@@ -55,7 +55,8 @@ def stack_loss(loss_fn: Callable, members: int, sampling_config) -> Callable:
   """
   def ensemble_loss(params, method_state, batch, key):
     def one(row):
-      loss, (metrics, _) = loss_fn(*row[:1], method_state, *row[1:])
+      member_params, member_batch, member_key_ = row
+      loss, (metrics, _) = loss_fn(member_params, method_state, member_batch, member_key_)
       return (loss, metrics), None
 
     keys = jax.vmap(lambda m: member_key(key, m))(jnp.arange(members))
