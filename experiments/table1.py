@@ -129,7 +129,10 @@ def main(argv):
         for alpha, rule in entry['rules'].items():
           accept.setdefault((entry['row'], alpha), []).append(rule)
   order = lambda name: (ROW_ORDER.index(name) if name in ROW_ORDER else len(ROW_ORDER), name)
-  rows = {name: rows[name] for name in sorted(rows, key=order)}
+  # A row that not every seed produced (its model ran for some seeds only) says so.
+  label = lambda name, rs: name if len(rs) == len(seeds) else f'{name} ({len(rs)} of {len(seeds)} seeds)'
+  rows = {label(name, rows[name]): rows[name] for name in sorted(rows, key=order)}
+  scores = {label(name, rs): rs for name, rs in scores.items()}
   keys = [k for k in next(iter(rows.values()))[0] if '<' in k]  # the failure definitions
   lines = [f'Seeds {seeds}; wall time of the runs in this invocation: {wall / 60:.1f} min '
            '(complete stages found on disk are skipped and cost ~0).\n',

@@ -101,6 +101,12 @@ def test_reuse_from_shares_f_between_methods_that_train_alike(config, tmp_path):
   assert summary['method'] == 'tta' and summary['steps'] == 6
   _, tta_params = train_seg.restore_params(config, str(tmp_path / 'tta'))
   jax.tree.map(np.testing.assert_array_equal, msp_params, tta_params)
+  # Naming the same source by another path, or none, later is the same run (resumes, no refusal).
+  config.seg.reuse_from = os.path.relpath(tmp_path / 'msp')
+  assert train_seg.train_and_evaluate(config, str(tmp_path / 'tta')) == summary
+  config.seg.reuse_from = ''
+  assert train_seg.train_and_evaluate(config, str(tmp_path / 'tta')) == summary
+  config.seg.reuse_from = str(tmp_path / 'msp')
   config.method = 'lce'
   with pytest.raises(ConfigError, match="trained by 'msp', which does not train like 'lce'"):
     train_seg.train_and_evaluate(config, str(tmp_path / 'lce'))

@@ -45,7 +45,11 @@ RESUMABLE_CHANGES = ('testing.', 'seg.log_every_steps', 'seg.checkpoint_every_st
                      'calibration.grid_size',
                      # where a multi-host job's processes meet, not what they compute
                      'runtime.coordinator_address', 'runtime.num_processes',
-                     'runtime.process_id')
+                     'runtime.process_id',
+                     # where a trained f was copied from: the copy is checked to be the
+                     # same f (train_seg.reuse_trained), so the path (relative or absolute,
+                     # or none on a later resume) does not change any result
+                     'seg.reuse_from')
 
 
 def create_state(params, tx: optax.GradientTransformation, method_state=None) -> dict:
