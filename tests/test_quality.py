@@ -70,6 +70,12 @@ def test_both_stages_and_evaluation_write_every_output(config, tmp_path):
   stamp = os.path.getmtime(tmp_path / 'quality' / 'uncertainty' / 'done.json')
   assert _run_all(config, str(tmp_path)) == on_disk
   assert os.path.getmtime(tmp_path / 'quality' / 'uncertainty' / 'done.json') == stamp
+  # A model added to the finished run is fitted and evaluated; the others are not retrained.
+  config.quality.models += ',cheap_qc'
+  added = _run_all(config, str(tmp_path))
+  assert list(added['quality_models']) == names + ['Cheap QC (MC-dropout)']
+  assert all(added['quality_models'][n] == on_disk['quality_models'][n] for n in names)
+  assert os.path.getmtime(tmp_path / 'quality' / 'uncertainty' / 'done.json') == stamp
 
 
 @pytest.mark.parametrize('source', ['train', 'oof'])
