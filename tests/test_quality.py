@@ -76,6 +76,9 @@ def test_both_stages_and_evaluation_write_every_output(config, tmp_path):
   assert list(added['quality_models']) == names + ['Cheap QC (MC-dropout)']
   assert all(added['quality_models'][n] == on_disk['quality_models'][n] for n in names)
   assert os.path.getmtime(tmp_path / 'quality' / 'uncertainty' / 'done.json') == stamp
+  # Dropping it again keeps the stored rows: nothing is evaluated anew.
+  config.quality.models = config.quality.models.replace(',cheap_qc', '')
+  assert _run_all(config, str(tmp_path)) == added
 
 
 @pytest.mark.parametrize('source', ['train', 'oof'])

@@ -93,21 +93,23 @@ def calibrate_auto_accept(config, workdir: str, predicted_test: dict[str, np.nda
 def evaluate(config, workdir: str) -> dict:
   """Evaluates every configured quality model on the test split; returns metrics.json's content.
 
-  Skipped when ``metrics.json`` exists and holds exactly the configured
-  quality models (delete it to evaluate again). A run whose model list
-  changed is evaluated again, so adding a model to a finished run (e.g. RCA
-  beside the g's already trained) reaches its metrics instead of being
-  silently skipped; the trained models themselves are not retrained.
+  Skipped when ``metrics.json`` exists and has every configured quality
+  model (delete it to evaluate again). A configured model missing from it
+  makes the run evaluate again, so adding a model to a finished run (e.g.
+  RCA beside the g's already trained) reaches its metrics instead of being
+  silently skipped; the trained models are not retrained. Rows of models no
+  longer configured are kept until then: dropping a model from the list
+  does not throw away its (possibly costly) results.
   """
   runtime.configure(config)
   metrics_path = os.path.join(workdir, 'metrics.json')
   if os.path.exists(metrics_path):
     done = artifacts.read_json(metrics_path)
     wanted = {report.row_name(config.method, v) for v in train_quality.variants(config)}
-    if set(done['quality_models']) == wanted:
+    if wanted <= set(done['quality_models']):
       return loop.completed(metrics_path, 'evaluation')
-    log.info('evaluating again: %s has the models %s, the config asks for %s', metrics_path,
-             sorted(done['quality_models']), sorted(wanted))
+    log.info('evaluating again: %s lacks the configured models %s', metrics_path,
+             sorted(wanted - set(done['quality_models'])))
   test = pipeline.load_splits(config.data, names=('test',))['test']
   labels = quality_labels.split_labels(config, workdir, test)
   predicted = {}
