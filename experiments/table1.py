@@ -23,7 +23,12 @@ held-out ones:
 
   python experiments/table1.py --config_base=configs/isic2017.py --seeds=0,1,2 \
       --workdir=runs/isic2017_wider --reuse_dir=runs/isic2017_wider --runs=WIDER \
-      --override=--config.calibration.fraction=0.3 --out=experiments/wider_isic2017.md
+      --override=--config.calibration.fraction=0.3 --out=experiments/wider_isic2017.md \
+      --record=experiments/wider_isic2017.json
+
+``--record`` keeps each finished run's results in a JSON beside the table, so
+a table whose runs span sessions (run directories do not outlive one here)
+can be completed and rebuilt later without redoing them.
 
 Besides Table 1, the output has the image-level scores used directly as
 quality scores and, with a calibration split, the auto-accept rules.
@@ -60,6 +65,9 @@ _OVERRIDES = flags.DEFINE_multi_string('override', [], 'Extra --config.x=y for e
 _CONFIG_DIR = flags.DEFINE_string('config_dir', 'configs', 'Directory of the method configs.')
 _RUNS = flags.DEFINE_string('runs', '', 'METHOD=MODEL+MODEL,... (or WIDER); empty: the six rows of Table 1.')
 _REUSE_DIR = flags.DEFINE_string('reuse_dir', '', 'Parent dir of earlier runs whose trained f to reuse.')
+_RECORD = flags.DEFINE_string('record', '', 'JSON of finished runs\' results kept beside --out: a run '
+                              'whose directory is gone is taken from it (same config, seed, '
+                              'models, overrides); every run ends up in it.')
 _CONFIG_BASE = flags.DEFINE_string('config_base', None,
                                    'One config file taking the method as its argument '
                                    '(e.g. configs/isic2017.py -> configs/isic2017.py:lce); '
@@ -88,11 +96,22 @@ def reuse_source(method: str, seed: int) -> str | None:
   return None
 
 
-def run_one(method: str, models: str, seed: int) -> tuple[dict, dict, float]:
-  """Runs (or resumes, or skips) one method and seed; returns (metrics, stage-1 metrics, seconds)."""
+def run_one(method: str, models: str, seed: int, record: dict) -> tuple[dict, dict, float]:
+  """Runs (or resumes, or skips) one method and seed; returns (metrics, stage-1 metrics, seconds).
+
+  A run whose directory does not exist is taken from ``--record`` when the
+  record holds it with the same identity; every finished run is stored there.
+  """
   workdir = os.path.join(_WORKDIR.value, f'{method}_seed{seed}')
   config = (f'{_CONFIG_BASE.value}:{method}' if _CONFIG_BASE.value
             else f'{_CONFIG_DIR.value}/{method}.py')
+  # What decides the result; the workdir and a reused f (checked to be the same) do not.
+  identity = {'config': config, 'seed': seed, 'models': models, 'overrides': _OVERRIDES.value}
+  key = f'{method}_seed{seed}'
+  stored = report.recorded_result(record, key, identity)
+  if stored is not None and not os.path.exists(os.path.join(REPO, workdir)):
+    print(f'{key}: from the record {_RECORD.value} (no run directory {workdir})', flush=True)
+    return stored['metrics'], stored['seg'], 0.0
   source = reuse_source(method, seed)
   reuse = [f'--config.seg.reuse_from={source}'] if source else []
   cmd = [sys.executable, 'main.py', f'--config={config}', f'--workdir={workdir}',
@@ -103,7 +122,11 @@ def run_one(method: str, models: str, seed: int) -> tuple[dict, dict, float]:
   def read(*parts):
     with open(os.path.join(REPO, workdir, *parts)) as f:
       return json.load(f)
-  return read('metrics.json'), read('seg', 'metrics.json'), time.time() - start
+  metrics, seg = read('metrics.json'), read('seg', 'metrics.json')
+  if _RECORD.value:
+    report.store_result(os.path.join(REPO, _RECORD.value), record, key, identity,
+                        {'metrics': metrics, 'seg': seg})
+  return metrics, seg, time.time() - start
 
 
 def main(argv):
@@ -115,9 +138,10 @@ def main(argv):
   scores: dict[str, list[dict]] = {}
   accept: dict[tuple[str, str], list[dict]] = {}
   wall = 0.0
+  record = report.load_record(os.path.join(REPO, _RECORD.value) if _RECORD.value else '')
   for seed in seeds:
     for method, models in parse_runs(_RUNS.value):
-      result, val, seconds = run_one(method, models, seed)
+      result, val, seconds = run_one(method, models, seed, record)
       wall += seconds
       seg.setdefault(method, []).append(result['segmentation'])
       stage1.setdefault(method, []).append(val)
@@ -135,7 +159,7 @@ def main(argv):
   scores = {label(name, rs): rs for name, rs in scores.items()}
   keys = [k for k in next(iter(rows.values()))[0] if '<' in k]  # the failure definitions
   lines = [f'Seeds {seeds}; wall time of the runs in this invocation: {wall / 60:.1f} min '
-           '(complete stages found on disk are skipped and cost ~0).\n',
+           '(complete stages found on disk, and runs taken from the record, cost ~0).\n',
            '\nSegmentation network f on the test split (mean over seeds):\n',
            '\n| f trained with | mean Dice | mean Jaccard | share Dice < 0.8 |\n|---|---|---|---|\n']
   mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)

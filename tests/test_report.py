@@ -24,3 +24,21 @@ def test_row_names_and_titles():
   assert report.row_name('mc_dropout', 'uncertainty') == 'MC-dropout'
   assert report.row_name('lce', 'qualitynet') == 'QualityNet'
   assert report.threshold_title('dice<0.8') == 'Dice < 0.8'
+
+
+def test_run_record_returns_a_result_only_for_the_same_identity(tmp_path):
+  path = str(tmp_path / 'record.json')
+  assert report.load_record(path) == {}
+  identity = {'config': 'configs/isic2017.py:msp', 'seed': 1, 'models': 'uncertainty',
+              'overrides': ['--config.calibration.fraction=0.3']}
+  result = {'metrics': {'quality_models': {'Max probability': _metrics(0.9, 0.1)}},
+            'seg': {'mean_dice': 0.8}}
+  report.store_result(path, {}, 'msp_seed1', identity, result)
+  record = report.load_record(path)  # the file, not the dict in memory
+  assert report.recorded_result(record, 'msp_seed1', identity) == result
+  assert report.recorded_result(record, 'msp_seed2', identity) is None
+  for field, other in (('seed', 2), ('models', 'uncertainty,cheap_qc'), ('overrides', [])):
+    assert report.recorded_result(record, 'msp_seed1', {**identity, field: other}) is None
+  # A second run is added without losing the first.
+  report.store_result(path, record, 'tta_seed1', {**identity, 'config': 'c:tta'}, result)
+  assert sorted(report.load_record(path)) == ['msp_seed1', 'tta_seed1']

@@ -6,7 +6,11 @@ one seed prints the value, several print mean +- std (sample std, ddof=1).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+from segqual_jax import artifacts
 
 # (header, key inside the threshold block or top level, scale to %, lower is better)
 COLUMNS = (
@@ -121,3 +125,28 @@ def auto_accept_seeds_markdown(rules: dict[tuple[str, str], list[dict]]) -> str:
                  f'{_cell([t["automation_rate"] for t in tests], 100, 1)} | {_cell(rates, 100, 1)} | '
                  f'{over}/{len(tests)} |')
   return '\n'.join(lines) + '\n'
+
+
+def load_record(path: str) -> dict:
+  """The run record at ``path`` (``{}`` if there is none yet); see ``recorded_result``."""
+  return artifacts.read_json(path) if path and os.path.exists(path) else {}
+
+
+def recorded_result(record: dict, key: str, identity: dict) -> dict | None:
+  """The stored result of run ``key`` if it was produced by the same ``identity``, else None.
+
+  Why a record: a multi-seed table on real data takes longer than one
+  session here, and run directories do not outlive a session. The record,
+  a small JSON of each finished run's metrics kept in the repository next
+  to the table, lets a later invocation rebuild the table without redoing
+  the runs. ``identity`` (config, seed, quality models, overrides) must match
+  exactly, so a changed command never reuses a stale result.
+  """
+  entry = record.get(key)
+  return entry['result'] if entry and entry['identity'] == identity else None
+
+
+def store_result(path: str, record: dict, key: str, identity: dict, result: dict) -> None:
+  """Adds run ``key`` to ``record`` and rewrites the file at once (a later crash loses no run)."""
+  record[key] = {'identity': identity, 'result': result}
+  artifacts.write_json(path, dict(sorted(record.items())))
