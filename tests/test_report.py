@@ -39,6 +39,13 @@ def test_run_record_returns_a_result_only_for_the_same_identity(tmp_path):
   assert report.recorded_result(record, 'msp_seed2', identity) is None
   for field, other in (('seed', 2), ('models', 'uncertainty,cheap_qc'), ('overrides', [])):
     assert report.recorded_result(record, 'msp_seed1', {**identity, field: other}) is None
-  # A second run is added without losing the first.
+  # A second run, and a second identity of the same run, are added without losing the first;
+  # storing an identity again replaces its result.
   report.store_result(path, record, 'tta_seed1', {**identity, 'config': 'c:tta'}, result)
-  assert sorted(report.load_record(path)) == ['msp_seed1', 'tta_seed1']
+  with_rca = {**identity, 'models': 'uncertainty,rca'}
+  report.store_result(path, record, 'msp_seed1', with_rca, {'metrics': {}, 'seg': {}})
+  report.store_result(path, record, 'msp_seed1', with_rca, {'metrics': {'x': 1}, 'seg': {}})
+  record = report.load_record(path)
+  assert sorted(record) == ['msp_seed1', 'tta_seed1'] and len(record['msp_seed1']) == 2
+  assert report.recorded_result(record, 'msp_seed1', identity) == result
+  assert report.recorded_result(record, 'msp_seed1', with_rca) == {'metrics': {'x': 1}, 'seg': {}}

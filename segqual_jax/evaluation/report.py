@@ -133,20 +133,24 @@ def load_record(path: str) -> dict:
 
 
 def recorded_result(record: dict, key: str, identity: dict) -> dict | None:
-  """The stored result of run ``key`` if it was produced by the same ``identity``, else None.
+  """The stored result of run ``key`` produced by the same ``identity``, else None.
 
   Why a record: a multi-seed table on real data takes longer than one
   session here, and run directories do not outlive a session. The record,
   a small JSON of each finished run's metrics kept in the repository next
   to the table, lets a later invocation rebuild the table without redoing
   the runs. ``identity`` (config, seed, quality models, overrides) must match
-  exactly, so a changed command never reuses a stale result.
+  exactly, so a changed command never reuses a stale result; one run key may
+  hold several identities (e.g. the MSP run with and without RCA).
   """
-  entry = record.get(key)
-  return entry['result'] if entry and entry['identity'] == identity else None
+  for entry in record.get(key, []):
+    if entry['identity'] == identity:
+      return entry['result']
+  return None
 
 
 def store_result(path: str, record: dict, key: str, identity: dict, result: dict) -> None:
-  """Adds run ``key`` to ``record`` and rewrites the file at once (a later crash loses no run)."""
-  record[key] = {'identity': identity, 'result': result}
+  """Stores run ``key``'s result under its identity and rewrites the file at once (a later crash loses no run)."""
+  others = [e for e in record.get(key, []) if e['identity'] != identity]
+  record[key] = others + [{'identity': identity, 'result': result}]
   artifacts.write_json(path, dict(sorted(record.items())))
