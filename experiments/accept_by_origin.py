@@ -34,6 +34,7 @@ from segqual_jax.quality import auto_accept  # noqa: E402
 _WORKDIRS = flags.DEFINE_multi_string('workdir', [], 'Runs with auto_accept.json and predictions.csv.')
 _METADATA = flags.DEFINE_string('metadata', None, 'CSV with an `id` column and --column.')
 _COLUMN = flags.DEFINE_string('column', 'split', 'Metadata column to split the test cases by.')
+flags.mark_flag_as_required('metadata')
 
 
 def read_csv(path: str) -> list[dict]:

@@ -2,6 +2,8 @@
 
 One formatter serves both: each row holds a list of per-seed metric dicts;
 one seed prints the value, several print mean +- std (sample std, ddof=1).
+The run record (``load_record`` ...) keeps those dicts of finished runs, so a
+multi-seed table can be rebuilt after its run directories are gone.
 """
 
 from __future__ import annotations
