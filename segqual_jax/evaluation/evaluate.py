@@ -103,13 +103,10 @@ def evaluate(config, workdir: str) -> dict:
   """
   runtime.configure(config)
   metrics_path = os.path.join(workdir, 'metrics.json')
-  if os.path.exists(metrics_path):
-    done = artifacts.read_json(metrics_path)
-    wanted = {report.row_name(config.method, v) for v in train_quality.variants(config)}
-    if wanted <= set(done['quality_models']):
-      return loop.completed(metrics_path, 'evaluation')
-    log.info('evaluating again: %s lacks the configured models %s', metrics_path,
-             sorted(wanted - set(done['quality_models'])))
+  wanted = {report.row_name(config.method, v) for v in train_quality.variants(config)}
+  if (done := loop.completed(metrics_path, 'evaluation',
+                             lambda metrics: wanted <= set(metrics['quality_models']))) is not None:
+    return done
   test = pipeline.load_splits(config.data, names=('test',))['test']
   labels = quality_labels.split_labels(config, workdir, test)
   predicted = {}

@@ -172,12 +172,20 @@ def _sigint_as_flag():
     signal.signal(signal.SIGINT, previous)
 
 
-def completed(path: str, what: str) -> Any | None:
-  """The output of a stage whose completion file ``path`` exists (logged), else None."""
+def completed(path: str, what: str, covers: Callable[[Any], bool] = lambda output: True) -> Any | None:
+  """The output of a stage whose completion file ``path`` exists (logged), else None.
+
+  ``covers(output)`` False also gives None: the stage finished, but for less
+  than is configured now (e.g. fewer quality models), so it must run again.
+  """
   if not os.path.exists(path):
     return None
+  output = artifacts.read_json(path)
+  if not covers(output):
+    log.info('%s in %s does not cover the current config; running it again', what, path)
+    return None
   log.info('%s already complete (%s); skipping', what, path)
-  return artifacts.read_json(path)
+  return output
 
 
 def run(*, name: str, state: Any, train_step: Callable, batch_fn: Callable[[int], tuple],
