@@ -4,16 +4,19 @@
   python main.py --config=configs/lce.py --workdir=runs/lce --mode=train_seg
   python main.py --config=configs/lce.py --workdir=runs/lce --mode=predict --input=DIR --output=OUT
   python main.py --config=configs/bench.py --workdir=runs/bench --mode=bench  # sampling speed
+
+Only absl, ml_collections and ``segqual_jax.config`` load before the config
+is validated; JAX, TFDS and the stages load after, so a bad config costs a
+second.
 """
 
-import functools
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from segqual_jax import config_validation, runtime
-from segqual_jax.training import loop
+from segqual_jax.config import validation
+from segqual_jax.core import errors
 
 MODES = ('all', 'train_seg', 'train_quality', 'evaluate', 'predict', 'bench')
 
@@ -24,48 +27,77 @@ _MODE = flags.DEFINE_enum('mode', 'all', MODES,
                           'when its output is already complete. predict: f and g of the '
                           'workdir on --input. bench: time the sampling engine against the '
                           'naive loop (config.bench).')
-_INPUT = flags.DEFINE_string('input', None, 'predict: folder of images to assess.')
+_INPUT = flags.DEFINE_string('input', None, 'predict: an image file, or a folder of images '
+                             '(subfolders included) to assess.')
 _OUTPUT = flags.DEFINE_string('output', None, 'predict: folder for predictions.csv, maps/, index.html.')
 _MASKS = flags.DEFINE_string('masks', None, 'predict: optional folder of true masks (same stems).')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'predict: allow a non-empty --output.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'predict: replace this tool\'s files in a '
+                               'non-empty --output.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _config_args(argv) -> str:
+  """The command line's ``--config`` and ``--config.x=y`` arguments, for a hint to rerun."""
+  return ' '.join(a for a in argv[1:] if a.startswith('--config')) or '--config=<config>'
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _MODE.value == 'predict' and not (_INPUT.value and _OUTPUT.value):
-    raise app.UsageError('--mode=predict needs --input=DIR and --output=DIR')
-  config = _CONFIG.value
+    raise app.UsageError('--mode=predict needs --input=FILE_OR_DIR and --output=DIR')
   try:
-    config_validation.validate(config)
-  except config_validation.ConfigError as e:
+    config = _CONFIG.value  # the config file is loaded lazily, here
+    validation.validate(config)
+  except errors.ConfigError as e:
     sys.exit(f'error: {e}')
+  except OSError as e:  # the file is missing or its get_config() raised
+    detail = [line.strip() for line in str(e).splitlines() if line.strip()]
+    sys.exit(f'error: --config: cannot load the config file ({detail[-1] if detail else e})')
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  runtime.setup_logging()
   # Imported after validation: a bad config fails before JAX/TFDS load.
-  from segqual_jax.data import builders
-  from segqual_jax.evaluation import evaluate, predict
-  from segqual_jax.quality import train_quality
-  from segqual_jax.training import train_seg
-  from segqual_jax.uncertainty import benchmark
+  from segqual_jax.apps import bench, predict  # pylint: disable=g-import-not-at-top
+  from segqual_jax.core import runtime  # pylint: disable=g-import-not-at-top
+  from segqual_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from segqual_jax.training import train_quality, train_seg  # pylint: disable=g-import-not-at-top
+  runtime.setup_logging()
   stages = {'train_seg': train_seg.train_and_evaluate,
             'train_quality': train_quality.train_quality,
             'evaluate': evaluate.evaluate,
-            'predict': functools.partial(predict.predict_folder, input_dir=_INPUT.value,
-                                         output_dir=_OUTPUT.value, masks_dir=_MASKS.value,
-                                         overwrite=_OVERWRITE.value),
-            'bench': benchmark.run}
+            'predict': lambda c, w: predict.predict(c, w, _INPUT.value, _OUTPUT.value,
+                                                    _MASKS.value, _OVERWRITE.value),
+            'bench': bench.run}
   todo = ['train_seg', 'train_quality', 'evaluate'] if _MODE.value == 'all' else [_MODE.value]
   try:
+    runtime.configure(config)  # once per process, before anything is traced
     for name in todo:
       stages[name](config, _WORKDIR.value)
-  except loop.TrainingInterrupted as e:
+  except errors.TrainingInterrupted as e:
     sys.exit(f'{e}')  # exit status 1; the message says how to resume
-  except (loop.NonFiniteLoss, config_validation.ConfigError, FileNotFoundError,
-          builders.DataError, predict.PredictError) as e:
+  except errors.NotTrained as e:
+    sys.exit(f'error: {e.message(_config_args(sys.argv))}')
+  except errors.SegqualError as e:
     sys.exit(f'error: {e}')
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad ``--config.x=y`` as one line naming the field.
+
+  ml_collections rejects an unknown override while parsing, as a chained
+  traceback; a misspelt field gets its close match instead.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    known = validation.known_fields()
+    for arg in argv[1:]:
+      field = arg.split('=', 1)[0][len('--config.'):] if arg.startswith('--config.') else None
+      if field and field not in known:
+        sys.exit(f'error: {arg}: unknown config field {validation.unknown_field_text(field)}')
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = ' '.join(dict.fromkeys(lines[:1] + lines[-1:]))  # first and last line, once each
+    sys.exit(f'error: {text or type(e).__name__}')
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -1,16 +1,11 @@
 """MC-dropout: T=20 dropout passes, map = entropy of the mean softmax.
 
-Launch:
+Alias of ``configs/synthetic.py:mc_dropout`` (kept so every documented command works):
   python main.py --config=configs/mc_dropout.py --workdir=runs/mc_dropout
-Expected CPU runtime (2 cores): ~7 minutes for stage 1 on the embedded 64 px data
-(--mode=train_seg); both stages and evaluation (the default --mode=all,
-with g for this method and the two baselines): ~11 minutes.
 """
 
-from configs import default
+from configs import synthetic
 
 
 def get_config():
-  config = default.get_config()
-  config.method = 'mc_dropout'
-  return config
+  return synthetic.get_config('mc_dropout')

@@ -1,17 +1,11 @@
 """The "no uncertainty" baseline: g(x, y_hat) on an MSP-trained f.
 
-Launch:
+Alias of ``configs/synthetic.py:no_uncertainty`` (kept so every documented command works):
   python main.py --config=configs/no_uncertainty.py --workdir=runs/no_uncertainty
-Expected CPU runtime (2 cores): ~8 minutes (stage 1 ~6, g ~1-2, evaluation < 1).
-The same row also comes out of configs/msp.py, which trains this g beside
-the uncertainty-based one on the same f.
 """
 
-from configs import default
+from configs import synthetic
 
 
 def get_config():
-  config = default.get_config()
-  config.method = 'msp'
-  config.quality.models = 'no_uncertainty'
-  return config
+  return synthetic.get_config('no_uncertainty')

@@ -8,13 +8,13 @@ Learn then Test promises accepted-failure rate <= alpha for cases
 mixes 200 cases from the official train set, where the calibration cases
 also come from, with 150 from the official validation set. This splits each
 run's test cases by a metadata column and applies each calibrated rule
-(thresholds from ``auto_accept.json``, predicted quality and true Dice from
+(thresholds from ``metrics.json``'s ``auto_accept``, predicted quality and true Dice from
 ``predictions.csv``) to every part: if the rule holds on the part drawn like
 its calibration cases and not on the other, a violation is the shift's, not
 the rule's. It also prints the failure rate of the calibration cases
 themselves (the same ``data.seed`` draw for every model seed): a draw easier
 than the cases the rule meets later is the other way to miss alpha. The
-per-run total is checked against ``auto_accept.json``.
+per-run total is checked against ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from absl import app, flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from segqual_jax import artifacts  # noqa: E402
+from segqual_jax.core import artifacts  # noqa: E402
 from segqual_jax.evaluation import report  # noqa: E402
 from segqual_jax.quality import auto_accept  # noqa: E402
 
-_WORKDIRS = flags.DEFINE_multi_string('workdir', [], 'Runs with auto_accept.json and predictions.csv.')
+_WORKDIRS = flags.DEFINE_multi_string('workdir', [], 'Evaluated calibrated runs (metrics.json with auto_accept, predictions.csv).')
 _METADATA = flags.DEFINE_string('metadata', None, 'CSV with an `id` column and --column.')
 _COLUMN = flags.DEFINE_string('column', 'split', 'Metadata column to split the test cases by.')
 flags.mark_flag_as_required('metadata')
@@ -49,7 +49,7 @@ def main(argv):
   base: dict[str, list[float]] = {}
   for workdir in _WORKDIRS.value:
     config = artifacts.read_json(os.path.join(workdir, 'seg', 'config.json'))
-    dice = np.load(os.path.join(workdir, 'quality', 'labels', 'quality.npz'))['dice']
+    dice = np.load(os.path.join(workdir, 'quality', 'f_outputs', 'quality.npz'))['dice']
     cal, rest = auto_accept.calibration_indices(len(dice), config['calibration']['fraction'],
                                                 config['data']['seed'])
     base.setdefault('calibration cases', []).append(float((dice[cal] < 0.8).mean()))
@@ -62,15 +62,15 @@ def main(argv):
     failed = np.array([float(c['true_dice']) for c in cases]) < 0.8
     for name in sorted(set(part)):
       base.setdefault(f'test {_COLUMN.value}={name}', []).append(float(failed[part == name].mean()))
-    for entry in artifacts.read_json(os.path.join(workdir, 'auto_accept.json')).values():
+    for entry in artifacts.read_json(os.path.join(workdir, 'metrics.json'))['auto_accept'].values():
       if entry['fail_dice'] != 0.8:
-        raise ValueError(f'{workdir}: auto_accept.json uses Dice < {entry["fail_dice"]}, not 0.8')
+        raise ValueError(f'{workdir}: the rules use Dice < {entry["fail_dice"]}, not 0.8')
       scores = np.array([float(c[f'predicted[{entry["row"]}]']) for c in cases])
       for alpha, rule in entry['rules'].items():
         whole = auto_accept.realised(scores, failed, rule['threshold'])
         if whole['accepted'] != rule['test']['accepted']:  # the CSV rounds scores to 5 digits
           raise ValueError(f'{workdir}: {entry["row"]} at alpha {alpha} accepts {whole["accepted"]} '
-                           f'test cases from predictions.csv, {rule["test"]["accepted"]} in auto_accept.json')
+                           f'test cases from predictions.csv, {rule["test"]["accepted"]} in metrics.json')
         for name in sorted(set(part)):
           rules.setdefault((f'{entry["row"]} [{_COLUMN.value}={name}]', alpha), []).append(
               {'test': auto_accept.realised(scores[part == name], failed[part == name],

@@ -25,7 +25,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import isic2017  # noqa: E402
-from segqual_jax import uncertainty  # noqa: E402
+from segqual_jax.segmenter import methods as uncertainty  # noqa: E402
 from segqual_jax.training import loop, train_seg  # noqa: E402
 
 _MEMBERS = flags.DEFINE_integer('members', 5, 'Ensemble members M.')

@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from segqual_jax.data import builders  # noqa: E402
-from segqual_jax.evaluation import quality_metrics  # noqa: E402
+from segqual_jax.metrics import quality as quality_metrics  # noqa: E402
 
-_WORKDIRS = flags.DEFINE_multi_string('workdir', [], 'Run directories (with quality/labels/test.npz).')
+_WORKDIRS = flags.DEFINE_multi_string('workdir', [], 'Run directories (with quality/f_outputs/test.npz).')
 ATTRIBUTES = ('low_contrast', 'small', 'hair', 'rim', 'lazy')
 
 
@@ -42,7 +42,7 @@ def main(argv):
   for workdir in _WORKDIRS.value:
     with open(os.path.join(workdir, 'seg', 'config.json')) as f:
       config = ml_collections.ConfigDict(json.load(f))
-    labels = np.load(os.path.join(workdir, 'quality', 'labels', 'test.npz'))
+    labels = np.load(os.path.join(workdir, 'quality', 'f_outputs', 'test.npz'))
     failed = labels['dice'] < 0.8
     attrs = test_attributes(config.data)
     print(f'\n{workdir}: {failed.sum()} of {len(failed)} test cases fail (Dice < 0.8)')
@@ -53,14 +53,14 @@ def main(argv):
     plain = ~np.any(np.stack(list(attrs.values())), axis=0)
     print(f'| none of these | {plain.sum()} | {100 * failed[plain].mean():.1f} % | '
           f'{100 * (failed & plain).sum() / max(failed.sum(), 1):.1f} % |')
-    area = labels['predictions'].reshape(len(failed), -1).mean(1)
+    area = labels['masks'].reshape(len(failed), -1).mean(1)
     empty = area == 0
     print(f'empty predictions: {empty.sum()} ({100 * failed[empty].mean() if empty.any() else 0:.0f} % of them fail); '
           f'failures with an empty prediction: {100 * (failed & empty).sum() / max(failed.sum(), 1):.1f} %')
     passed = ~failed
     print(f'AUROC (pass = positive) of trivial scores: predicted area '
           f'{quality_metrics.auroc(area, passed):.3f}; of the mean uncertainty (negated) '
-          f'{quality_metrics.auroc(-labels["uncertainty"].reshape(len(failed), -1).mean(1), passed):.3f}')
+          f'{quality_metrics.auroc(-labels["maps"].reshape(len(failed), -1).mean(1), passed):.3f}')
 
 
 if __name__ == '__main__':

@@ -87,7 +87,7 @@ def reuse_source(method: str, seed: int) -> str | None:
   """The earlier run whose f ``method`` can reuse: its own method's, else the one it trains like."""
   if not _REUSE_DIR.value:
     return None
-  from segqual_jax import uncertainty
+  from segqual_jax.segmenter import methods as uncertainty
   own = os.path.normpath(os.path.join(_WORKDIR.value, f'{method}_seed{seed}'))
   for name in (method, uncertainty.training_family(method)):
     path = os.path.join(_REUSE_DIR.value, f'{name}_seed{seed}')

@@ -8,7 +8,7 @@ import pytest
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 from configs import test as test_config  # noqa: E402
-from segqual_jax import runtime  # noqa: E402
+from segqual_jax.core import runtime  # noqa: E402
 
 runtime.configure(test_config.get_config())  # the process-wide settings main.py applies
 

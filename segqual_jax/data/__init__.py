@@ -1,0 +1,1 @@
+"""Data: image reading, the synthetic generator, TFDS builders, the in-memory pipeline."""

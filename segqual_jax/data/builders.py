@@ -17,6 +17,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
+from segqual_jax.core import errors
 from segqual_jax.data import images, synthetic
 
 SPLITS = ('train', 'validation', 'quality', 'test')
@@ -86,8 +87,7 @@ def synthetic_builder(data_config) -> SyntheticLesions:
 # Real data: any folder of images and masks, and the official ISIC 2017 layout.
 
 
-class DataError(ValueError):
-  """A data set that cannot be built; the message lists the offending ids."""
+DataError = errors.DataError  # raised for bad real data; lives in core so main catches every error kind alike
 
 
 def _ids_text(ids) -> str:

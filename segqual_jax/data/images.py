@@ -10,6 +10,8 @@ goes through ``read_image`` / ``read_mask``, so each odd file is handled once:
 * huge images are reduced while decoding where the format allows it (JPEG
   draft mode) and refused past ``MAX_PIXELS``, so a single file can never
   exhaust memory;
+* the EXIF orientation tag is applied, so a rotated phone or dermatoscope
+  JPEG is judged upright (as every viewer shows it);
 * images are resized bilinearly to the model's square size, masks with
   nearest neighbour; any mask value > 0 is foreground.
 """
@@ -20,7 +22,7 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 MAX_PIXELS = 100_000_000  # 10,000 x 10,000; larger files are refused before decoding
@@ -35,10 +37,25 @@ class ImageError(ValueError):
     self.path, self.reason = path, reason
 
 
+def is_image_name(name: str) -> bool:
+  """Whether a file name has an image extension (case-insensitive) and is not hidden."""
+  return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith('.')
+
+
 def list_images(directory: str) -> list[str]:
   """Image files of ``directory`` (by extension, case-insensitive), sorted by name."""
-  return sorted(f for f in os.listdir(directory)
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.'))
+  return sorted(f for f in os.listdir(directory) if is_image_name(f))
+
+
+def list_images_recursive(directory: str) -> list[str]:
+  """Image files under ``directory`` and its subfolders, as sorted relative paths
+  (``/``-separated); hidden folders are skipped."""
+  out = []
+  for root, dirs, files in os.walk(directory):
+    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    rel = os.path.relpath(root, directory)
+    out += [f if rel == '.' else f'{rel}/{f}'.replace(os.sep, '/') for f in files if is_image_name(f)]
+  return sorted(out)
 
 
 def _open(path: str, size: int) -> Image.Image:
@@ -61,6 +78,7 @@ def _open(path: str, size: int) -> Image.Image:
       if image.format == 'JPEG':
         image.draft('RGB', (2 * size, 2 * size))  # decode at a reduced scale: memory ~ size^2
       image.load()
+      image = ImageOps.exif_transpose(image)  # no-op without an orientation tag
   except ImageError:
     raise
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

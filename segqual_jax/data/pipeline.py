@@ -9,21 +9,25 @@ Augmentation runs inside the jitted step on device, keyed by the step's key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segqual_jax import artifacts, parallel
+from segqual_jax.core import artifacts, errors, parallel
 from segqual_jax.data import builders
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
   """One split as arrays: ``images`` (N, S, S, 3) uint8, ``masks`` (N, S, S) uint8,
-  and the example ids (file stems for real data, generator indices for synthetic)."""
+  and the case ids (file stems for real data, ``synthetic-<split>-<index>`` for
+  generated data). A case's random key derives from its id (``core/keys.py``)."""
   name: str
   images: np.ndarray
   masks: np.ndarray
@@ -36,6 +40,31 @@ class Split:
     """The cases ``idx`` of this split, as a split called ``name``."""
     ids = tuple(self.ids[i] for i in idx) if self.ids else ()
     return Split(name, self.images[idx], self.masks[idx], ids)
+
+
+log = logging.getLogger(__name__)
+
+
+class _DropTfdsNoise(logging.Filter):
+  """Drops TFDS's per-call warning that our (deliberately custom) builder config is custom."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Using custom data configuration')
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS's own chatter off: the custom-configuration warning on every load, and the
+  "Downloading and preparing dataset Unknown size" banner it prints to stdout for
+  data that is generated or read locally (our own log line says what happens)."""
+  noise = _DropTfdsNoise()
+  absl_logger = logging.getLogger('absl')
+  absl_logger.addFilter(noise)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    absl_logger.removeFilter(noise)
 
 
 def make_builder(data_config):
@@ -52,16 +81,20 @@ def load_splits(data_config, names=builders.SPLITS) -> dict[str, Split]:
   for bad real data (the error lists the offending ids).
   """
   tfds.disable_progress_bar()  # our own log lines say what is happening
-  builder = make_builder(data_config)
-  if artifacts.is_writer():  # one process of a multi-host job prepares; the others wait
-    builder.download_and_prepare()
-  parallel.barrier('data prepared')
-  sources = builder.as_data_source()
+  with _quiet_tfds():
+    builder = make_builder(data_config)
+    if artifacts.is_writer():  # one process of a multi-host job prepares; the others wait
+      if not builder.is_prepared():
+        log.info('preparing the %s data set once (array_record files in %s)', data_config.name,
+                 builder.data_dir)
+      builder.download_and_prepare()
+    parallel.barrier('data prepared')
+    sources = builder.as_data_source()
   out = {}
   size = data_config.image_size
   for name in names:
     if name not in sources:
-      raise builders.DataError(
+      raise errors.DataError(
           f'the {data_config.name} data set has no {name!r} split (it has {sorted(sources)}); '
           f'give one with config.data.splits, e.g. {name}=path/to/{name}.txt')
     source = sources[name]
@@ -71,6 +104,8 @@ def load_splits(data_config, names=builders.SPLITS) -> dict[str, Split]:
     order = 'index' if data_config.name != 'synthetic' else 'id'
     examples = sorted(examples, key=lambda e: int(e[order]))
     ids = tuple(e['id'].decode() if isinstance(e['id'], bytes) else str(e['id']) for e in examples)
+    if data_config.name == 'synthetic':  # generator indices repeat across splits; a case id must not
+      ids = tuple(f'synthetic-{name}-{int(i):05d}' for i in ids)
     images = np.stack([e['image'] for e in examples]) if examples else np.zeros((0, size, size, 3), np.uint8)
     masks = np.stack([e['mask'] for e in examples]) if examples else np.zeros((0, size, size), np.uint8)
     out[name] = Split(name, images, masks, ids)

@@ -1,0 +1,1 @@
+"""Evaluation on the test split: metrics.json, Table 1 reports, figures."""

@@ -13,8 +13,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from segqual_jax import artifacts  # noqa: E402
-from segqual_jax.evaluation import quality_metrics  # noqa: E402
+from segqual_jax.core import artifacts  # noqa: E402
+from segqual_jax.metrics import quality as quality_metrics  # noqa: E402
 
 
 def _save(fig, path: str) -> None:
@@ -48,7 +48,8 @@ def scatter(path: str, true: np.ndarray, predicted: dict[str, np.ndarray], targe
   _save(fig, path)
 
 
-def uncertainty_maps(path: str, images, truths, predictions, umaps, dice, num_cases: int) -> None:
+def uncertainty_maps(path: str, images, truths, predictions, umaps, dice, num_cases: int,
+                     fail_dice: float) -> None:
   """Best and worst test cases: image, TP/FP/FN overlay, uncertainty map."""
   order = np.argsort(dice)
   chosen = list(order[::-1][:num_cases]) + list(order[:num_cases])
@@ -56,7 +57,7 @@ def uncertainty_maps(path: str, images, truths, predictions, umaps, dice, num_ca
   vmax = float(np.percentile(umaps, 99.5)) or 1.0
   for row, i in zip(axes, chosen):
     row[0].imshow(images[i])
-    row[0].set_title(f'case {i}: Dice {dice[i]:.3f}' + (' (fail)' if dice[i] < 0.8 else ''), fontsize=8)
+    row[0].set_title(f'case {i}: Dice {dice[i]:.3f}' + (f' (Dice < {fail_dice}: fail)' if dice[i] < fail_dice else ''), fontsize=8)
     row[1].imshow(overlay(images[i], predictions[i], truths[i]))
     row[1].set_title('green TP, red FP, blue FN', fontsize=8)
     im = row[2].imshow(umaps[i], cmap='viridis_r', vmin=0, vmax=vmax)

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from segqual_jax import artifacts
+from segqual_jax.core import artifacts
 
 # (header, key inside the threshold block or top level, scale to %, lower is better)
 COLUMNS = (

@@ -1,1 +1,1 @@
-"""Stage 2: the quality network g, its inputs and its training labels."""
+"""Stage 2 models: the quality network g, cheap QC, RCA, auto-accept, and one loader for all."""

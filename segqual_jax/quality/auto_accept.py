@@ -39,10 +39,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from segqual_jax.core import keys
+
 
 def calibration_indices(num_cases: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """``(calibration, rest)`` sorted indices: a seeded ``fraction`` of a split held out for calibration."""
-  perm = np.random.default_rng([seed, 0xCA1]).permutation(num_cases)
+  perm = np.random.default_rng([seed, keys.CALIBRATION_SPLIT]).permutation(num_cases)
   n_cal = int(round(fraction * num_cases))
   return np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
 

@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn import ensemble, linear_model, pipeline, preprocessing
 
-from segqual_jax import artifacts
+from segqual_jax.core import artifacts
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,10 @@ def model_path(out_dir: str) -> str:
   return os.path.join(out_dir, 'model.pkl')
 
 
-def fit(config, out_dir: str, labels, targets: np.ndarray) -> dict:
-  """Fits the regressor on the training cases' features; pickles it; returns the summary."""
+def fit(config, out_dir: str, outputs, targets: np.ndarray) -> dict:
+  """Fits the regressor on the training cases' features (f's ``SegOutputs``); pickles it."""
   t0 = time.time()
-  x, names = feature_matrix(labels.predictions, labels.scores)
+  x, names = feature_matrix(outputs.masks, outputs.scores)
   model = make_regressor(config.cheap_qc.regressor, config.seed).fit(x, targets)
   artifacts.write_bytes(model_path(out_dir), pickle.dumps({'model': model, 'features': names}))
   train_rmse = float(np.sqrt(np.mean((model.predict(x) - targets) ** 2)))
@@ -108,12 +108,11 @@ def fit(config, out_dir: str, labels, targets: np.ndarray) -> dict:
 
 
 def load_predictor(out_dir: str):
-  """``(images, predictions, maps, scores) -> predicted quality`` of the pickled regressor."""
+  """``(f's masks, image-level scores) -> predicted quality`` of the pickled regressor."""
   with open(model_path(out_dir), 'rb') as f:
     saved = pickle.load(f)
 
-  def predict(images, predictions, umaps, scores):
-    del images, umaps
+  def predict(predictions, scores):
     x, _ = feature_matrix(np.asarray(predictions), scores, saved['features'])
     return np.clip(saved['model'].predict(x), 0.0, 1.0)
   return predict

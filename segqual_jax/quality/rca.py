@@ -30,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from segqual_jax import artifacts
+from segqual_jax.core import artifacts, keys
 from segqual_jax.data import pipeline
-from segqual_jax.evaluation import segmentation
-from segqual_jax.models import unet
+from segqual_jax.metrics import overlap
+from segqual_jax.segmenter import unet
 
 REFERENCES_FILE = 'references.npz'
 
@@ -65,7 +65,7 @@ def make_scorer(model: unet.UNet, rca_config):
     def one(image, prediction):
       params = fit_one(init_params, image, prediction)
       labels = jnp.argmax(model.apply({'params': params}, ref_images)['logits'], -1)
-      return segmentation.dice(labels, ref_masks).max()
+      return overlap.dice(labels, ref_masks).max()
     return jax.vmap(one)(images, predictions)
   return jax.jit(score)
 
@@ -74,7 +74,7 @@ def fit(config, out_dir: str, split: pipeline.Split) -> dict:
   """Chooses and saves the K reference cases (a seeded sample of ``split``, with masks)."""
   t0 = time.time()
   k = min(config.rca.references, len(split))
-  idx = np.sort(np.random.default_rng([config.seed, 0x4CA]).choice(len(split), k, replace=False))
+  idx = np.sort(np.random.default_rng([config.seed, keys.RCA_REFERENCES]).choice(len(split), k, replace=False))
   arrays = {'images': split.images[idx], 'masks': split.masks[idx]}
   artifacts.write_atomic(os.path.join(out_dir, REFERENCES_FILE),
                          lambda tmp: np.savez(tmp, **arrays), suffix='.tmp.npz')
@@ -84,18 +84,17 @@ def fit(config, out_dir: str, split: pipeline.Split) -> dict:
 
 
 def load_predictor(config, out_dir: str):
-  """``(images, predictions, maps, scores) -> predicted quality`` (Dice or Jaccard, as g's target)."""
+  """``(uint8 images, f's masks) -> predicted quality`` (Dice or Jaccard, as g's target)."""
   with np.load(os.path.join(out_dir, REFERENCES_FILE)) as f:
     ref_images, ref_masks = pipeline.to_float(jnp.asarray(f['images'])), jnp.asarray(f['masks'])
   model = reverse_model(config.rca)
   size = ref_images.shape[1]
-  init = model.init(jax.random.fold_in(jax.random.key(config.seed), 0x4CA),
+  init = model.init(keys.purpose_key(config.seed, keys.RCA),
                     jnp.zeros((1, size, size, 3)))['params']
   scorer = make_scorer(model, config.rca)
 
-  def predict(images, predictions, umaps, scores):
-    del umaps, scores
+  def predict(images, predictions):
     dice = np.asarray(scorer(init, pipeline.to_float(jnp.asarray(images)), jnp.asarray(predictions),
                              ref_images, ref_masks))
-    return dice / (2.0 - dice) if config.quality.target == 'jaccard' else dice
+    return overlap.jaccard_from_dice(dice) if config.quality.target == 'jaccard' else dice
   return predict

@@ -20,18 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from segqual_jax import artifacts, parallel, runtime, uncertainty
+from segqual_jax.config import stages
+from segqual_jax.core import artifacts, checkpointing, keys, parallel, workdir as run_dirs
+from segqual_jax.core.errors import ConfigError
 from segqual_jax.data import pipeline
-from segqual_jax.evaluation import inference
-from segqual_jax.config_validation import ConfigError, flatten
-from segqual_jax.training import checkpointing, loop
-from segqual_jax.uncertainty import ensemble
+from segqual_jax.segmenter import methods as uncertainty
+from segqual_jax.segmenter import runner
+from segqual_jax.segmenter.methods import ensemble
+from segqual_jax.training import loop
 
 log = logging.getLogger(__name__)
-
-# What f depends on: g's and the evaluation's settings may change without retraining f.
-STAGE1_FIELDS = ('seed', 'method', 'data.', 'seg.', 'uncertainty.', 'sampling.', 'runtime.')
-
 
 def create_train_state(method: uncertainty.Method, config, key: jax.Array):
   """Fresh stage-1 state and its optimiser."""
@@ -45,10 +43,10 @@ def make_loss_fn(method: uncertainty.Method):
 
   An ensemble's members each get this single-model loss (``ensemble.stack_loss``).
   """
-  def loss_fn(params, method_state, batch, key):
+  def loss_fn(params, model_state, batch, key):
     images, masks = pipeline.augment(jax.random.fold_in(key, 0),
                                      pipeline.to_float(batch[0]), batch[1])
-    return method.loss(params, method_state, images, masks.astype(jnp.int32),
+    return method.loss(params, model_state, images, masks.astype(jnp.int32),
                        jax.random.fold_in(key, 1))
   if method.members > 1:
     return ensemble.stack_loss(loss_fn, method.members, method.config.sampling)
@@ -64,53 +62,23 @@ def batch_indices(method: uncertainty.Method, num_examples: int, batch_size: int
                    for m in range(method.members)], axis=1)
 
 
-def seg_dir(workdir: str) -> str:
-  return os.path.join(workdir, 'seg')
-
-
-def restore_params(config, workdir: str):
-  """Trained f of ``workdir``: ``(method, params)``, for later stages.
-
-  Only a *complete* stage 1 counts (its ``metrics.json`` exists): the latest
-  checkpoint of an interrupted run is a half-trained f.
-  """
-  runtime.configure(config)
-  if not os.path.exists(os.path.join(seg_dir(workdir), 'metrics.json')):
-    raise FileNotFoundError(f'no stage-1 checkpoint of a complete run in {seg_dir(workdir)}; run '
-                            f'first (it resumes if interrupted): python main.py --config=<config> '
-                            f'--workdir={workdir} --mode=train_seg')
-  method = uncertainty.create_method(config)
-  checkpointer = checkpointing.Checkpointer(os.path.join(seg_dir(workdir), 'checkpoints'), every_steps=1)
-  target = jax.eval_shape(lambda: create_train_state(method, config, jax.random.key(0))[0])
-  state = checkpointer.restore(target)
-  checkpointer.close()
-  return method, state['params']
-
-
-# Stage-1 fields that do not change the trained f (besides the method, checked by family).
-_REUSE_IGNORED = ('seg.reuse_from', 'seg.log_every_steps', 'seg.checkpoint_every_steps',
-                  'seg.eval_batch_size', 'data.data_dir', 'uncertainty.', 'sampling.')
-
-
 def reuse_trained(config, source_workdir: str, out_dir: str) -> None:
   """Copies the trained f of ``source_workdir`` into ``out_dir``, after checking it is the same f.
 
   The source's stage 1 must be complete and its recorded config must equal
-  this one in every field that shapes training (seed, data, seg), with a
-  method of the same training family (``Method.trains_like``). The
-  uncertainty and sampling fields only act at test time for such a family.
+  this one in every field that shapes f's parameters (role ``f_train`` in
+  ``config/stages.py``), with a method of the same training family
+  (``Method.trains_like``); the test-time fields may differ.
   """
-  source = seg_dir(source_workdir)
-  if not os.path.exists(os.path.join(source, 'metrics.json')):
+  source = run_dirs.seg_dir(source_workdir)
+  if not os.path.exists(run_dirs.seg_done(source_workdir)):
     raise ConfigError(f'config.seg.reuse_from={source_workdir!r}: no complete stage 1 in {source}')
-  with open(os.path.join(source, 'config.json')) as f:
-    before = flatten(json.load(f))
-  now = flatten(json.loads(config.to_json()))
+  before = stages.read_recorded(os.path.join(source, 'config.json'))
+  now = stages.as_flat(config)
   if uncertainty.training_family(before['method']) != uncertainty.training_family(config.method):
     raise ConfigError(f'config.seg.reuse_from={source_workdir!r}: its f was trained by '
                            f'{before["method"]!r}, which does not train like {config.method!r}')
-  diff = [k for k in sorted(set(before) | set(now)) if k.startswith(STAGE1_FIELDS) and k != 'method'
-          and not k.startswith(_REUSE_IGNORED) and before.get(k) != now.get(k)]
+  diff = [k for k in stages.differences(before, now, stages.STAGES['seg_reuse']) if k != 'method']
   if diff:
     raise ConfigError(f'config.seg.reuse_from={source_workdir!r} trained another f: '
                            + ', '.join(f'config.{k}: {before.get(k)!r} there, {now.get(k)!r} here' for k in diff))
@@ -123,7 +91,8 @@ def reuse_trained(config, source_workdir: str, out_dir: str) -> None:
   log.info('reusing the trained f of %s (method %s)', source_workdir, before['method'])
 
 
-def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None = None,
+                       seg_dir: str | None = None) -> dict:
   """Trains f (resuming if ``workdir`` has a checkpoint) and evaluates it.
 
   Skipped when ``seg/metrics.json`` already exists (the stage is complete).
@@ -133,15 +102,15 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
     workdir: run directory; outputs go to ``<workdir>/seg/``.
     train_split: train on this instead of the configured train split (the
       out-of-fold copies of f in stage 2).
+    seg_dir: f's directory, when not ``<workdir>/seg`` (an out-of-fold copy).
 
   Returns:
     The final validation summary written to ``seg/metrics.json``.
   """
-  runtime.configure(config)
-  out_dir = seg_dir(workdir)
-  loop.prepare_stage_dir(out_dir, config, STAGE1_FIELDS)
+  out_dir = seg_dir or run_dirs.seg_dir(workdir)
+  stages.record(out_dir, config, 'seg')
   metrics_path = os.path.join(out_dir, 'metrics.json')
-  if (done := loop.completed(metrics_path, 'stage 1')) is not None:
+  if (done := run_dirs.completed(metrics_path, 'stage 1')) is not None:
     return done
 
   parallel.check_batch_size(config.seg.batch_size, 'config.seg.batch_size')
@@ -153,8 +122,7 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
            len(validation), config.data.image_size, time.time() - t_start)
 
   method = uncertainty.create_method(config)
-  base_key = jax.random.key(config.seed)
-  state, tx = create_train_state(method, config, jax.random.fold_in(base_key, 0))
+  state, tx = create_train_state(method, config, keys.purpose_key(config.seed, keys.SEG_INIT))
   if config.seg.reuse_from and train_split is None and not os.path.isdir(os.path.join(out_dir, 'checkpoints')):
     reuse_trained(config, config.seg.reuse_from, out_dir)
   checkpointer = checkpointing.Checkpointer(os.path.join(out_dir, 'checkpoints'),
@@ -164,9 +132,9 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
   per_epoch = pipeline.steps_per_epoch(len(train), config.seg.batch_size)
   num_steps = per_epoch * config.seg.num_epochs
   train_step = loop.make_train_step(make_loss_fn(method), tx)
-  step_key = jax.random.fold_in(base_key, 1)
-  eval_key = jax.random.fold_in(base_key, 2)
-  det_predictor = inference.make_batch_predictor(method.deterministic_predict)
+  step_key = keys.purpose_key(config.seed, keys.SEG_STEPS)
+  eval_key = keys.purpose_key(config.seed, keys.SEG_VALIDATION)
+  deterministic = runner.batch_fn(runner.case_fn(method.deterministic_predict))
   log_path = os.path.join(out_dir, 'log.jsonl')
 
   def batch_fn(step):
@@ -174,8 +142,8 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
     return (train.images[idx], train.masks[idx]), step_key
 
   def epoch_end_fn(state, epoch, train_metrics):
-    val = inference.predict_split(det_predictor, state['params'], validation,
-                                  config.seg.eval_batch_size, eval_key).summary()
+    val = runner.run_split(deterministic, state['params'], validation, eval_key,
+                           config.seg.eval_batch_size).summary(config.eval.fail_dice)
     record = {'epoch': epoch, 'step': int(state['step']), 'time_s': round(time.time() - t_start, 1),
               **{f'train_{k}': v for k, v in train_metrics.items()},
               'val_dice': val['mean_dice'], 'val_jaccard': val['mean_jaccard']}
@@ -185,15 +153,13 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
 
   state = loop.run(name='train_seg', state=state, train_step=train_step, batch_fn=batch_fn,
                    num_steps=num_steps, steps_per_epoch=per_epoch, checkpointer=checkpointer,
-                   log_every_steps=config.seg.log_every_steps, epoch_end_fn=epoch_end_fn,
-                   testing=config.testing)
+                   log_every_steps=config.seg.log_every_steps, epoch_end_fn=epoch_end_fn)
   checkpointer.close()
 
-  predictor = inference.make_batch_predictor(method.predict)
-  final = inference.predict_split(predictor, state['params'], validation,
-                                  config.seg.eval_batch_size, eval_key)
+  final = runner.run_split(runner.batch_fn(runner.method_case_fn(method, with_scores=False)),
+                           state['params'], validation, eval_key, config.seg.eval_batch_size)
   summary = {'method': config.method, 'split': 'validation', 'steps': num_steps,
-             **final.summary(), 'wall_time_s': round(time.time() - t_start, 1)}
+             **final.summary(config.eval.fail_dice), 'wall_time_s': round(time.time() - t_start, 1)}
   artifacts.write_json(metrics_path, summary)
   log.info('stage 1 done (%s): %s', config.method, json.dumps(summary))
   return summary

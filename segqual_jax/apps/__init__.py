@@ -1,0 +1,1 @@
+"""What users run on a trained workdir: predict (assess, render, write) and the sampling bench."""

@@ -1,0 +1,142 @@
+"""Assess image files: read them, run f and the quality model, one batch at a time.
+
+The numbers half of ``--mode=predict`` (``render.py`` draws, ``predict.py``
+decides and writes). For the CNN quality models f and g run as **one jitted
+pass** per batch: the images are normalised once, f's mask and map go
+straight into g on the device, and only the results come back. Cheap QC and
+RCA take f's outputs on the host. Each case is keyed by its file stem
+(``core/keys.py``): an image gets the same map and the same predicted
+quality alone, in any folder, at any position, and as in the evaluation of
+a split whose case has that id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from segqual_jax.core import keys, parallel
+from segqual_jax.data import images as image_io
+from segqual_jax.data import pipeline
+from segqual_jax.metrics import overlap
+from segqual_jax.quality import registry
+from segqual_jax.segmenter import runner
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Case:
+  """One input file and what was assessed of it (numbers in both units, maps at model size)."""
+  file: str  # path relative to --input ('/'-separated)
+  status: str = 'ok'  # 'ok' or 'error: <what is wrong with the file>'
+  image: np.ndarray | None = None  # (S, S, 3) uint8: what f saw
+  mask: np.ndarray | None = None  # (S, S) uint8: f's segmentation
+  map: np.ndarray | None = None  # (S, S) float32: f's uncertainty map
+  predicted_dice: float | None = None
+  predicted_jaccard: float | None = None
+  true_dice: float | None = None
+  true_jaccard: float | None = None
+
+  @property
+  def ok(self) -> bool:
+    return self.status == 'ok'
+
+  @property
+  def stem(self) -> str:
+    """The case id: the file's name without folder or extension."""
+    return os.path.splitext(os.path.basename(self.file))[0]
+
+  @property
+  def mean_uncertainty(self) -> float | None:
+    return None if self.map is None else float(self.map.mean())
+
+
+def both_units(quality: float, target: str) -> tuple[float, float]:
+  """``(Dice, Jaccard)`` of a quality predicted in ``target`` units (they determine each other)."""
+  if target == 'jaccard':
+    return float(overlap.dice_from_jaccard(quality)), float(quality)
+  return float(quality), float(overlap.jaccard_from_dice(quality))
+
+
+def make_pass(method, f_params, model: registry.QualityModel) -> Callable:
+  """``(uint8 images, case hashes, base key) -> {'masks', 'maps', 'quality'}`` (numpy) for one
+  padded batch: f and a CNN g fused in one jit, or f jitted and then the host quality model."""
+  f_fn = runner.method_case_fn(method, with_scores=model.needs_scores)
+  f_params = parallel.replicate(f_params)
+  if model.device_fn is not None:
+    g_params = parallel.replicate(model.device_params)
+
+    @jax.jit
+    def fused(f_p, g_p, images, hashes, base_key):
+      x = pipeline.to_float(images)
+      out = f_fn(f_p, x, keys.case_keys(base_key, hashes))
+      return {**out, 'quality': model.device_fn(g_p, x, out['masks'], out['maps'])}
+
+    def run(images, hashes, base_key):
+      return parallel.fetch(fused(f_params, g_params, *parallel.shard_batch((images, hashes)), base_key))
+    return run
+
+  f_batch = runner.batch_fn(f_fn)
+
+  def run_host(images, hashes, base_key):
+    out = parallel.fetch(f_batch(f_params, *parallel.shard_batch((images, hashes)), base_key))
+    return {**out, 'quality': model.predict(images, out)}
+  return run_host
+
+
+def assess(files: list[str], input_root: str, size: int, batch_size: int, run_pass: Callable,
+           base_key: jax.Array, target: str, truth: Callable[[Case], np.ndarray | None]) -> list[Case]:
+  """Every file assessed in order; an unreadable file becomes a row with its reason.
+
+  Args:
+    files: paths relative to ``input_root`` (or ``[basename]`` for one file).
+    input_root: the folder the paths are relative to.
+    size: the model's image side.
+    batch_size: cases per pass (padded; any size gives the same numbers).
+    run_pass: from ``make_pass``.
+    base_key: ``runner.cases_key(config)``.
+    target: the quality model's units (``quality.target``).
+    truth: ``case -> true mask (S, S) or None`` (``--masks``).
+  """
+  cases = [Case(file=f) for f in files]
+  t0, done = time.time(), 0
+  for start in range(0, len(cases), batch_size):
+    chunk = cases[start:start + batch_size]
+    loaded = []
+    for case in chunk:
+      try:
+        case.image = image_io.read_image(os.path.join(input_root, case.file), size)
+        loaded.append(case)
+      except image_io.ImageError as e:
+        case.status = f'error: {e.reason}'
+        log.warning('skipping %s', e)
+    if loaded:
+      images = np.zeros((batch_size, size, size, 3), np.uint8)
+      images[:len(loaded)] = np.stack([c.image for c in loaded])
+      hashes = np.zeros(batch_size, np.uint32)
+      hashes[:len(loaded)] = keys.case_hashes([c.stem for c in loaded])
+      out = run_pass(images, hashes, base_key)
+      for i, case in enumerate(loaded):
+        case.mask, case.map = np.asarray(out['masks'][i]), np.asarray(out['maps'][i], np.float32)
+        case.predicted_dice, case.predicted_jaccard = both_units(float(out['quality'][i]), target)
+        true_mask = truth(case)
+        if true_mask is not None:
+          case.true_dice = float(overlap.dice(case.mask[None], true_mask[None])[0])
+          case.true_jaccard = float(overlap.jaccard(case.mask[None], true_mask[None])[0])
+    done += len(chunk)
+    rate = done / max(time.time() - t0, 1e-9)
+    log.info('predict %d/%d files | %.1f files/s | ETA %s', done, len(cases), rate,
+             _duration((len(cases) - done) / rate))
+  return cases
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  return f'{seconds // 60}m{seconds % 60:02d}s'

@@ -1,0 +1,311 @@
+"""``main.py --mode=bench``: the sampling engine against the naive loop and the machine.
+
+For each stochastic method, image size x batch case and number of samples T,
+in one run (the machines are shared and noisy, so only ratios measured side by
+side mean anything):
+
+* ``engine``: the method's ``predict`` (one jit; the sampling engine).
+* ``loop``: what every peer does -- a Python loop of T jitted whole forward
+  passes (``naive_sample``), averaged, then the map.
+* ``det``: one deterministic forward pass (MSP's cost; HCNN's reference).
+* ``rng only`` (HCNN): drawing the T x C normals per pixel and nothing else,
+  the floor under any exact sampler of HCNN's noise.
+* ``peak``: a float32 matmul (``bench.matmul_size``), the machine's practical
+  FLOP/s ceiling, and ``conv ceiling``: the U-Net's 3x3 convolutions timed
+  alone, which is what a convolution network can reach here at best.
+
+Times are medians of ``bench.repeats`` runs after compilation, the contenders
+taking turns. FLOPs come from XLA's cost analysis of the compiled programs
+(the engine's: its deterministic part plus T samples); memory from XLA's buffer
+assignment (arguments + outputs + temporaries: the device memory the program
+needs at its peak). Results go to ``<workdir>/bench.json`` and ``bench.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+
+from segqual_jax.core import artifacts
+from segqual_jax.segmenter import methods as uncertainty
+from segqual_jax.segmenter import sampling
+from segqual_jax.segmenter.methods import base
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Compiled:
+  """A compiled program with what XLA says about it."""
+  run: Callable
+  compile_s: float
+  flops: float
+  memory_bytes: int
+
+
+def compile_fn(fn: Callable, *args) -> Compiled:
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # XLA's buffer assignment: everything live at the program's peak. (Its own
+  # peak_memory_in_bytes leaves the temporaries out on CPU.)
+  mem = compiled.memory_analysis()
+  memory = 0 if mem is None else int(mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                     + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+  return Compiled(compiled, compile_s, float((cost or {}).get('flops', 0.0)), memory)
+
+
+def median_times(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+  """Median wall time of each ``fn()`` (blocked until ready), after one warm-up call each.
+
+  The functions take turns (round robin), so a slow spell of a shared machine
+  hits all of them alike and their ratios stay meaningful.
+  """
+  for fn in fns.values():
+    jax.block_until_ready(fn())
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - t0)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+  return median_times({'fn': fn}, repeats)['fn']
+
+
+def matmul_peak(size: int, repeats: int) -> float:
+  """GFLOP/s of a float32 ``size x size`` matmul: the practical peak."""
+  a = jax.random.normal(jax.random.key(0), (size, size))
+  mm = compile_fn(lambda a: a @ a, a)
+  return 2 * size**3 / median_time(lambda: mm.run(a), repeats) / 1e9
+
+
+def conv_ceiling(config, image_size: int, batch: int, repeats: int) -> float:
+  """GFLOP/s of the U-Net's 3x3 convolutions timed alone, one per level.
+
+  Total FLOPs over total time: the rate a network made only of these
+  convolutions would reach on this backend, the realistic ceiling for f.
+  """
+  flops = seconds = 0.0
+  for level in range(config.seg.depth + 1):
+    side, width = image_size // 2**level, config.seg.base_width * 2**level
+    x = jax.random.normal(jax.random.key(0), (batch, side, side, width))
+    w = jax.random.normal(jax.random.key(1), (3, 3, width, width))
+    conv = compile_fn(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')), x, w)
+    flops += conv.flops
+    seconds += median_time(lambda: conv.run(x, w), repeats)
+  return flops / seconds / 1e9
+
+
+def _parse_cases(text: str) -> list[tuple[int, int]]:
+  cases = []
+  for item in text.split(','):
+    size, batch = item.strip().lower().split('x')
+    cases.append((int(size), int(batch)))
+  return cases
+
+
+def bench_method(config, method_name: str, image_size: int, batch: int, samples_list,
+                 repeats: int, peak: float) -> list[dict]:
+  """Rows for one method and case: engine vs loop vs deterministic pass, per T."""
+  config = config.copy_and_resolve_references()
+  config.method = method_name
+  method = uncertainty.create_method(config)
+  params = method.init_params(jax.random.key(0), image_size)
+  images = jax.random.uniform(jax.random.key(1), (batch, image_size, image_size, 3))
+  key = jax.random.key(2)
+
+  det = compile_fn(lambda p, x: method.deterministic_predict(p, x), params, images)
+  naive = compile_fn(lambda p, x, k: method.naive_sample(p, x, k), params, images, key)
+  # XLA's cost analysis counts a loop body once, not once per trip, so the
+  # engine's FLOPs are those of its deterministic part plus T times one sample.
+  features = method.sample_features(params, images)
+  deterministic_flops = compile_fn(method.sample_features, params, images).flops
+  sample_flops = compile_fn(lambda p, f, k: method.sample(p, f, k), params, features, key).flops
+  finish = jax.jit(lambda probs_sum, t: (probs_sum / t, base.entropy(probs_sum / t)))
+
+  rows = []
+  for num_samples in samples_list:
+    field = 'mc_samples' if method_name == 'mc_dropout' else 'hcnn_test_samples'
+    config.uncertainty[field] = num_samples
+    engine = compile_fn(method.predict, params, images, key)
+    keys = sampling.sample_keys(key, max(num_samples, 1))
+
+    def loop():
+      total = naive.run(params, images, keys[0])
+      for k in keys[1:]:
+        total = total + naive.run(params, images, k)
+      return finish(total, float(len(keys)))
+
+    contenders = {'engine': lambda: engine.run(params, images, key),
+                  'det': lambda: det.run(params, images)}
+    if num_samples > 0:  # the closed form (T=0) has no loop to compare with
+      contenders['loop'] = loop
+    if method_name == 'hcnn' and num_samples > 0:
+      # The floor of exact sampling: only drawing HCNN's T x C normals per pixel.
+      shape = (num_samples,) + jax.eval_shape(method.apply, params, images)['logits'].shape
+      rng = compile_fn(lambda k: jax.random.normal(k, shape), key)
+      contenders['rng_only'] = lambda: rng.run(key)
+    times = median_times(contenders, repeats)
+    engine_s, det_s, loop_s = times['engine'], times['det'], times.get('loop')
+    if num_samples > 0:
+      chunk = method.chunk_for(lambda k: method.sample(params, features, k), key, num_samples)
+      flops = deterministic_flops + num_samples * sample_flops
+    else:  # the closed form has no loop: XLA's count is complete
+      chunk, flops = 0, engine.flops
+    gflops = flops / engine_s / 1e9
+    rows.append({
+        'method': method_name, 'image_size': image_size, 'batch': batch, 'samples': num_samples,
+        'chunk': chunk, 'engine_s': engine_s, 'loop_s': loop_s, 'det_s': det_s,
+        'speedup_vs_loop': loop_s and loop_s / engine_s, 'cost_vs_det_pass': engine_s / det_s,
+        'rng_only_vs_det_pass': times['rng_only'] / det_s if 'rng_only' in times else None,
+        'images_per_s': batch / engine_s, 'samples_per_s': batch * max(num_samples, 1) / engine_s,
+        'engine_gflop': flops / 1e9, 'gflop_per_s': gflops,
+        'loop_gflop_per_s': loop_s and naive.flops * len(keys) / loop_s / 1e9,
+        'fraction_of_matmul_peak': gflops / peak,
+        'compile_s': engine.compile_s, 'peak_memory_mb': engine.memory_bytes / 2**20,
+    })
+    log.info('bench %s %dpx x%d T=%d chunk=%d: engine %.3f s, loop %s s, det %.3f s, '
+             '%.0f GFLOP/s', method_name, image_size, batch, num_samples, chunk, engine_s,
+             _fmt(loop_s, '.3f'), det_s, gflops)
+  return rows
+
+
+def chunk_sweep(config, methods, image_size: int, batch: int, chunks, repeats: int) -> list[dict]:
+  """Engine time and memory per fixed chunk, beside the auto rule's pick, at
+  each method's configured T (``uncertainty.mc_samples``, ``hcnn_test_samples``)."""
+  rows = []
+  for name in methods:
+    for chunk in [str(c) for c in chunks] + ['auto']:
+      cfg = config.copy_and_resolve_references()
+      cfg.method, cfg.sampling.chunk_size = name, chunk
+      num_samples = cfg.uncertainty.mc_samples if name == 'mc_dropout' else cfg.uncertainty.hcnn_test_samples
+      method = uncertainty.create_method(cfg)
+      params = method.init_params(jax.random.key(0), image_size)
+      images = jax.random.uniform(jax.random.key(1), (batch, image_size, image_size, 3))
+      key = jax.random.key(2)
+      engine = compile_fn(method.predict, params, images, key)
+      features = method.sample_features(params, images)
+      resolved = method.chunk_for(lambda k: method.sample(params, features, k), key, num_samples)
+      rows.append({'method': name, 'samples': num_samples, 'setting': chunk, 'chunk': resolved,
+                   'engine_s': median_time(lambda: engine.run(params, images, key), repeats),
+                   'peak_memory_mb': engine.memory_bytes / 2**20})
+      log.info('chunk sweep %s T=%d %s -> %d: %.3f s', name, num_samples, chunk, resolved,
+               rows[-1]['engine_s'])
+  return rows
+
+
+def targets(rows: list[dict], default_case: tuple[int, int]) -> dict[str, Any]:
+  """The issue's targets, evaluated on the default case."""
+  def row(method, t):
+    for r in rows:
+      if (r['method'], r['image_size'], r['batch'], r['samples']) == (method, *default_case, t):
+        return r
+    return None
+
+  out = {}
+  mc20, mc100 = row('mc_dropout', 20), row('mc_dropout', 100)
+  if mc20:
+    out['mc_dropout_T20_speedup_vs_loop'] = {'value': mc20['speedup_vs_loop'], 'target': '>= 1.3',
+                                             'met': mc20['speedup_vs_loop'] >= 1.3}
+    out['mc_dropout_T20_fraction_of_matmul_peak'] = {
+        'value': mc20['fraction_of_matmul_peak'], 'target': '>= 0.6',
+        'met': mc20['fraction_of_matmul_peak'] >= 0.6}
+  if mc20 and mc100:
+    growth = mc100['peak_memory_mb'] / mc20['peak_memory_mb']
+    out['mc_dropout_memory_T100_over_T20'] = {'value': growth, 'target': '<= 1.2',
+                                              'met': growth <= 1.2}
+  for t in (100, 0):
+    if (h := row('hcnn', t)):
+      out[f'hcnn_T{t}_cost_vs_det_pass'] = {'value': h['cost_vs_det_pass'], 'target': '<= 1.10',
+                                            'met': h['cost_vs_det_pass'] <= 1.10}
+  return out
+
+
+def _fmt(value, spec: str, suffix: str = '') -> str:
+  return '-' if value is None else f'{value:{spec}}{suffix}'
+
+
+def markdown(result: dict) -> str:
+  machine = result['machine']
+  lines = [f"Machine: {machine['backend']} x{machine['devices']} ({machine['processor']}), "
+           f"JAX {machine['jax']}. Matmul peak {result['matmul_gflop_per_s']:.0f} GFLOP/s; "
+           f"U-Net conv ceiling {result['conv_ceiling_gflop_per_s']:.0f} GFLOP/s "
+           f"({result['conv_ceiling_gflop_per_s'] / result['matmul_gflop_per_s']:.0%} of the "
+           f"matmul peak) at {result['default_case'][0]} px x {result['default_case'][1]}.", '',
+           '| method | px | batch | T | chunk | engine s | loop s | vs loop | vs det pass | '
+           'RNG alone vs det pass | images/s | samples/s | GFLOP/s | of peak | compile s | memory MB |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+  for r in result['rows']:
+    lines.append(
+        f"| {r['method']} | {r['image_size']} | {r['batch']} | {r['samples']} | {r['chunk']} | "
+        f"{r['engine_s']:.3f} | {_fmt(r['loop_s'], '.3f')} | "
+        f"{_fmt(r['speedup_vs_loop'], '.2f', 'x')} | "
+        f"{r['cost_vs_det_pass']:.2f}x | {_fmt(r['rng_only_vs_det_pass'], '.2f', 'x')} | "
+        f"{r['images_per_s']:.1f} | {r['samples_per_s']:.0f} | "
+        f"{r['gflop_per_s']:.0f} | {r['fraction_of_matmul_peak']:.0%} | {r['compile_s']:.1f} | "
+        f"{r['peak_memory_mb']:.0f} |")
+  if result['chunk_sweep']:
+    size, batch = result['default_case']
+    lines += ['', f'Chunk sweep at {size} px x {batch} (each method at its configured T):', '',
+              '| method | T | chunk setting | chunk | engine s | memory MB |',
+              '|---|---|---|---|---|---|']
+    lines += [f"| {r['method']} | {r['samples']} | {r['setting']} | {r['chunk']} | "
+              f"{r['engine_s']:.3f} | {r['peak_memory_mb']:.0f} |" for r in result['chunk_sweep']]
+  lines += ['', 'Targets at the default case:', '', '| target | value | goal | met |',
+            '|---|---|---|---|']
+  lines += [f"| {name} | {t['value']:.3g} | {t['target']} | {'yes' if t['met'] else 'no'} |"
+            for name, t in result['targets'].items()]
+  return '\n'.join(lines) + '\n'
+
+
+def run(config, workdir: str) -> dict:
+  """Runs the benchmark described by ``config.bench``; writes bench.json and bench.md."""
+  bench = config.bench
+  cases = _parse_cases(bench.cases)
+  samples_list = tuple(bench.samples)
+  repeats = bench.repeats
+  methods = [m.strip() for m in bench.methods.split(',') if m.strip()]
+  os.makedirs(workdir, exist_ok=True)
+
+  t0 = time.time()
+  peak = matmul_peak(bench.matmul_size, repeats)
+  ceiling = conv_ceiling(config, *cases[0], repeats)
+  log.info('matmul peak %.0f GFLOP/s, conv ceiling %.0f GFLOP/s', peak, ceiling)
+  rows = []
+  for size, batch in cases:
+    for name in methods:
+      hcnn_extra = (0,) if name == 'hcnn' else ()
+      rows += bench_method(config, name, size, batch, samples_list + hcnn_extra, repeats, peak)
+  sweep = chunk_sweep(config, methods, *cases[0], bench.chunk_sweep, repeats) if bench.chunk_sweep else []
+  device = jax.devices()[0]
+  result = {
+      'machine': {'backend': device.platform, 'devices': jax.device_count(),
+                  'processor': platform.processor() or platform.machine(), 'jax': jax.__version__,
+                  'cpu_count': os.cpu_count()},
+      'config': {'base_width': config.seg.base_width, 'depth': config.seg.depth,
+                 'norm': config.seg.norm, 'chunk_size': config.sampling.chunk_size,
+                 'repeats': repeats},
+      'matmul_gflop_per_s': peak, 'conv_ceiling_gflop_per_s': ceiling,
+      'default_case': list(cases[0]), 'rows': rows,
+      'chunk_sweep': sweep,
+      'targets': targets(rows, cases[0]), 'wall_time_s': round(time.time() - t0, 1),
+  }
+  artifacts.write_json(os.path.join(workdir, 'bench.json'), result)
+  text = markdown(result)
+  artifacts.write_text(os.path.join(workdir, 'bench.md'), text)
+  print(text)
+  return result

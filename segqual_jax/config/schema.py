@@ -1,0 +1,126 @@
+"""The config schema: every field, its default and a one-line comment.
+
+The single source of the fields every config extends (``configs/default.py``
+re-exports it, so ``--config=configs/default.py`` works). Each field's
+validity rule sits in ``validation.py`` and the stages that depend on it in
+``stages.py``; a test checks that all three name the same fields.
+
+Base run: both stages and evaluation on the embedded synthetic data (MSP).
+Expected CPU runtime (2 cores): stage 1 ~5 min (620 steps of 16 images at
+64 px), stage 2 ~1-2 min per quality model, evaluation < 1 min.
+"""
+
+import ml_collections
+
+# The names the config may use; the registries (segmenter.methods,
+# quality.registry) are checked against these by a test, so the lists cannot drift.
+METHODS = ('msp', 'mc_dropout', 'hcnn', 'lce', 'ensemble', 'tta', 'hierarchical')
+CNN_QUALITY_MODELS = ('uncertainty', 'no_uncertainty', 'qualitynet')  # g's input variants
+QUALITY_MODELS = CNN_QUALITY_MODELS + ('cheap_qc', 'rca')
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # seeds parameter init, batch order, dropout/noise/hint keys
+  config.method = 'msp'  # uncertainty method: msp | mc_dropout | hcnn | lce | ensemble | tta | hierarchical
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'synthetic'  # data set: synthetic (embedded generator) | folder | isic2017
+  config.data.root = ''  # folder: dir with images/ and masks/; isic2017: the official download (manual dir)
+  config.data.splits = ''  # split lists 'train=a.txt,validation=b.txt,...' relative to root; '' = official / seeded 60-10-15-15
+  config.data.data_dir = ''  # TFDS data dir for prepared data; '' = TFDS default (~/tensorflow_datasets)
+  config.data.image_size = 64  # square image side in pixels
+  config.data.seed = 0  # synthetic: generator seed (fixed across model seeds); folder: seed of the default split
+  config.data.num_train = 1000  # synthetic: images f trains on (real data: the split lists decide)
+  config.data.num_validation = 200  # images for f's per-epoch validation
+  config.data.num_quality = 500  # held-out images whose predictions train g (stage 2)
+  config.data.num_test = 500  # images every reported metric comes from
+
+  config.seg = ml_collections.ConfigDict()
+  config.seg.base_width = 16  # channels of the first U-Net level
+  config.seg.depth = 4  # down-samplings; image_size must be divisible by 2**depth
+  config.seg.dropout_rate = 0.5  # dropout after the central blocks (Bayesian SegNet)
+  config.seg.central_levels = 1  # encoder/decoder levels next to the bottleneck with dropout
+  config.seg.norm = 'group'  # normalisation: group | none
+  config.seg.batch_size = 16  # training batch size (paper: 16)
+  config.seg.learning_rate = 1e-3  # Adam learning rate (paper: 1e-3)
+  config.seg.num_epochs = 10  # epochs over the train split (paper: 120 at 224 px; 10 fits the CPU budget)
+  config.seg.eval_batch_size = 32  # f's batch size for validation and prediction (no effect on results: each case has its own key)
+  config.seg.log_every_steps = 50  # progress line (loss, steps/s, ETA) every this many steps
+  config.seg.checkpoint_every_steps = 200  # orbax checkpoint interval (and at the end)
+  config.seg.reuse_from = ''  # workdir whose complete f this run reuses instead of training (same seed, data and seg settings, a method that trains alike, e.g. msp for mc_dropout or tta)
+
+  config.uncertainty = ml_collections.ConfigDict()
+  config.uncertainty.mc_samples = 20  # MC-dropout test-time passes T (paper: 20)
+  config.uncertainty.mc_map = 'entropy'  # map of sample-based methods (MC-dropout, ensemble, TTA, hierarchical): entropy (of the mean, paper) | mutual_information
+  config.uncertainty.hcnn_train_samples = 100  # HCNN logit-noise samples in the loss (paper: 100)
+  config.uncertainty.hcnn_test_samples = 100  # HCNN logit-noise samples at test time; 0 = mean-field closed form
+  config.uncertainty.hcnn_map = 'sigma'  # HCNN map: sigma (learned noise scale) | entropy
+  config.uncertainty.lce_budget = 0.3  # LCE budget beta for mean(-log c)
+  config.uncertainty.lce_lambda_init = 0.1  # LCE initial lambda
+  config.uncertainty.ensemble_members = 5  # deep-ensemble size M (members trained in one jitted step, mapped in sampling chunks)
+  config.uncertainty.hier_samples = 20  # hierarchical: test-time draws of the skip latents
+  config.uncertainty.hier_kl_weight = 0.01  # hierarchical: weight of the skip latents' KL term in the loss
+  config.uncertainty.tta_transforms = 8  # TTA: first k of the 8 flips/rot90 (1 = identity only)
+  config.uncertainty.score_band_px = 2  # half-width (px) of the boundary band of the map_boundary_mean score
+
+  config.sampling = ml_collections.ConfigDict()
+  config.sampling.chunk_size = 'auto'  # samples vmapped together (memory ~ chunk): 'auto' or an integer
+  config.sampling.auto_accelerator_memory_fraction = 0.25  # auto on GPU/TPU: a chunk's share of device memory (CPU: chunk 1)
+
+  config.quality = ml_collections.ConfigDict()
+  config.quality.models = 'uncertainty,no_uncertainty,qualitynet'  # quality models: CNN g variants uncertainty | no_uncertainty | qualitynet, and cheap_qc | rca
+  config.quality.label_source = 'holdout'  # cases g learns from: holdout (quality split) | train | oof
+  config.quality.oof_folds = 5  # folds (extra copies of f) when label_source=oof
+  config.quality.target = 'jaccard'  # metric g regresses: jaccard (paper) | dice
+  config.quality.widths = (16, 32, 64, 128)  # VGG block widths, one 2x down-sampling each
+  config.quality.dense = 64  # hidden units of g's head
+  config.quality.batch_size = 16  # g's batch size (paper: 16)
+  config.quality.learning_rate = 1e-3  # g's Adam learning rate (paper: 1e-3)
+  config.quality.num_epochs = 30  # g's epochs (paper: 30)
+  config.quality.eval_batch_size = 32  # g's batch size when predicting (no effect on results)
+  config.quality.log_every_steps = 200  # progress line interval for g
+  config.quality.checkpoint_every_steps = 300  # g's checkpoint interval (and at the end)
+
+  config.cheap_qc = ml_collections.ConfigDict()
+  config.cheap_qc.regressor = 'gradient_boosting'  # quality model cheap_qc: gradient_boosting | random_forest | lasso
+
+  config.rca = ml_collections.ConfigDict()
+  config.rca.references = 20  # quality model rca: reference cases with ground truth (from g's training cases)
+  config.rca.steps = 50  # Adam steps of each image's reverse segmenter
+  config.rca.learning_rate = 0.01  # the reverse segmenter's Adam learning rate
+  config.rca.base_width = 8  # the reverse U-Net's first-level channels
+  config.rca.depth = 2  # the reverse U-Net's down-samplings
+
+  config.calibration = ml_collections.ConfigDict()
+  config.calibration.fraction = 0.0  # share of the quality split held out from g to calibrate auto-accept (0 = no calibration)
+  config.calibration.alphas = (0.05, 0.1)  # tolerated accepted-failure rates (failure: Dice < eval.fail_dice)
+  config.calibration.delta = 0.1  # tolerated probability that the calibration draw breaks the rate
+  config.calibration.starts = 8  # chains of the multi-start fixed-sequence test
+  config.calibration.grid_size = 200  # candidate thresholds (quantiles of g's predictions on its training cases)
+
+  config.predict = ml_collections.ConfigDict()
+  config.predict.quality_model = 'uncertainty'  # quality model --mode=predict uses: a quality.models entry
+  config.predict.alpha = 0.1  # with a calibration run: the auto-accept rate whose threshold predict applies
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.fail_dice = 0.8  # a case fails when its true Dice is below this (the user's bar)
+  config.eval.fail_jaccard = 0.7  # ... or, second report, its Jaccard below this (the paper's)
+  config.eval.num_figure_cases = 3  # best and worst test cases shown in uncertainty_maps.png
+
+  config.bench = ml_collections.ConfigDict()
+  config.bench.methods = 'mc_dropout,hcnn'  # stochastic methods to time, comma-separated
+  config.bench.cases = '128x8,64x8,64x32'  # image side x batch size; the first is the default case
+  config.bench.samples = (1, 5, 20, 50, 100)  # numbers of samples T (HCNN also gets T=0: closed form)
+  config.bench.repeats = 3  # timed runs per measurement after compilation; the median is reported
+  config.bench.matmul_size = 2048  # side of the float32 matmul that measures the FLOP/s peak
+  config.bench.chunk_sweep = (1, 2, 5, 10, 20)  # fixed chunks timed beside 'auto' (default case, configured T); () = none
+
+  config.runtime = ml_collections.ConfigDict()
+  config.runtime.distributed = False  # multi-host: jax.distributed.initialize() first (TPU pods, multi-node GPU)
+  config.runtime.coordinator_address = ''  # multi-host: host:port of process 0; '' = auto-detect (TPU, SLURM, Open MPI)
+  config.runtime.num_processes = 0  # multi-host: number of processes; 0 = auto-detect
+  config.runtime.process_id = -1  # multi-host: this process's index; -1 = auto-detect
+  config.runtime.threefry_partitionable = False  # True for sharded multi-device runs; False compiles ~5x faster on CPU
+
+  return config

@@ -1,0 +1,187 @@
+"""Which result depends on which config field: one table, read by resume, reuse and predict.
+
+Every field has one *role* (``FIELD_ROLES``, the first matching prefix wins):
+
+* ``f_train`` -- shapes f's parameters (seed, data, U-Net, training losses);
+* ``f_test`` -- shapes f's test-time outputs (samples, maps, scores);
+* ``g_shared`` -- which cases and which target every quality model learns;
+* ``g_cnn`` / ``g_cheap_qc`` / ``g_rca`` -- one kind of quality model's own settings;
+* ``calibration`` -- the auto-accept rules (stage 2, after the quality models);
+* ``free`` -- never changes a result (logging, batch sizes, paths, where
+  processes meet, what to evaluate or predict).
+
+A stage's directory records the config that made it; a rerun with a
+different value of a field the stage depends on (``STAGES``) is refused,
+naming the field, instead of silently mixing two configs. ``predict`` and
+``evaluate`` check the given config against the trained run the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from segqual_jax.config import schema
+from segqual_jax.core import artifacts
+from segqual_jax.core.errors import ConfigError
+
+F_TRAIN, F_TEST, G_SHARED, CALIBRATION, FREE = 'f_train', 'f_test', 'g_shared', 'calibration', 'free'
+G_KIND = {'cnn': 'g_cnn', 'cheap_qc': 'g_cheap_qc', 'rca': 'g_rca'}
+
+FIELD_ROLES = (
+    ('seed', F_TRAIN),
+    ('method', F_TRAIN),
+    ('data.data_dir', FREE),  # where TFDS keeps prepared data
+    ('data.', F_TRAIN),
+    ('seg.log_every_steps', FREE),
+    ('seg.checkpoint_every_steps', FREE),
+    ('seg.eval_batch_size', FREE),  # each case has its own key: batches do not change samples
+    ('seg.reuse_from', FREE),  # the copied f is checked to be the same f
+    ('seg.', F_TRAIN),
+    ('uncertainty.hcnn_train_samples', F_TRAIN),
+    ('uncertainty.lce_', F_TRAIN),
+    ('uncertainty.ensemble_members', F_TRAIN),
+    ('uncertainty.hier_kl_weight', F_TRAIN),
+    ('uncertainty.', F_TEST),
+    ('sampling.', F_TEST),  # the chunk changes the summation order of the samples
+    ('runtime.threefry_partitionable', F_TRAIN),  # draws other random bits
+    ('runtime.', FREE),
+    ('quality.models', FREE),  # which models to train; each model's result ignores the list
+    ('quality.eval_batch_size', FREE),
+    ('quality.log_every_steps', FREE),
+    ('quality.checkpoint_every_steps', FREE),
+    ('quality.label_source', G_SHARED),
+    ('quality.oof_folds', G_SHARED),
+    ('quality.target', G_SHARED),
+    ('quality.', G_KIND['cnn']),
+    ('cheap_qc.', G_KIND['cheap_qc']),
+    ('rca.', G_KIND['rca']),
+    ('calibration.fraction', G_SHARED),  # the calibration cases are held out from g
+    ('calibration.', CALIBRATION),
+    ('eval.fail_dice', CALIBRATION),  # the failure the rules bound; free for everything else
+    ('eval.', FREE),
+    ('predict.', FREE),
+    ('bench.', FREE),
+)
+
+# Paths compared after resolving symlinks: the same data reached another way is the same data.
+PATH_FIELDS = ('data.root',)
+
+_F = (F_TRAIN, F_TEST)
+STAGES = {
+    'seg': _F,
+    'seg_reuse': (F_TRAIN,),  # a reused f: the method is checked by training family instead
+    'quality:cnn': _F + (G_SHARED, G_KIND['cnn']),
+    'quality:cheap_qc': _F + (G_SHARED, G_KIND['cheap_qc']),
+    'quality:rca': _F + (G_SHARED, G_KIND['rca']),
+}
+
+
+def role(field: str) -> str:
+  """The role of a flattened field name (``'seg.depth'``)."""
+  for prefix, r in FIELD_ROLES:
+    if field == prefix or (prefix.endswith('.') or prefix.endswith('_')) and field.startswith(prefix):
+      return r
+  raise KeyError(f'config.{field} has no role in config/stages.py')
+
+
+def quality_stage(model: str) -> str:
+  """The stage of quality model ``model`` (the three CNN inputs share one kind)."""
+  return f'quality:{model}' if model in ('cheap_qc', 'rca') else 'quality:cnn'
+
+
+def flatten(cfg, prefix: str = '') -> dict[str, Any]:
+  """``{'seg.depth': 4, ...}`` for a nested ConfigDict or dict."""
+  out = {}
+  for key, value in cfg.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(flatten(value, path + '.'))
+    else:
+      out[path] = value
+  return out
+
+
+def as_flat(config) -> dict[str, Any]:
+  """A config as flat JSON values (tuples become lists, as in a recorded config.json)."""
+  return flatten(json.loads(config.to_json()))
+
+
+def differences(before: dict[str, Any], now: dict[str, Any], roles) -> list[str]:
+  """Fields of ``roles`` whose values differ between two flat configs.
+
+  A field absent from ``before`` at its default changes nothing (fields are
+  added with defaults that keep the old behaviour); a field the schema no
+  longer has is ignored; a value whose type only widened (chunk 10 -> '10')
+  is unchanged; a data path reached through a symlink is the same path.
+  """
+  defaults = as_flat(schema.get_config())
+  same = lambda a, b: a == b or (a is not None and b is not None and str(a) == str(b))
+  out = []
+  for k in sorted(set(before) | set(now)):
+    if k not in defaults or role(k) not in roles:
+      continue
+    if k not in before and now.get(k) == defaults[k]:
+      continue
+    a, b = before.get(k), now.get(k)
+    if k in PATH_FIELDS and isinstance(a, str) and isinstance(b, str) and a and b:
+      a, b = os.path.realpath(a), os.path.realpath(b)
+    if not same(a, b):
+      out.append(k)
+  return out
+
+
+def read_recorded(path: str) -> dict[str, Any]:
+  with open(path) as f:
+    return flatten(json.load(f))
+
+
+def record(out_dir: str, config, stage: str) -> None:
+  """Creates ``out_dir`` and records ``config``; refuses a dir made with other values of
+  the fields ``stage`` depends on (a resume must continue the same run)."""
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, 'config.json')
+  if os.path.exists(path):
+    before = read_recorded(path)
+    diff = differences(before, as_flat(config), STAGES[stage])
+    if diff:
+      details = ', '.join(f'config.{k}: {before.get(k)!r} -> {as_flat(config).get(k)!r}' for k in diff)
+      raise ConfigError(f'{path} was written by a run with a different config ({details}). '
+                        'Use a new --workdir, or the original config to resume.')
+  artifacts.write_text(path, config.to_json(indent=2))
+
+
+def check_matches_run(out_dir: str, config, stage: str) -> None:
+  """Raises ``ConfigError`` naming every field ``stage`` depends on that ``config`` sets
+  differently from the trained run in ``out_dir`` (its recorded ``config.json``).
+
+  Why: predict and evaluate must judge with the model that was trained; a
+  different ``data.image_size`` or method would silently give other numbers,
+  or fail deep inside checkpoint restoring.
+  """
+  path = os.path.join(out_dir, 'config.json')
+  if not os.path.exists(path):
+    return
+  before, now = read_recorded(path), as_flat(config)
+  diff = differences(before, now, STAGES[stage])
+  if diff:
+    details = '; '.join(f'config.{k}={now.get(k)!r} here, {before.get(k)!r} in the run' for k in diff)
+    raise ConfigError(f'the config disagrees with the trained run in {out_dir}: {details}. '
+                      'Use the config the run was trained with (or drop the overrides).')
+
+
+def quality_model_names(config) -> list[str]:
+  """The configured quality models (``quality.models``), in order."""
+  return [v.strip() for v in config.quality.models.split(',') if v.strip()]
+
+
+def calibration_settings(config) -> dict:
+  """What a calibration of the auto-accept rules depends on (roles ``g_shared``'s
+  ``calibration.fraction`` and ``calibration``); stored rules made with other
+  settings are redone by stage 2 and refused by evaluate and predict."""
+  cal = config.calibration
+  return {'fraction': cal.fraction, 'alphas': [float(a) for a in cal.alphas], 'delta': cal.delta,
+          'starts': cal.starts, 'grid_size': cal.grid_size, 'fail_dice': config.eval.fail_dice}

@@ -1,0 +1,1 @@
+"""Per-case overlap (Dice, Jaccard) and the quality-prediction metrics of the paper."""

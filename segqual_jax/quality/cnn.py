@@ -1,0 +1,91 @@
+"""The quality network g and the input of each of its three kinds.
+
+The CNN quality models (rows of the paper's Table 1) share one network and
+differ in its input:
+* ``uncertainty`` -- g(x, y_hat, z): the paper's method, with f's uncertainty map;
+* ``no_uncertainty`` -- g(x, y_hat): the same network without the map;
+* ``qualitynet`` -- g(x * y_hat): QualityNet (Huang et al. 2016), the image
+  masked by the predicted segmentation.
+The map z is divided by a scale fixed on g's training split (its 99th
+percentile), because the methods' maps live on different scales (entropy <=
+ln 2, HCNN's sigma unbounded) and g should see inputs of order one.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segqual_jax.config import schema
+
+NAMES = schema.CNN_QUALITY_MODELS
+
+
+def make_inputs(name: str, images: jax.Array, masks: jax.Array, maps: jax.Array) -> jax.Array:
+  """g's input for model ``name`` from float images (N, H, W, 3), f's masks and scaled maps (N, H, W)."""
+  y = masks.astype(images.dtype)[..., None]
+  if name == 'uncertainty':
+    return jnp.concatenate([images, y, maps.astype(images.dtype)[..., None]], -1)
+  if name == 'no_uncertainty':
+    return jnp.concatenate([images, y], -1)
+  if name == 'qualitynet':
+    return images * y
+  raise ValueError(f'unknown CNN quality model {name!r}; expected one of {NAMES}')
+
+
+class VGGRegressor(nn.Module):
+  """VGG-style CNN: [conv3x3-ReLU x2, max-pool] per width, global mean, MLP, sigmoid.
+
+  The sigmoid keeps predictions in [0, 1], the range of Dice and Jaccard.
+  """
+  widths: Sequence[int] = (16, 32, 64, 128)
+  dense: int = 64
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = (x - 0.5) * 2.0
+    for width in self.widths:
+      for _ in range(2):
+        x = nn.relu(nn.Conv(width, (3, 3))(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.mean(axis=(1, 2))
+    x = nn.relu(nn.Dense(self.dense)(x))
+    return nn.sigmoid(nn.Dense(1)(x))[..., 0]
+
+
+def create_regressor(quality_config) -> VGGRegressor:
+  return VGGRegressor(widths=tuple(quality_config.widths), dense=quality_config.dense)
+
+
+def map_scale(maps) -> float:
+  """The 99th percentile of g's training maps: divides every map g sees to order one."""
+  return float(max(np.percentile(maps, 99), 1e-6))
+
+
+def init_params(model: VGGRegressor, name: str, key: jax.Array, image_size: int):
+  """Fresh parameters of g for model ``name`` (its input shape comes from ``make_inputs``)."""
+  size = image_size
+  dummy = make_inputs(name, jnp.zeros((1, size, size, 3)), jnp.zeros((1, size, size)),
+                      jnp.zeros((1, size, size)))
+  return jax.jit(lambda k: model.init(k, dummy)['params'])(key)
+
+
+def model_state(z_scale: float) -> dict:
+  """g's state beside its parameters: the map scale (``map_scale`` of its training maps),
+  fixed with g, checkpointed with it and recorded in its ``done.json``."""
+  return {'z_scale': jnp.asarray(z_scale, jnp.float32)}
+
+
+def predict_fn(model: VGGRegressor, name: str):
+  """``(params, model_state, float images, f's masks, f's maps) -> predicted quality``, pure.
+
+  The scale is an argument, not a constant folded into the program: training
+  and prediction then divide the maps by it in exactly the same way.
+  """
+  def predict(params, state, images, masks, maps):
+    return model.apply({'params': params}, make_inputs(name, images, masks, maps / state['z_scale']))
+  return predict

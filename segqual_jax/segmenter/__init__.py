@@ -1,0 +1,1 @@
+"""The segmentation network f: U-Net, uncertainty methods, sampling engine, running f over cases."""

@@ -1,0 +1,211 @@
+"""Running a trained f over cases: restore its parameters, segment, map, score.
+
+The one module every later stage uses to get f's outputs -- stage 1's
+validation, stage 2's training cases, evaluation and predict -- so none of
+them imports a trainer. Two rules hold here:
+
+* **A case's key is its own.** Each case's samples use
+  ``fold_in(base_key, case_hash(case_id))`` (``core/keys.py``), and f runs
+  ``vmap``-ped over the cases of a batch, so a case's MC-dropout, HCNN or
+  latent map depends on nothing else in the batch: not on its position in a
+  folder, on the batch size, or on unreadable files before it.
+* **Parameters only.** ``load_f`` restores f's parameters from the stage-1
+  checkpoint without building an optimiser (``Checkpointer.restore_items``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segqual_jax.core import artifacts, checkpointing, errors, keys, parallel, workdir as run_dirs
+from segqual_jax.data import pipeline
+from segqual_jax.metrics import overlap
+from segqual_jax.segmenter import methods, scores
+
+log = logging.getLogger(__name__)
+
+_SCORE_PREFIX = 'score/'
+
+
+@dataclasses.dataclass(frozen=True)
+class SegOutputs:
+  """f's outputs per case (numpy, in case order).
+
+  ``dice``/``jaccard`` are the true overlaps when the cases have ground truth
+  (a split), else None (new images in predict).
+  """
+  masks: np.ndarray  # (N, H, W) uint8: f's segmentation (argmax of its probabilities)
+  maps: np.ndarray  # (N, H, W) float32 uncertainty maps, higher = more uncertain
+  # image-level scores (segmenter/scores.py), name -> (N,), higher = better; empty if not computed
+  scores: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  dice: np.ndarray | None = None  # (N,) true Dice against the cases' masks
+  jaccard: np.ndarray | None = None  # (N,) true Jaccard
+
+  def __len__(self) -> int:
+    return len(self.masks)
+
+  def save(self, path: str) -> None:
+    """Writes an .npz atomically: a crash never leaves a file that looks complete."""
+    arrays = {'masks': self.masks, 'maps': self.maps, 'dice': self.dice, 'jaccard': self.jaccard}
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    arrays.update({_SCORE_PREFIX + k: v for k, v in self.scores.items()})
+    artifacts.write_atomic(path, lambda tmp: np.savez(tmp, **arrays), suffix='.tmp.npz')
+
+  @classmethod
+  def load(cls, path: str) -> 'SegOutputs':
+    with np.load(path) as f:
+      get = lambda k: f[k] if k in f.files else None
+      return cls(f['masks'], f['maps'],
+                 {k[len(_SCORE_PREFIX):]: f[k] for k in f.files if k.startswith(_SCORE_PREFIX)},
+                 get('dice'), get('jaccard'))
+
+  def take(self, idx: np.ndarray) -> 'SegOutputs':
+    """The cases ``idx``."""
+    pick = lambda a: None if a is None else a[idx]
+    return SegOutputs(self.masks[idx], self.maps[idx], {k: v[idx] for k, v in self.scores.items()},
+                      pick(self.dice), pick(self.jaccard))
+
+  def summary(self, fail_dice: float) -> dict[str, float]:
+    """Mean overlaps, the share of failures (Dice < ``fail_dice``) and mean uncertainty."""
+    return {
+        'num_cases': int(len(self.masks)),
+        'mean_dice': float(self.dice.mean()),
+        'mean_jaccard': float(self.jaccard.mean()),
+        f'fail_rate_dice_{fail_dice}': float(np.mean(self.dice < fail_dice)),
+        'mean_uncertainty': float(self.maps.mean()),
+    }
+
+
+def with_truth(outputs: SegOutputs, truth: np.ndarray) -> SegOutputs:
+  """``outputs`` with the true Dice and Jaccard against ``truth`` (N, H, W) masks."""
+  masks, truth = jnp.asarray(outputs.masks), jnp.asarray(truth)
+  return dataclasses.replace(outputs, dice=np.asarray(overlap.dice(masks, truth)),
+                             jaccard=np.asarray(overlap.jaccard(masks, truth)))
+
+
+def case_fn(predict: Callable, score_band_px: int | None = None) -> Callable:
+  """``(params, float images (N,H,W,3), keys (N,)) -> {'masks', 'maps'[, 'scores']}``, traceable.
+
+  Args:
+    predict: ``(params, images, key) -> (probabilities, map[, sample labels])``,
+      a method's ``predict`` or ``predict_samples``.
+    score_band_px: if given, ``predict`` returns sample labels and the
+      image-level scores are computed too (on device: the per-sample label
+      maps never leave it).
+
+  Each case runs alone under ``vmap`` with its own key.
+  """
+  def one(params, image, key):
+    out = predict(params, image[None], key)
+    probs, umap = out[0][0], out[1][0]
+    samples = out[2][:, 0] if len(out) > 2 and out[2] is not None else None
+    return jnp.argmax(probs, -1).astype(jnp.uint8), umap, samples
+
+  def run(params, images, case_keys):
+    masks, maps, samples = jax.vmap(one, in_axes=(None, 0, 0))(params, images, case_keys)
+    result = {'masks': masks, 'maps': maps}
+    if score_band_px is not None:
+      samples = None if samples is None else jnp.swapaxes(samples, 0, 1)  # (T, N, H, W)
+      result['scores'] = scores.image_scores(masks, maps, samples, score_band_px)
+    return result
+  return run
+
+
+def method_case_fn(method, with_scores: bool) -> Callable:
+  """``case_fn`` of a method's own prediction, with the image-level scores if asked."""
+  if not with_scores:
+    return case_fn(method.predict)
+  return case_fn(lambda p, x, k: method.predict_samples(p, x, k, keep_labels=True),
+                 method.config.uncertainty.score_band_px)
+
+
+def batch_fn(fn: Callable) -> Callable:
+  """Jits ``(params, uint8 images, case hashes, base key) -> outputs`` of a ``case_fn``."""
+  @jax.jit
+  def run(params, images, hashes, base_key):
+    return fn(params, pipeline.to_float(images), keys.case_keys(base_key, hashes))
+  return run
+
+
+def run_cases(run_batch: Callable, params, images: np.ndarray, case_ids, base_key: jax.Array,
+              batch_size: int) -> SegOutputs:
+  """f over ``images`` (N, S, S, 3) uint8 in padded batches; case i keyed by ``case_ids[i]``."""
+  params = parallel.replicate(params)
+  hashes = keys.case_hashes(case_ids)
+  outs = []
+  for batch_images, batch_hashes, valid in pipeline.eval_batches(batch_size, images, hashes):
+    sharded = parallel.shard_batch((batch_images, batch_hashes))
+    result = parallel.fetch(run_batch(params, *sharded, base_key))
+    outs.append(jax.tree.map(lambda r: np.asarray(r)[:valid], result))
+  if not outs:
+    size = images.shape[1]
+    return SegOutputs(np.zeros((0, size, size), np.uint8), np.zeros((0, size, size), np.float32))
+  cat = lambda k: np.concatenate([o[k] for o in outs])
+  image_scores = {k: np.concatenate([o['scores'][k] for o in outs]) for k in outs[0].get('scores', {})}
+  return SegOutputs(cat('masks'), cat('maps').astype(np.float32), image_scores)
+
+
+def case_ids(split: pipeline.Split) -> tuple[str, ...]:
+  """The ids that key a split's cases (a split without ids: ``<name>-<index>``)."""
+  return split.ids if split.ids else tuple(f'{split.name}-{i:05d}' for i in range(len(split)))
+
+
+def run_split(run_batch: Callable, params, split: pipeline.Split, base_key: jax.Array,
+              batch_size: int) -> SegOutputs:
+  """``run_cases`` over a split, with the true Dice/Jaccard against its masks."""
+  outputs = run_cases(run_batch, params, split.images, case_ids(split), base_key, batch_size)
+  return with_truth(outputs, split.masks)
+
+
+def cases_key(config) -> jax.Array:
+  """The base key of every case's test-time samples (evaluate and predict alike)."""
+  return keys.purpose_key(config.seed, keys.CASES)
+
+
+def load_f(config, workdir: str, seg_dir: str | None = None) -> tuple[Any, Any]:
+  """Trained f of ``workdir``: ``(method, params)``. Restores parameters only.
+
+  Only a *complete* stage 1 counts (its ``metrics.json`` exists): the latest
+  checkpoint of an interrupted run is a half-trained f.
+
+  Args:
+    seg_dir: f's directory when not ``<workdir>/seg`` (an out-of-fold copy).
+  """
+  seg_dir = seg_dir or run_dirs.seg_dir(workdir)
+  if not os.path.exists(os.path.join(seg_dir, 'metrics.json')):
+    raise errors.NotTrained('complete stage 1 (the segmentation network f)', seg_dir, workdir)
+  method = methods.create_method(config)
+  target = jax.eval_shape(lambda: method.init_params(jax.random.key(0), config.data.image_size))
+  checkpointer = checkpointing.Checkpointer(os.path.join(seg_dir, 'checkpoints'), every_steps=1)
+  params = checkpointer.restore_items({'params': target})['params']
+  checkpointer.close()
+  return method, params
+
+
+def outputs_of(config, workdir: str, split: pipeline.Split, seg_dir: str | None = None) -> SegOutputs:
+  """The trained f's outputs on ``split``, with the image-level scores and true overlaps."""
+  method, params = load_f(config, workdir, seg_dir)
+  run_batch = batch_fn(method_case_fn(method, with_scores=True))
+  return run_split(run_batch, params, split, cases_key(config), config.seg.eval_batch_size)
+
+
+def cached_outputs(config, workdir: str, split: pipeline.Split) -> SegOutputs:
+  """``outputs_of`` the run's f, cached as ``<workdir>/quality/f_outputs/<split>.npz``.
+
+  Stage 2 and the evaluation share one pass of f per split.
+  """
+  path = os.path.join(run_dirs.f_outputs_dir(workdir), f'{split.name}.npz')
+  if os.path.exists(path):
+    return SegOutputs.load(path)
+  log.info('running f (%s) on the %s split (%d cases)', config.method, split.name, len(split))
+  outputs = outputs_of(config, workdir, split)
+  os.makedirs(run_dirs.f_outputs_dir(workdir), exist_ok=True)
+  outputs.save(path)
+  return outputs

@@ -1,0 +1,75 @@
+"""Failure-detection metrics against hand-computed cases and brute-force references."""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn import metrics as skm
+
+from segqual_jax.metrics import quality as qm
+
+
+def test_hand_computed_detection_error_and_auroc():
+  # pass cases score 0.9, 0.6; fail cases 0.7, 0.2.
+  pred = np.array([0.9, 0.6, 0.7, 0.2])
+  passed = np.array([True, True, False, False])
+  # d=0.6: 0.5*P(pass<=0.6)=0.25, 0.5*P(fail>0.6)=0.25 -> 0.5; d=0.2: 0 + 0.25 = 0.25;
+  # d=0.7: 0.5*0.5 + 0 = 0.25; best 0.25.
+  assert qm.detection_error(pred, passed) == pytest.approx(0.25)
+  assert qm.auroc(pred, passed) == pytest.approx(0.75)  # 3 of 4 pass/fail pairs ordered
+
+
+def test_detection_error_equals_brute_force_sweep():
+  rng = np.random.default_rng(0)
+  true = rng.random(300)
+  pred = np.clip(true + rng.normal(0, 0.2, 300), 0, 1)
+  passed = true >= 0.7
+  sweep = [0.5 * np.mean(pred[passed] <= d) + 0.5 * np.mean(pred[~passed] > d)
+           for d in np.concatenate([[-np.inf], np.sort(pred)])]
+  assert qm.detection_error(pred, passed) == pytest.approx(min(sweep))
+
+
+def test_aupr_and_correlations_match_references():
+  rng = np.random.default_rng(1)
+  true = rng.random(200)
+  pred = true + rng.normal(0, 0.3, 200)
+  passed = true >= 0.5
+  assert qm.aupr_pass(pred, passed) == pytest.approx(skm.average_precision_score(passed, pred))
+  assert qm.aupr_fail(pred, passed) == pytest.approx(skm.average_precision_score(~passed, -pred))
+  c = qm.correlations(pred, true)
+  assert c['pearson'] == pytest.approx(np.corrcoef(pred, true)[0, 1])
+  assert c['spearman'] == pytest.approx(stats.spearmanr(pred, true)[0])
+  assert qm.rmse(pred, true) == pytest.approx(np.sqrt(np.mean((pred - true) ** 2)))
+
+
+def test_aurc_hand_computed_and_oracle():
+  conf = np.array([0.9, 0.8, 0.1])
+  risk = np.array([0.0, 1.0, 0.5])
+  # accepted in order: risks 0, 1, 0.5 -> selective risks 0, 0.5, 0.5 -> mean 1/3
+  assert qm.aurc(conf, risk) == pytest.approx(1 / 3)
+  # oracle order 0, 0.5, 1 -> 0, 0.25, 0.5 -> mean 0.25
+  assert qm.e_aurc(conf, risk) == pytest.approx(1 / 3 - 0.25)
+  assert qm.e_aurc(-risk, risk) == pytest.approx(0.0)
+
+
+def test_single_class_reports_null_with_warning():
+  pred = np.array([0.9, 0.8, 0.95])
+  true = np.array([0.85, 0.9, 0.99])  # no failures at Dice < 0.8
+  with pytest.warns(UserWarning, match='only one class'):
+    m = qm.threshold_metrics(pred, true, 0.8)
+  assert m['auroc'] is None and m['detection_error'] is None and m['aupr_fail'] is None
+  assert m['fail_rate'] == 0.0
+
+
+def test_all_metrics_schema():
+  rng = np.random.default_rng(2)
+  dice = rng.random(50)
+  jac = dice / (2 - dice)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # both classes present: no warning expected
+    m = qm.all_metrics(jac + 0.01, dice, jac, target='jaccard')
+  assert set(m) == {'target', 'rmse', 'pearson', 'spearman', 'aurc', 'e_aurc',
+                    'dice<0.8', 'jaccard<0.7'}
+  assert m['rmse'] == pytest.approx(0.01)
+  assert m['dice<0.8']['fail_rate'] == pytest.approx(np.mean(dice < 0.8))

@@ -1,0 +1,134 @@
+"""Stage 2 and evaluation end to end on the tiny config, plus its failure modes."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from segqual_jax.data import pipeline
+from segqual_jax.evaluation import evaluate
+from segqual_jax.metrics import overlap
+from segqual_jax.quality import cnn, registry
+from segqual_jax.segmenter import runner
+from segqual_jax.training import train_quality, train_seg
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize('variant,channels', [('uncertainty', 5), ('no_uncertainty', 4), ('qualitynet', 3)])
+def test_inputs_and_regressor_shapes(variant, channels):
+  images = jnp.ones((2, 16, 16, 3)) * 0.5
+  preds = jnp.zeros((2, 16, 16), jnp.uint8).at[:, 4:8, 4:8].set(1)
+  umaps = jnp.full((2, 16, 16), 0.3)
+  x = cnn.make_inputs(variant, images, preds, umaps)
+  assert x.shape == (2, 16, 16, channels)
+  if variant == 'qualitynet':
+    assert float(x[0, 0, 0, 0]) == 0.0 and float(x[0, 5, 5, 0]) == 0.5  # image masked by y_hat
+  model = cnn.VGGRegressor(widths=(4, 8), dense=8)
+  params = model.init(jax.random.key(0), x)
+  out = model.apply(params, x)
+  assert out.shape == (2,) and bool(jnp.all((out > 0) & (out < 1)))
+
+
+def _run_all(config, workdir):
+  train_seg.train_and_evaluate(config, workdir)
+  train_quality.train_quality(config, workdir)
+  return evaluate.evaluate(config, workdir)
+
+
+def test_both_stages_and_evaluation_write_every_output(config, tmp_path):
+  config.method = 'mc_dropout'
+  result = _run_all(config, str(tmp_path))
+  names = ['MC-dropout', 'No uncertainty', 'QualityNet']
+  assert list(result['quality_models']) == names
+  on_disk = json.loads((tmp_path / 'metrics.json').read_text())
+  assert on_disk == json.loads(json.dumps(result))
+  assert on_disk['schema_version'] == 1 and on_disk['data']['split'] == 'test'
+  seg = on_disk['segmentation']
+  assert seg['num_cases'] == config.data.num_test
+  assert {'mean_dice', 'mean_jaccard', 'fail_rate_dice_0.8', 'fail_rate_jaccard_0.7'} <= set(seg)
+  for m in on_disk['quality_models'].values():
+    assert {'rmse', 'aurc', 'e_aurc', 'pearson', 'spearman', 'dice<0.8', 'jaccard<0.7'} <= set(m)
+    assert 0 <= m['rmse'] <= 1
+  table = (tmp_path / 'table.md').read_text()
+  assert all(f'| {n} |' in table for n in names) and 'Dice < 0.8' in table and 'Jaccard < 0.7' in table
+  rows = list(csv.reader((tmp_path / 'predictions.csv').open()))
+  assert len(rows) == 1 + config.data.num_test and len(rows[0]) == 4 + len(names)
+  assert rows[0][:4] == ['case', 'id', 'true_dice', 'true_jaccard'] and rows[1][1] == 'synthetic-test-00000'
+  for png in ('scatter.png', 'uncertainty_maps.png', 'risk_coverage.png'):
+    assert (tmp_path / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  # The true Dice in f's cached outputs matches a recomputation from the stored masks.
+  outputs = np.load(tmp_path / 'quality' / 'f_outputs' / 'test.npz')
+  test = pipeline.load_splits(config.data, names=('test',))['test']
+  np.testing.assert_allclose(outputs['dice'], overlap.dice(outputs['masks'], test.masks), rtol=1e-6)
+  # Rerunning skips every complete stage: nothing is retrained.
+  stamp = os.path.getmtime(tmp_path / 'quality' / 'uncertainty' / 'done.json')
+  assert _run_all(config, str(tmp_path)) == on_disk
+  assert os.path.getmtime(tmp_path / 'quality' / 'uncertainty' / 'done.json') == stamp
+  # A model added to the finished run is fitted and evaluated; the others are not retrained.
+  config.quality.models += ',cheap_qc'
+  added = _run_all(config, str(tmp_path))
+  assert list(added['quality_models']) == names + ['Cheap QC (MC-dropout)']
+  assert all(added['quality_models'][n] == on_disk['quality_models'][n] for n in names)
+  assert os.path.getmtime(tmp_path / 'quality' / 'uncertainty' / 'done.json') == stamp
+  # Dropping it again keeps the stored rows: nothing is evaluated anew.
+  config.quality.models = config.quality.models.replace(',cheap_qc', '')
+  assert _run_all(config, str(tmp_path)) == added
+
+
+@pytest.mark.parametrize('source', ['train', 'oof'])
+def test_label_sources(config, tmp_path, source):
+  config.method = 'msp'
+  config.quality.label_source = source
+  config.quality.models = 'no_uncertainty'
+  train_seg.train_and_evaluate(config, str(tmp_path))
+  results = train_quality.train_quality(config, str(tmp_path))
+  assert results['no_uncertainty']['num_cases'] == config.data.num_train
+  name = 'train_oof.npz' if source == 'oof' else 'train.npz'
+  outputs = np.load(tmp_path / 'quality' / 'f_outputs' / name)
+  assert outputs['dice'].shape == (config.data.num_train,)
+  if source == 'oof':
+    assert sorted(os.listdir(tmp_path / 'seg_oof')) == ['fold0', 'fold1']
+    # Out-of-fold labels differ from f's own (in-sample) predictions on train.
+    train = pipeline.load_splits(config.data, names=('train',))['train']
+    own = runner.cached_outputs(config, str(tmp_path), train)
+    assert not np.array_equal(own.masks, outputs['masks'])
+
+
+def _main(workdir, data_dir, *args, interrupt=()):
+  script = ['tests/interrupt_main.py', *interrupt] if interrupt else ['main.py']
+  return subprocess.run([sys.executable, *script, '--config=configs/test.py', f'--workdir={workdir}',
+                         f'--config.data.data_dir={data_dir}', '--config.quality.models=uncertainty',
+                         *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_train_quality_without_stage1_names_the_command(tmp_path, data_dir):
+  r = _main(tmp_path, data_dir, '--mode=train_quality')
+  assert r.returncode != 0
+  assert 'no complete stage 1' in r.stderr
+  # the exact command that trains this run, with its own config arguments
+  assert (f'python main.py --config=configs/test.py --config.data.data_dir={data_dir} '
+          f'--config.quality.models=uncertainty --workdir={tmp_path} --mode=all') in r.stderr, r.stderr
+
+
+def test_train_quality_resumes_after_sigkill(config, tmp_path, data_dir):
+  full, broken = tmp_path / 'full', tmp_path / 'broken'
+  for w in (full, broken):
+    assert _main(w, data_dir, '--mode=train_seg').returncode == 0
+  assert _main(full, data_dir, '--mode=train_quality').returncode == 0
+  r = _main(broken, data_dir, '--mode=train_quality', interrupt=('2', 'SIGKILL'))
+  assert r.returncode == -9
+  assert not (broken / 'quality' / 'uncertainty' / 'done.json').exists()
+  r = _main(broken, data_dir, '--mode=train_quality')
+  assert r.returncode == 0 and 'resuming quality model uncertainty from step 2' in r.stderr
+  config.quality.models = 'uncertainty'
+  a = registry.load_cnn_params(config, str(full), 'uncertainty')[1]
+  b = registry.load_cnn_params(config, str(broken), 'uncertainty')[1]
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)

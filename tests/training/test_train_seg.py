@@ -1,0 +1,117 @@
+"""Stage 1 end to end: every method, resume after SIGKILL / SIGINT, non-finite loss."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from segqual_jax.core import errors
+from segqual_jax.core.errors import ConfigError
+from segqual_jax.segmenter import methods as uncertainty
+from segqual_jax.segmenter import runner
+from segqual_jax.training import train_seg
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize('method', sorted(uncertainty.METHODS))
+def test_train_seg_end_to_end(config, tmp_path, method):
+  config.method = method
+  summary = train_seg.train_and_evaluate(config, str(tmp_path))
+  seg = tmp_path / 'seg'
+  records = [json.loads(l) for l in (seg / 'log.jsonl').read_text().splitlines()]
+  assert [r['epoch'] for r in records] == [1, 2]
+  assert all(0 <= r['val_dice'] <= 1 and np.isfinite(r['train_loss']) for r in records)
+  assert json.loads((seg / 'metrics.json').read_text()) == summary
+  assert summary['method'] == method and summary['num_cases'] == config.data.num_validation
+  assert 0 <= summary['mean_jaccard'] <= summary['mean_dice'] <= 1
+  assert sorted(os.listdir(seg / 'checkpoints'))[-1] == '6'
+  if method == 'lce':
+    assert records[-1]['train_lambda'] != pytest.approx(0.1)  # lambda adapted
+
+
+def _run_main(workdir, data_dir, *overrides, interrupt=()):
+  script = ['tests/interrupt_main.py', *interrupt] if interrupt else ['main.py']
+  cmd = [sys.executable, *script, '--config=configs/test.py', f'--workdir={workdir}',
+         f'--config.data.data_dir={data_dir}', '--config.method=lce',
+         '--config.seg.num_epochs=3', *overrides]
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def _final_state(config, workdir):
+  config.method = 'lce'
+  config.seg.num_epochs = 3
+  method, params = runner.load_f(config, str(workdir))
+  return params
+
+
+@pytest.mark.parametrize('sig,code', [('SIGKILL', -9), ('SIGINT', 1)])
+def test_interrupted_run_resumes_to_identical_parameters(config, data_dir, tmp_path, sig, code):
+  """Kill after step 4 of 9; the rerun of the same command ends where an
+  uninterrupted run ends, bit for bit (same keys, same batches, same lambda)."""
+  full, broken = tmp_path / 'full', tmp_path / 'broken'
+  r = _run_main(full, data_dir)
+  assert r.returncode == 0, r.stderr
+  r = _run_main(broken, data_dir, interrupt=('4', sig))
+  assert r.returncode == code, r.stderr
+  if sig == 'SIGINT':
+    assert 'interrupted after step 4' in r.stderr and 'Rerun the same command' in r.stderr
+  assert not (broken / 'seg' / 'metrics.json').exists()
+  r = _run_main(broken, data_dir)
+  assert r.returncode == 0, r.stderr
+  assert 'resuming stage 1 from step 4' in r.stderr
+  a, b = _final_state(config, full), _final_state(config, broken)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  m_full = json.loads((full / 'seg' / 'metrics.json').read_text())
+  m_broken = json.loads((broken / 'seg' / 'metrics.json').read_text())
+  assert m_full['mean_dice'] == m_broken['mean_dice']
+
+
+def test_resume_with_a_different_config_is_refused(config, tmp_path):
+  config.method = 'msp'
+  train_seg.train_and_evaluate(config, str(tmp_path))
+  config.seg.learning_rate = 0.5
+  with pytest.raises(ConfigError, match=r'config\.seg\.learning_rate: 0\.001 -> 0\.5'):
+    train_seg.train_and_evaluate(config, str(tmp_path))
+
+
+def test_non_finite_loss_stops_naming_the_step(config, tmp_path):
+  config.method = 'msp'
+  config.seg.learning_rate = 1e30
+  with pytest.raises(errors.NonFiniteLoss, match=r'at step \d+'):
+    train_seg.train_and_evaluate(config, str(tmp_path))
+
+
+def test_restore_without_stage1_is_a_clear_error(config, tmp_path):
+  with pytest.raises(errors.NotTrained, match='--mode=all'):
+    runner.load_f(config, str(tmp_path))
+
+
+def test_reuse_from_shares_f_between_methods_that_train_alike(config, tmp_path):
+  """TTA reusing MSP's f gets MSP's exact parameters; a method that trains otherwise, or another seed, is refused."""
+  config.method = 'msp'
+  train_seg.train_and_evaluate(config, str(tmp_path / 'msp'))
+  _, msp_params = runner.load_f(config, str(tmp_path / 'msp'))
+  config.method = 'tta'
+  config.seg.reuse_from = str(tmp_path / 'msp')
+  summary = train_seg.train_and_evaluate(config, str(tmp_path / 'tta'))
+  assert summary['method'] == 'tta' and summary['steps'] == 6
+  _, tta_params = runner.load_f(config, str(tmp_path / 'tta'))
+  jax.tree.map(np.testing.assert_array_equal, msp_params, tta_params)
+  # Naming the same source by another path, or none, later is the same run (resumes, no refusal).
+  config.seg.reuse_from = os.path.relpath(tmp_path / 'msp')
+  assert train_seg.train_and_evaluate(config, str(tmp_path / 'tta')) == summary
+  config.seg.reuse_from = ''
+  assert train_seg.train_and_evaluate(config, str(tmp_path / 'tta')) == summary
+  config.seg.reuse_from = str(tmp_path / 'msp')
+  config.method = 'lce'
+  with pytest.raises(ConfigError, match="trained by 'msp', which does not train like 'lce'"):
+    train_seg.train_and_evaluate(config, str(tmp_path / 'lce'))
+  config.method, config.seed = 'mc_dropout', 1
+  with pytest.raises(ConfigError, match='config.seed: 0 there, 1 here'):
+    train_seg.train_and_evaluate(config, str(tmp_path / 'mc'))
