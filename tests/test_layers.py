@@ -88,3 +88,16 @@ def test_walker_sees_imports():
   mods = _modules()
   assert 'segqual_jax.segmenter.runner' in mods['segqual_jax.apps.assess']
   assert 'segqual_jax.training.train_seg' in mods['segqual_jax.training.quality_cases']
+
+
+def test_running_f_needs_no_tfds():
+  """predict, the bench and every stage module import without TFDS (an accelerator image
+  may lack it); only loading a data set imports it."""
+  import subprocess
+  import sys
+  code = ('import sys, main; from segqual_jax.apps import bench, predict; '
+          'from segqual_jax.evaluation import evaluate; from segqual_jax.training import train_quality; '
+          "assert 'tensorflow_datasets' not in sys.modules")
+  root = os.path.dirname(PACKAGE)
+  r = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]

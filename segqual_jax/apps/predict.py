@@ -31,7 +31,7 @@ import numpy as np
 
 from segqual_jax.apps import assess, render
 from segqual_jax.config import stages
-from segqual_jax.core import artifacts, errors, workdir as run_dirs
+from segqual_jax.core import artifacts, parallel, workdir as run_dirs
 from segqual_jax.core.errors import PredictError  # noqa: F401  (raised here; tests match it)
 from segqual_jax.data import images as image_io
 from segqual_jax.evaluation import report
@@ -185,6 +185,7 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   if masks_dir and not os.path.isdir(masks_dir):
     raise PredictError(f'--masks={masks_dir}: no such directory')
   check_output(output_dir, overwrite)
+  parallel.check_batch_size(config.seg.eval_batch_size, 'config.seg.eval_batch_size')
   name = config.predict.quality_model
   run_dirs.require_seg(workdir)
   run_dirs.require_quality(workdir, name)

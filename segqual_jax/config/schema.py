@@ -122,5 +122,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.runtime.num_processes = 0  # multi-host: number of processes; 0 = auto-detect
   config.runtime.process_id = -1  # multi-host: this process's index; -1 = auto-detect
   config.runtime.threefry_partitionable = False  # True for sharded multi-device runs; False compiles ~5x faster on CPU
+  config.runtime.matmul_precision = 'default'  # default (GPU: TF32, fast; a case's map alone vs in a batch differs ~1e-3) | highest (float32: agrees to ~1e-6, MC-dropout ~3.6x slower on an H200); no effect on CPU
 
   return config

@@ -152,6 +152,7 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('runtime.num_processes', lambda v: _is_int(v) and v >= 0, 'must be >= 0 (0: auto-detect)'),
       ('runtime.process_id', lambda v: _is_int(v) and v >= -1, 'must be >= -1 (-1: auto-detect)'),
       ('runtime.threefry_partitionable', lambda v: isinstance(v, bool), 'must be True or False'),
+      ('runtime.matmul_precision', lambda v: v in ('default', 'highest'), 'must be "default" or "highest"'),
   ]
 
 

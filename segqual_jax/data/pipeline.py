@@ -1,5 +1,8 @@
 """Input pipeline: splits in memory, deterministic batch order, augmentation.
 
+No TFDS here (``loading.py`` builds and reads the data sets), so running f on
+images -- predict, the bench, an accelerator without TFDS -- needs none of it.
+
 Why in memory: the CPU-scale and paper-scale data sets (a few thousand images
 at <= 224 px) fit comfortably, and random access by index lets the batch for
 any step be recomputed from ``(seed, step)`` alone -- so a resumed run sees
@@ -9,18 +12,11 @@ Augmentation runs inside the jitted step on device, keyed by the step's key.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow_datasets as tfds
-
-from segqual_jax.core import artifacts, errors, parallel
-from segqual_jax.data import builders
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,76 +36,6 @@ class Split:
     """The cases ``idx`` of this split, as a split called ``name``."""
     ids = tuple(self.ids[i] for i in idx) if self.ids else ()
     return Split(name, self.images[idx], self.masks[idx], ids)
-
-
-log = logging.getLogger(__name__)
-
-
-class _DropTfdsNoise(logging.Filter):
-  """Drops TFDS's per-call warning that our (deliberately custom) builder config is custom."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith('Using custom data configuration')
-
-
-@contextlib.contextmanager
-def _quiet_tfds():
-  """TFDS's own chatter off: the custom-configuration warning on every load, and the
-  "Downloading and preparing dataset Unknown size" banner it prints to stdout for
-  data that is generated or read locally (our own log line says what happens)."""
-  noise = _DropTfdsNoise()
-  absl_logger = logging.getLogger('absl')
-  absl_logger.addFilter(noise)
-  try:
-    with contextlib.redirect_stdout(io.StringIO()):
-      yield
-  finally:
-    absl_logger.removeFilter(noise)
-
-
-def make_builder(data_config):
-  """The TFDS builder of ``config.data`` (synthetic, folder or isic2017), not yet prepared."""
-  if data_config.name == 'synthetic':
-    return builders.synthetic_builder(data_config)
-  return builders.real_builder(data_config)
-
-
-def load_splits(data_config, names=builders.SPLITS) -> dict[str, Split]:
-  """Prepares the configured data set if needed and loads ``names`` into memory.
-
-  Raises ``builders.DataError`` for a split the data set does not have, and
-  for bad real data (the error lists the offending ids).
-  """
-  tfds.disable_progress_bar()  # our own log lines say what is happening
-  with _quiet_tfds():
-    builder = make_builder(data_config)
-    if artifacts.is_writer():  # one process of a multi-host job prepares; the others wait
-      if not builder.is_prepared():
-        log.info('preparing the %s data set once (array_record files in %s)', data_config.name,
-                 builder.data_dir)
-      builder.download_and_prepare()
-    parallel.barrier('data prepared')
-    sources = builder.as_data_source()
-  out = {}
-  size = data_config.image_size
-  for name in names:
-    if name not in sources:
-      raise errors.DataError(
-          f'the {data_config.name} data set has no {name!r} split (it has {sorted(sources)}); '
-          f'give one with config.data.splits, e.g. {name}=path/to/{name}.txt')
-    source = sources[name]
-    examples = source.__getitems__(range(len(source))) if len(source) else []
-    # as_data_source yields records in shuffled storage order: sort by position
-    # so index i of a split is always example i of its list (or generator).
-    order = 'index' if data_config.name != 'synthetic' else 'id'
-    examples = sorted(examples, key=lambda e: int(e[order]))
-    ids = tuple(e['id'].decode() if isinstance(e['id'], bytes) else str(e['id']) for e in examples)
-    if data_config.name == 'synthetic':  # generator indices repeat across splits; a case id must not
-      ids = tuple(f'synthetic-{name}-{int(i):05d}' for i in ids)
-    images = np.stack([e['image'] for e in examples]) if examples else np.zeros((0, size, size, 3), np.uint8)
-    masks = np.stack([e['mask'] for e in examples]) if examples else np.zeros((0, size, size), np.uint8)
-    out[name] = Split(name, images, masks, ids)
-  return out
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

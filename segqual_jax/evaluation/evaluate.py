@@ -22,8 +22,8 @@ import os
 import numpy as np
 
 from segqual_jax.config import stages
-from segqual_jax.core import artifacts, errors, workdir as run_dirs
-from segqual_jax.data import pipeline
+from segqual_jax.core import artifacts, errors, parallel, workdir as run_dirs
+from segqual_jax.data import loading
 from segqual_jax.evaluation import figures, report
 from segqual_jax.metrics import overlap
 from segqual_jax.metrics import quality as quality_metrics
@@ -50,9 +50,8 @@ def score_metrics(config, outputs) -> dict[str, dict]:
   return out
 
 
-def auto_accept_on_test(config, workdir: str, predicted_test: dict[str, np.ndarray],
-                       test_outputs) -> dict:
-  """What each model's calibrated rules (stage 2) do on the test split.
+def stored_rules(config, workdir: str) -> dict:
+  """Stage 2's calibrated rules, made with the configured settings.
 
   Raises ``ConfigError`` when the run is configured for calibration but has no
   rules (or rules made with other settings): a calibrated promise must never be
@@ -60,9 +59,17 @@ def auto_accept_on_test(config, workdir: str, predicted_test: dict[str, np.ndarr
   """
   path = run_dirs.calibration_file(workdir)
   stored = artifacts.read_json(path) if os.path.exists(path) else None
-  if stored is None or stored['settings'] != stages.calibration_settings(config):
-    raise errors.ConfigError(f'{path}: no auto-accept rules for the configured calibration settings; '
+  if (stored is None or stored['settings'] != stages.calibration_settings(config)
+      or not set(stages.quality_model_names(config)) <= set(stored['models'])):
+    raise errors.ConfigError(f'{path}: no auto-accept rules for the configured quality models and '
+                             'calibration settings; '
                              'run --mode=train_quality (it calibrates without retraining)')
+  return stored
+
+
+def auto_accept_on_test(config, stored: dict, predicted_test: dict[str, np.ndarray],
+                        test_outputs) -> dict:
+  """What each model's calibrated rules (``stored_rules``) do on the test split."""
   failed = test_outputs.dice < config.eval.fail_dice
   out = {}
   for name in stages.quality_model_names(config):
@@ -92,12 +99,15 @@ def evaluate(config, workdir: str) -> dict:
                                  lambda metrics: wanted <= set(metrics['quality_models']))) is not None:
     return done
   run_dirs.require_seg(workdir)
+  parallel.check_batch_size(config.seg.eval_batch_size, 'config.seg.eval_batch_size')
+  parallel.check_batch_size(config.quality.eval_batch_size, 'config.quality.eval_batch_size')
   stages.check_matches_run(run_dirs.seg_dir(workdir), config, 'seg')
   models_by_row = {}
   for name in names:  # every check before the (slow) pass of f over the test split
     stages.check_matches_run(run_dirs.quality_dir(workdir, name), config, stages.quality_stage(name))
     models_by_row[report.row_name(config.method, name)] = registry.load(config, workdir, name)
-  test = pipeline.load_splits(config.data, names=('test',))['test']
+  rules = stored_rules(config, workdir) if config.calibration.fraction > 0 else None
+  test = loading.load_splits(config.data, names=('test',))['test']
   outputs = runner.cached_outputs(config, workdir, test)
   predicted = {row: registry.predict_cases(model, test.images, outputs, config.quality.eval_batch_size)
                for row, model in models_by_row.items()}
@@ -107,8 +117,7 @@ def evaluate(config, workdir: str) -> dict:
                                               config.quality.target, fail_d, fail_j)
             for name, pred in predicted.items()}
   scores = score_metrics(config, outputs)
-  calibration = (auto_accept_on_test(config, workdir, predicted, outputs)
-                 if config.calibration.fraction > 0 else None)
+  calibration = auto_accept_on_test(config, rules, predicted, outputs) if rules else None
   seg = outputs.summary(fail_d)
   seg[f'fail_rate_jaccard_{fail_j}'] = float(np.mean(outputs.jaccard < fail_j))
   result = {
@@ -125,29 +134,47 @@ def evaluate(config, workdir: str) -> dict:
   if calibration is not None:
     result['auto_accept'] = calibration
 
-  keys = [f'dice<{fail_d}', f'jaccard<{fail_j}']
+  text = write_table(config, workdir, result, len(test))
+  write_predictions_csv(workdir, test, outputs, predicted)
+  write_figures(config, workdir, test, outputs, predicted)
+  artifacts.write_json(metrics_path, result)  # last: its presence marks the stage complete
+  log.info('evaluation written to %s\n%s', workdir, text)
+  return result
+
+
+def write_table(config, workdir: str, result: dict, num_cases: int) -> str:
+  """``table.md``: Table 1 for both failure definitions, the score rows and the rules; returns it."""
+  models, scores, seg = result['quality_models'], result['scores'], result['segmentation']
+  keys = [f'dice<{config.eval.fail_dice}', f'jaccard<{config.eval.fail_jaccard}']
   table = ''.join(f'\n### Failure = {report.threshold_title(k)} (fail rate {100 * models[next(iter(models))][k]["fail_rate"]:.1f} %)\n\n'
                   + report.table_markdown({n: [m] for n, m in models.items()}, k) for k in keys)
   if scores:
     table += (f'\n### Image-level scores as quality scores (no g), failure = {report.threshold_title(keys[0])}\n\n'
               + report.table_markdown({n: [m] for n, m in scores.items()}, keys[0]))
-  if calibration is not None:
-    table += '\n' + report.auto_accept_markdown(calibration)
+  if 'auto_accept' in result:
+    table += '\n' + report.auto_accept_markdown(result['auto_accept'])
   header = (f'# {config.method}, seed {config.seed}: quality prediction on the test split '
-            f'({len(test)} cases, {config.data.name} data)\n\n'
+            f'({num_cases} cases, {config.data.name} data)\n\n'
             f'f: mean Dice {seg["mean_dice"]:.3f}, mean Jaccard {seg["mean_jaccard"]:.3f}; '
             f'g predicts {config.quality.target}, trained on {config.quality.label_source} cases.\n')
   artifacts.write_text(os.path.join(workdir, 'table.md'), header + table)
+  return header + table
 
+
+def write_predictions_csv(workdir: str, test, outputs, predicted: dict[str, np.ndarray]) -> None:
+  """``predictions.csv``: per test case its id, true Dice/Jaccard and every model's prediction."""
   buf = io.StringIO()
   writer = csv.writer(buf)
   writer.writerow(['case', 'id', 'true_dice', 'true_jaccard', *[f'predicted[{n}]' for n in predicted]])
-  for i in range(len(test)):
-    case_id = test.ids[i] if test.ids else str(i)
+  for i, case_id in enumerate(runner.case_ids(test)):
     writer.writerow([i, case_id, f'{outputs.dice[i]:.5f}', f'{outputs.jaccard[i]:.5f}',
                      *[f'{p[i]:.5f}' for p in predicted.values()]])
   artifacts.write_text(os.path.join(workdir, 'predictions.csv'), buf.getvalue())
 
+
+def write_figures(config, workdir: str, test, outputs, predicted: dict[str, np.ndarray]) -> None:
+  """``scatter.png``, ``uncertainty_maps.png`` and ``risk_coverage.png``."""
+  fail_d, fail_j = config.eval.fail_dice, config.eval.fail_jaccard
   true_target = outputs.jaccard if config.quality.target == 'jaccard' else outputs.dice
   equivalent = overlap.jaccard_from_dice(fail_d) if config.quality.target == 'jaccard' else fail_d
   thresholds = [(f'Dice {fail_d}', equivalent)]
@@ -159,6 +186,3 @@ def evaluate(config, workdir: str) -> dict:
                            outputs.masks, outputs.maps, outputs.dice,
                            config.eval.num_figure_cases, fail_d)
   figures.risk_coverage(os.path.join(workdir, 'risk_coverage.png'), predicted, 1.0 - outputs.dice)
-  artifacts.write_json(metrics_path, result)  # last: its presence marks the stage complete
-  log.info('evaluation written to %s\n%s', workdir, header + table)
-  return result

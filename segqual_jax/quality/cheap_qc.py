@@ -4,7 +4,7 @@ A quality model beside the CNN g (``quality.models`` variant ``cheap_qc``),
 in the spirit of the radiomics / hand-crafted-feature QC baselines: no
 convolutional network at all, seconds to train. Its features per case:
 
-* every image-level score f's method provides (``uncertainty/scores.py``:
+* every image-level score f's method provides (``segmenter/scores.py``:
   the map aggregations for every method, plus pairwise Dice, IoU over
   samples and area CoV for sampling methods), computed with the labels;
 * simple shape features of the predicted mask (``shape_features``): area,

@@ -27,7 +27,7 @@ import numpy as np
 from segqual_jax.core import artifacts, checkpointing, errors, keys, parallel, workdir as run_dirs
 from segqual_jax.data import pipeline
 from segqual_jax.metrics import overlap
-from segqual_jax.segmenter import methods, scores
+from segqual_jax.segmenter import methods, sampling, scores
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ def case_fn(predict: Callable, score_band_px: int | None = None) -> Callable:
     return jnp.argmax(probs, -1).astype(jnp.uint8), umap, samples
 
   def run(params, images, case_keys):
-    masks, maps, samples = jax.vmap(one, in_axes=(None, 0, 0))(params, images, case_keys)
+    with sampling.cases_vmapped(images.shape[0]):  # the engine's memory budget covers every case
+      masks, maps, samples = jax.vmap(one, in_axes=(None, 0, 0))(params, images, case_keys)
     result = {'masks': masks, 'maps': maps}
     if score_band_px is not None:
       samples = None if samples is None else jnp.swapaxes(samples, 0, 1)  # (T, N, H, W)

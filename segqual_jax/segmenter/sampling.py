@@ -14,7 +14,7 @@ noise in the loss and at test time). Three choices make it fast:
   byte a pixel, only when a score asks for them.
 * **No work twice.** A method hands the engine only the stochastic part of
   its forward pass (``Method.sample_features`` runs the deterministic part
-  once per image, see ``models/unet.py``).
+  once per image, see ``segmenter/unet.py``).
 
 Sample t always uses key t of ``jax.random.split(key, T)``, whatever the
 chunk, so the chunk changes speed and memory but not the samples.
@@ -31,11 +31,16 @@ The ``auto`` chunk rule (``config.sampling.chunk_size='auto'``), per backend:
   of every intermediate value of its traced program -- an upper bound, since
   XLA fuses and reuses buffers, so the rule errs towards smaller chunks.
 
-Always 1 <= chunk <= T.
+Always 1 <= chunk <= T. f runs ``vmap``-ped over the cases of a batch
+(``runner.py``: each case has its own key), so the engine traces one case at
+a time; ``cases_vmapped`` tells the auto rule how many cases share the device
+at once, and the budget is for all of them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, Callable
 
 import jax
@@ -47,6 +52,24 @@ EPS = 1e-6  # probability floor inside logarithms
 
 # Device memory the auto rule assumes when an accelerator does not report it.
 _DEFAULT_ACCELERATOR_BYTES = 16 * 2**30
+
+
+_CASES = contextvars.ContextVar('segqual_cases_vmapped', default=1)
+
+
+@contextlib.contextmanager
+def cases_vmapped(num_cases: int):
+  """While tracing f vmapped over ``num_cases`` cases: the auto chunk budgets for all of them."""
+  token = _CASES.set(max(1, int(num_cases)))
+  try:
+    yield
+  finally:
+    _CASES.reset(token)
+
+
+def cases_in_flight() -> int:
+  """How many cases are traced together (1 outside ``cases_vmapped``)."""
+  return _CASES.get()
 
 
 def entropy(probs: jax.Array) -> jax.Array:
@@ -97,7 +120,7 @@ def resolve_chunk(sampling_config, sample_fn: Callable[[Any], Any], key: Any,
   if device.platform == 'cpu':
     return 1
   stats = device.memory_stats() or {}
-  return accelerator_chunk(working_set_bytes(sample_fn, key),
+  return accelerator_chunk(working_set_bytes(sample_fn, key) * cases_in_flight(),
                            stats.get('bytes_limit', _DEFAULT_ACCELERATOR_BYTES),
                            sampling_config.auto_accelerator_memory_fraction, num_samples)
 

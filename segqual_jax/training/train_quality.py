@@ -25,7 +25,7 @@ import optax
 
 from segqual_jax.config import stages
 from segqual_jax.core import artifacts, checkpointing, keys, parallel, workdir as run_dirs
-from segqual_jax.data import pipeline
+from segqual_jax.data import loading, pipeline
 from segqual_jax.quality import auto_accept, cheap_qc, cnn, rca, registry
 from segqual_jax.training import loop, quality_cases
 
@@ -38,8 +38,8 @@ def make_loss_fn(model, name: str):
   def loss_fn(params, state, batch, key):
     images, masks, maps, targets = batch
     # Flips/rot90 leave quality unchanged: transform image, mask and map alike.
-    images, masks, maps = pipeline.augment(key, pipeline.to_float(images), masks, maps)
-    pred = predict(params, state, images, masks, maps)
+    images, masks, maps = pipeline.augment(key, images, masks, maps)
+    pred = predict(params, state, pipeline.to_float(images), masks, maps)
     loss = jnp.mean((pred - targets) ** 2)
     return loss, ({'loss': loss, 'rmse': jnp.sqrt(loss)}, state)
   return loss_fn
@@ -100,7 +100,7 @@ def calibrate(config, workdir: str) -> dict | None:
                             and set(names) <= set(c['models']))
   if done is not None:
     return done
-  quality = pipeline.load_splits(config.data, names=('quality',))['quality']
+  quality = loading.load_splits(config.data, names=('quality',))['quality']
   (fit_split, fit_out), (cal_split, cal_out) = quality_cases.holdout_parts(config, workdir, quality)
   cal = config.calibration
   failed = cal_out.dice < config.eval.fail_dice
@@ -127,9 +127,11 @@ def train_quality(config, workdir: str) -> dict[str, dict]:
     ``{model name: final training summary}``.
   """
   parallel.check_batch_size(config.quality.batch_size, 'config.quality.batch_size')
+  parallel.check_batch_size(config.quality.eval_batch_size, 'config.quality.eval_batch_size')
+  parallel.check_batch_size(config.seg.eval_batch_size, 'config.seg.eval_batch_size')
   run_dirs.require_seg(workdir)
   needed = {'holdout': ('quality',), 'train': ('train',), 'oof': ('train',)}[config.quality.label_source]
-  splits = pipeline.load_splits(config.data, names=needed)
+  splits = loading.load_splits(config.data, names=needed)
   split, outputs = quality_cases.training_cases(config, workdir, splits)
   targets = (outputs.jaccard if config.quality.target == 'jaccard' else outputs.dice).astype(np.float32)
   log.info('quality models train on %d %s cases (label source %s): mean %s %.3f, %.1f%% with Dice < %.2f',

@@ -23,7 +23,7 @@ import optax
 from segqual_jax.config import stages
 from segqual_jax.core import artifacts, checkpointing, keys, parallel, workdir as run_dirs
 from segqual_jax.core.errors import ConfigError
-from segqual_jax.data import pipeline
+from segqual_jax.data import loading, pipeline
 from segqual_jax.segmenter import methods as uncertainty
 from segqual_jax.segmenter import runner
 from segqual_jax.segmenter.methods import ensemble
@@ -116,7 +116,7 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
   parallel.check_batch_size(config.seg.batch_size, 'config.seg.batch_size')
   parallel.check_batch_size(config.seg.eval_batch_size, 'config.seg.eval_batch_size')
   t_start = time.time()
-  splits = pipeline.load_splits(config.data, names=('train', 'validation'))
+  splits = loading.load_splits(config.data, names=('train', 'validation'))
   train, validation = train_split or splits['train'], splits['validation']
   log.info('data: %d train, %d validation images of %d px (%.1f s)', len(train),
            len(validation), config.data.image_size, time.time() - t_start)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segqual_jax.data import pipeline
+from segqual_jax.data import loading, pipeline
 
 
 def test_batch_indices_cover_each_epoch_once_and_are_reproducible():
@@ -39,3 +39,20 @@ def test_augment_applies_one_symmetry_to_image_and_mask_alike():
     np.testing.assert_array_equal(_dihedral(np.asarray(masks[i]))[k], np.asarray(aug_m[i]))
     seen.add(k)
   assert len(seen) > 3  # transforms actually vary across the batch
+
+
+def test_loading_data_keeps_tfds_chatter_out_of_the_log(tmp_path, capsys, caplog):
+  """TFDS's "Downloading and preparing dataset Unknown size" banner (stdout) and its
+  custom-configuration warning (every load) are noise for generated or local data."""
+  from configs import test as test_config
+  config = test_config.get_config()
+  config.data.data_dir = str(tmp_path)
+  with caplog.at_level('INFO'):
+    splits = loading.load_splits(config.data, names=('test',))
+    loading.load_splits(config.data, names=('test',))  # prepared: loads again
+  assert len(splits['test']) == config.data.num_test
+  out = capsys.readouterr()
+  assert 'Downloading and preparing' not in out.out + out.err
+  messages = [r.getMessage() for r in caplog.records]
+  assert not [m for m in messages if 'custom data configuration' in m or 'Variant folder' in m]
+  assert sum('preparing the synthetic data set once' in m for m in messages) == 1  # our own line

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segqual_jax.data import builders, images, pipeline
+from segqual_jax.data import builders, images, loading
 
 SHARED_ISIC = os.path.join(os.path.dirname(__file__), '..', '..', '..', 'shared', 'data', 'isic2017')
 
@@ -104,14 +104,14 @@ def test_folder_builder_end_to_end(tmp_path):
     with open(os.path.join(root, 'lists', f'{split}.txt'), 'w') as f:
       f.write('# comment\n' + '\n'.join(ids) + '\n\n')
   cfg = _data_config(root, ','.join(f'{s}=lists/{s}.txt' for s in lists), str(tmp_path / 'tfds'))
-  splits = pipeline.load_splits(cfg)
+  splits = loading.load_splits(cfg)
   for split, ids in lists.items():
     assert splits[split].ids == tuple(ids)  # list order
     assert splits[split].images.shape == (len(ids), 16, 16, 3)
     assert set(np.unique(splits[split].masks)) <= {0, 1}
   np.testing.assert_array_equal(splits['test'].images[1], splits['train'].images[1])  # 'jpg' twice
   # no lists: a seeded 60/10/15/15 split of every pair
-  default = pipeline.load_splits(_data_config(root, '', str(tmp_path / 'tfds')))
+  default = loading.load_splits(_data_config(root, '', str(tmp_path / 'tfds')))
   assert sorted(i for s in default.values() for i in s.ids) == sorted(pairs)
 
 
@@ -153,7 +153,7 @@ def test_folder_errors_list_offending_ids(tmp_path):
   with open(os.path.join(root3, 'train.txt'), 'w') as f:
     f.write('a\n')
   with pytest.raises(builders.DataError, match="no 'validation' split"):
-    pipeline.load_splits(_data_config(root3, 'train=train.txt', str(tmp_path / 'tfds')))
+    loading.load_splits(_data_config(root3, 'train=train.txt', str(tmp_path / 'tfds')))
 
 
 def test_isic2017_official_layout(tmp_path):
@@ -172,7 +172,7 @@ def test_isic2017_official_layout(tmp_path):
   assert splits == {'train': ['ISIC_0000000', 'ISIC_0000001', 'ISIC_0000002'],
                     'validation': ['ISIC_0001000', 'ISIC_0001001'], 'test': []}
   assert pairs['ISIC_0001001'][1].endswith('ISIC_0001001_segmentation.png')
-  loaded = pipeline.load_splits(_data_config(str(root), '', str(tmp_path / 'tfds'), 'isic2017'),
+  loaded = loading.load_splits(_data_config(str(root), '', str(tmp_path / 'tfds'), 'isic2017'),
                                 names=('train', 'validation'))
   assert loaded['train'].images.shape == (3, 16, 16, 3)
   os.remove(root / 'ISIC-2017_Validation_Part1_GroundTruth' / 'ISIC_0001000_segmentation.png')
@@ -188,7 +188,7 @@ def test_reads_first_images_of_shared_isic2017(tmp_path):
   with open(tmp_path / 'few.txt', 'w') as f:
     f.write('\n'.join(ids))
   spec = ','.join(f'{s}={tmp_path / "few.txt"}' for s in builders.SPLITS)
-  splits = pipeline.load_splits(_data_config(root, spec, str(tmp_path / 'tfds')))
+  splits = loading.load_splits(_data_config(root, spec, str(tmp_path / 'tfds')))
   test = splits['test']
   assert test.ids == tuple(ids) and test.images.shape == (4, 16, 16, 3)
   assert 0 < test.masks.mean() < 1  # lesions present, not everything

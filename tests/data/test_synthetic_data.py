@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from segqual_jax.data import builders, pipeline, synthetic
+from segqual_jax.data import builders, loading, synthetic
 
 
 def test_generator_is_deterministic_per_seed():
@@ -42,7 +42,7 @@ def test_difficulties_all_occur():
 
 def test_tfds_builder_round_trip(config):
   """Prepared array_record data, read TF-free, equals the generator output in id order."""
-  splits = pipeline.load_splits(config.data)
+  splits = loading.load_splits(config.data)
   assert set(splits) == set(builders.SPLITS)
   assert len(splits['train']) == config.data.num_train
   gen_cfg = synthetic.GeneratorConfig(image_size=config.data.image_size)

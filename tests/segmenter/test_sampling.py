@@ -135,3 +135,21 @@ def test_chunk_rule(config):
   work = lambda x: sampling.working_set_bytes(
       lambda k: m.sample(params, m.sample_features(params, x), k), jax.random.key(0))
   assert work(images4) > 3 * work(images)
+
+
+def test_runner_tells_the_auto_chunk_how_many_cases_share_the_device():
+  """f runs vmapped over cases; the engine traces one case, but its memory budget must
+  cover the whole batch, or an accelerator's auto chunk overshoots by the batch size."""
+  from segqual_jax.segmenter import runner
+  seen = []
+
+  def predict(params, images, key):
+    del params, key
+    seen.append((images.shape[0], sampling.cases_in_flight()))
+    probs = jnp.stack([1.0 - images[..., 0], images[..., 0]], -1)
+    return probs, images[..., 0]
+  fn = runner.case_fn(predict)
+  keys = jax.random.split(jax.random.key(0), 6)
+  jax.jit(fn)(None, jnp.zeros((6, 8, 8, 3)), keys)
+  assert seen == [(1, 6)]  # traced with one case, budgeted for six
+  assert sampling.cases_in_flight() == 1  # and only while tracing

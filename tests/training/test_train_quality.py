@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segqual_jax.data import pipeline
+from segqual_jax.data import loading
 from segqual_jax.evaluation import evaluate
 from segqual_jax.metrics import overlap
 from segqual_jax.quality import cnn, registry
@@ -65,7 +65,7 @@ def test_both_stages_and_evaluation_write_every_output(config, tmp_path):
     assert (tmp_path / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   # The true Dice in f's cached outputs matches a recomputation from the stored masks.
   outputs = np.load(tmp_path / 'quality' / 'f_outputs' / 'test.npz')
-  test = pipeline.load_splits(config.data, names=('test',))['test']
+  test = loading.load_splits(config.data, names=('test',))['test']
   np.testing.assert_allclose(outputs['dice'], overlap.dice(outputs['masks'], test.masks), rtol=1e-6)
   # Rerunning skips every complete stage: nothing is retrained.
   stamp = os.path.getmtime(tmp_path / 'quality' / 'uncertainty' / 'done.json')
@@ -96,7 +96,7 @@ def test_label_sources(config, tmp_path, source):
   if source == 'oof':
     assert sorted(os.listdir(tmp_path / 'seg_oof')) == ['fold0', 'fold1']
     # Out-of-fold labels differ from f's own (in-sample) predictions on train.
-    train = pipeline.load_splits(config.data, names=('train',))['train']
+    train = loading.load_splits(config.data, names=('train',))['train']
     own = runner.cached_outputs(config, str(tmp_path), train)
     assert not np.array_equal(own.masks, outputs['masks'])
 

@@ -1,0 +1,95 @@
+"""Loading a configured data set into memory splits, through its TFDS builder.
+
+Why a module apart from ``pipeline.py``: TFDS (and the builders, which
+subclass its classes) is imported only here and only when a data set is
+loaded, so predict, the bench and an accelerator image without TFDS run f
+without it. Records are read with ``as_data_source`` (array_record, no
+TensorFlow).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+import numpy as np
+
+from segqual_jax.core import artifacts, errors, parallel
+from segqual_jax.data.pipeline import Split
+
+SPLITS = ('train', 'validation', 'quality', 'test')
+
+log = logging.getLogger(__name__)
+
+
+class _DropTfdsNoise(logging.Filter):
+  """Drops TFDS's warnings that our (deliberately custom) builder configs are custom and
+  that a folder about to be prepared has no dataset_info.json yet."""
+
+  NOISE = ('Using custom data configuration', 'Variant folder')
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(self.NOISE)
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS's own chatter off: the custom-configuration warning on every load, and the
+  "Downloading and preparing dataset Unknown size" banner it prints to stdout for
+  data that is generated or read locally (our own log line says what happens)."""
+  noise = _DropTfdsNoise()
+  absl_logger = logging.getLogger('absl')
+  absl_logger.addFilter(noise)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    absl_logger.removeFilter(noise)
+
+
+def make_builder(data_config):
+  """The TFDS builder of ``config.data`` (synthetic, folder or isic2017), not yet prepared."""
+  from segqual_jax.data import builders  # pylint: disable=g-import-not-at-top  (imports TFDS)
+  if data_config.name == 'synthetic':
+    return builders.synthetic_builder(data_config)
+  return builders.real_builder(data_config)
+
+
+def load_splits(data_config, names=SPLITS) -> dict[str, Split]:
+  """Prepares the configured data set if needed and loads ``names`` into memory.
+
+  Raises ``DataError`` for a split the data set does not have, and
+  for bad real data (the error lists the offending ids).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()  # our own log lines say what is happening
+  with _quiet_tfds():
+    builder = make_builder(data_config)
+    if artifacts.is_writer():  # one process of a multi-host job prepares; the others wait
+      if not builder.is_prepared():
+        log.info('preparing the %s data set once (array_record files in %s)', data_config.name,
+                 builder.data_dir)
+      builder.download_and_prepare()
+    parallel.barrier('data prepared')
+    sources = builder.as_data_source()
+  out = {}
+  size = data_config.image_size
+  for name in names:
+    if name not in sources:
+      raise errors.DataError(
+          f'the {data_config.name} data set has no {name!r} split (it has {sorted(sources)}); '
+          f'give one with config.data.splits, e.g. {name}=path/to/{name}.txt')
+    source = sources[name]
+    examples = source.__getitems__(range(len(source))) if len(source) else []
+    # as_data_source yields records in shuffled storage order: sort by position
+    # so index i of a split is always example i of its list (or generator).
+    order = 'index' if data_config.name != 'synthetic' else 'id'
+    examples = sorted(examples, key=lambda e: int(e[order]))
+    ids = tuple(e['id'].decode() if isinstance(e['id'], bytes) else str(e['id']) for e in examples)
+    if data_config.name == 'synthetic':  # generator indices repeat across splits; a case id must not
+      ids = tuple(f'synthetic-{name}-{int(i):05d}' for i in ids)
+    images = np.stack([e['image'] for e in examples]) if examples else np.zeros((0, size, size, 3), np.uint8)
+    masks = np.stack([e['mask'] for e in examples]) if examples else np.zeros((0, size, size), np.uint8)
+    out[name] = Split(name, images, masks, ids)
+  return out
