@@ -9,6 +9,11 @@ case. A case's key comes from the case itself (``case_hash`` of its id or
 file stem), never from its position in a batch or folder: an image gets the
 same MC-dropout / HCNN / latent map alone, inside any folder, and in
 evaluate and predict alike.
+
+Below these, a method splits a sample's key by use
+(``segmenter/methods/base.purpose_keys``: dropout, noise, hints, latent) and
+a deep ensemble by member (``methods/ensemble.member_key``); those stay with
+the methods they belong to.
 """
 
 from __future__ import annotations
