@@ -21,7 +21,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from segqual_jax.core import keys, parallel
+from segqual_jax.core import keys, parallel, runtime
 from segqual_jax.data import images as image_io
 from segqual_jax.data import pipeline
 from segqual_jax.metrics import overlap
@@ -133,10 +133,6 @@ def assess(files: list[str], input_root: str, size: int, batch_size: int, run_pa
     done += len(chunk)
     rate = done / max(time.time() - t0, 1e-9)
     log.info('predict %d/%d files | %.1f files/s | ETA %s', done, len(cases), rate,
-             _duration((len(cases) - done) / rate))
+             runtime.format_duration((len(cases) - done) / rate))
   return cases
 
-
-def _duration(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  return f'{seconds // 60}m{seconds % 60:02d}s'

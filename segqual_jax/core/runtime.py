@@ -52,3 +52,11 @@ def setup_logging() -> logging.Logger:
     logger.setLevel(logging.INFO)
     logger.propagate = False
   return logger
+
+
+def format_duration(seconds: float) -> str:
+  """``5m07s`` or ``1h02m03s``: the one format of every ETA line (training and predict)."""
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'

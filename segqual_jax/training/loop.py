@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from segqual_jax.core import checkpointing, errors, parallel
+from segqual_jax.core import checkpointing, errors, parallel, runtime
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,6 @@ NonFiniteLoss = errors.NonFiniteLoss
 STEP_HOOKS: list = []
 
 
-def format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
-
-
 class Progress:
   """Steps/s and ETA over the steps run in this process (compilation excluded)."""
 
@@ -99,7 +92,7 @@ class Progress:
       return f'{self.name} step {step}/{self.num_steps} {parts} | compiled; timing starts now'
     rate = (step - self._s0) / max(now - self._t0, 1e-9)
     eta = (self.num_steps - step) / rate if rate > 0 else float('nan')
-    eta_text = format_duration(eta) if math.isfinite(eta) else '?'
+    eta_text = runtime.format_duration(eta) if math.isfinite(eta) else '?'
     return (f'{self.name} step {step}/{self.num_steps} {parts} | {rate:.2f} steps/s | ETA {eta_text}')
 
 
