@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from segqual_jax.core import artifacts
+from segqual_jax.metrics.quality import MIN_CLASS_CASES
 
 # (header, key inside the threshold block or top level, scale to %, lower is better)
 COLUMNS = (
@@ -54,21 +55,41 @@ def score_row_name(method: str, score: str) -> str:
   return f'{METHOD_NAMES[method]}: {SCORE_NAMES.get(score, score)}'
 
 
+def _accepted_text(test: dict) -> str:
+  rate = test['accepted_failure_rate']
+  return ('n/a (none accepted)' if rate is None else
+          f"{100 * rate:.1f} % ({test['accepted_failures']}/{test['accepted']})")
+
+
 def auto_accept_markdown(calibration: dict) -> str:
-  """The calibrated auto-accept rules of one run and what they do on the test split."""
-  lines = ['### Calibrated auto-accept (test split)\n',
+  """The calibrated auto-accept rules of one run and what they do on the test split
+  (behind the applicability gate, and without it when the run has one)."""
+  lines = ['### Calibrated auto-accept (test split, behind the applicability gate)\n',
            '| Quality model | alpha | delta | threshold | calibration cases | test automation rate | '
-           'test accepted-failure rate |', '|---|---|---|---|---|---|---|']
+           'test accepted-failure rate | without the gate: automation, accepted failures |',
+           '|---|---|---|---|---|---|---|---|']
   for entry in calibration.values():
     for alpha, rule in entry['rules'].items():
-      test = rule['test']
-      rate = test['accepted_failure_rate']
+      test, bare = rule['test'], rule.get('test_without_gate')
       threshold = 'none: review all' if rule['threshold'] is None else f"{rule['threshold']:.3f}"
       lines.append(f"| {entry['row']} | {alpha} | {entry['delta']} | {threshold} | "
                    f"{rule['calibration_cases']} | {100 * test['automation_rate']:.1f} % | "
-                   + ('n/a (none accepted)' if rate is None else
-                      f"{100 * rate:.1f} % ({test['accepted_failures']}/{test['accepted']})") + ' |')
+                   f"{_accepted_text(test)} | "
+                   + ('n/a' if bare is None else
+                      f"{100 * bare['automation_rate']:.1f} %, {_accepted_text(bare)}") + ' |')
   return '\n'.join(lines) + '\n'
+
+
+def applicability_markdown(gate: dict) -> str:
+  """The applicability gate on the test split, in words."""
+  batch = gate['batch_test']
+  fail = lambda r: 'n/a' if r is None else f'{100 * r:.1f} %'
+  return (f"### Applicability gate ({gate['score']}, review when p < {gate['ood_alpha']})\n\n"
+          f"- test cases sent to review as unlike f's in-distribution cases: {gate['test_flagged']} "
+          f"({100 * gate['test_flagged_share']:.1f} %); their failure rate {fail(gate['fail_rate_flagged'])}, "
+          f"the others' {fail(gate['fail_rate_not_flagged'])}\n"
+          f"- batch test of the whole test split against the {gate['reference_cases']} reference cases "
+          f"(one-sided two-sample KS): D = {batch['statistic']:.3f}, p = {batch['pvalue']:.3g}\n")
 
 
 def threshold_title(key: str) -> str:
@@ -91,8 +112,32 @@ def _cell(values: list, scale: float, digits: int) -> str:
   return f'{arr.mean():.{digits}f} ± {arr.std(ddof=1):.{digits}f}'
 
 
+def _interval_text(per_seed: list[dict], key: str, threshold_key: str, scale: float, digits: int) -> str:
+  """`` [lo, hi]``: a one-seed row's 95 % bootstrap interval, if it has one."""
+  if len(per_seed) != 1:
+    return ''
+  block = per_seed[0][threshold_key] if f'{key}_ci95' in per_seed[0][threshold_key] else per_seed[0]
+  ci = block.get(f'{key}_ci95')
+  return '' if not ci else f' [{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]'
+
+
+def small_sample_note(rows: dict[str, list[dict]], threshold_key: str) -> str:
+  """A warning line when a row rests on fewer than ``MIN_CLASS_CASES`` failures or passes."""
+  small = {name: m[threshold_key] for name, per_seed in rows.items() for m in per_seed
+           if m[threshold_key].get('small_sample')}
+  if not small:
+    return ''
+  block = next(iter(small.values()))
+  return (f'\n**Small sample:** {block.get("failures")} failures ({threshold_title(threshold_key)}) '
+          f'among the cases: fewer than {MIN_CLASS_CASES} failures or passes, so AUROC, AUPR and '
+          'detection error rest on a handful of cases; read the intervals, not the point values.\n')
+
+
 def table_markdown(rows: dict[str, list[dict]], threshold_key: str) -> str:
   """Markdown table: one row per quality model, columns as in Table 1 plus AURC.
+
+  A one-seed row shows AUROC and AURC with their 95 % bootstrap interval; a
+  table resting on few failures ends with a warning.
 
   Args:
     rows: ``{row name: [metrics of seed 1, seed 2, ...]}`` (``quality_metrics.all_metrics`` dicts).
@@ -101,10 +146,13 @@ def table_markdown(rows: dict[str, list[dict]], threshold_key: str) -> str:
   lines = ['| Method | ' + ' | '.join(c[0] for c in COLUMNS) + ' |',
            '|---|' + '---|' * len(COLUMNS)]
   for name, per_seed in rows.items():
-    cells = [_cell([_value(m, key, threshold_key) for m in per_seed], scale, 3 if scale == 1 else 1)
-             for _, key, scale, _ in COLUMNS]
+    cells = []
+    for _, key, scale, _ in COLUMNS:
+      digits = 3 if scale == 1 else 1
+      cells.append(_cell([_value(m, key, threshold_key) for m in per_seed], scale, digits)
+                   + _interval_text(per_seed, key, threshold_key, scale, digits))
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines) + '\n'
+  return '\n'.join(lines) + '\n' + small_sample_note(rows, threshold_key)
 
 
 def auto_accept_seeds_markdown(rules: dict[tuple[str, str], list[dict]]) -> str:

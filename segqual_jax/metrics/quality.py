@@ -16,6 +16,11 @@ Conventions (the paper's, DeVries & Taylor 2018, Table 1):
   the oracle ordering (by true risk).
 * With only one class present (e.g. no failures in the test split) the
   ranking metrics are undefined: they are ``None`` and a warning is issued.
+* Uncertainty: AUROC and AURC carry a 95 % percentile-bootstrap interval
+  over the cases (``BOOTSTRAP_RESAMPLES``, seeded, so a table is
+  reproducible), and each failure definition counts its failures: with fewer
+  than ``MIN_CLASS_CASES`` failures (or passes) ``small_sample`` is set and
+  the reports say so -- 12 cases once printed "AUROC 100.0 %" with no caveat.
 """
 
 from __future__ import annotations
@@ -25,6 +30,55 @@ import warnings
 import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
+
+
+BOOTSTRAP_RESAMPLES = 1000
+MIN_CLASS_CASES = 10  # fewer failures (or passes) than this: the ranking metrics are flagged
+
+
+def _resamples(n: int, seed: int = 0) -> np.ndarray:
+  """(B, n) case indices of the bootstrap resamples (seeded: the same for every model)."""
+  return np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
+
+
+def _interval(values: np.ndarray) -> list[float] | None:
+  values = values[np.isfinite(values)]
+  if len(values) < BOOTSTRAP_RESAMPLES // 2:  # most resamples undefined: no honest interval
+    return None
+  return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def auroc_rows(predicted: np.ndarray, passed: np.ndarray) -> np.ndarray:
+  """AUROC of every row of (B, n) arrays at once (rank formula, ties averaged as sklearn
+  does); NaN for a row with one class only."""
+  passed = np.asarray(passed, bool)
+  ranks = stats.rankdata(np.asarray(predicted, float), axis=1)
+  n_pos = passed.sum(1)
+  n_neg = passed.shape[1] - n_pos
+  with np.errstate(invalid='ignore', divide='ignore'):
+    auc = ((ranks * passed).sum(1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+  return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def auroc_interval(predicted: np.ndarray, passed: np.ndarray) -> list[float] | None:
+  """95 % bootstrap interval of the AUROC."""
+  passed = np.asarray(passed, bool)
+  if len(passed) < 2:
+    return None
+  idx = _resamples(len(passed))
+  return _interval(auroc_rows(np.asarray(predicted, float)[idx], passed[idx]))
+
+
+def aurc_interval(confidence: np.ndarray, risk: np.ndarray) -> list[float] | None:
+  """95 % bootstrap interval of the AURC."""
+  risk = np.asarray(risk, float)
+  if len(risk) < 2:
+    return None
+  idx = _resamples(len(risk))
+  conf, r = np.asarray(confidence, float)[idx], risk[idx]
+  order = np.argsort(-conf, axis=1, kind='stable')
+  cumulative = np.cumsum(np.take_along_axis(r, order, 1), axis=1)
+  return _interval((cumulative / np.arange(1, r.shape[1] + 1)).mean(1))
 
 
 def rmse(predicted: np.ndarray, true: np.ndarray) -> float:
@@ -95,11 +149,15 @@ def correlations(predicted: np.ndarray, true: np.ndarray) -> dict[str, float | N
 def threshold_metrics(predicted: np.ndarray, true: np.ndarray, threshold: float) -> dict:
   """Failure-detection metrics when a case fails iff ``true < threshold``."""
   passed = np.asarray(true) >= threshold
+  failures = int((~passed).sum())
   return {
       'threshold': threshold,
       'fail_rate': float(np.mean(~passed)),
+      'failures': failures,
+      'small_sample': bool(min(failures, len(passed) - failures) < MIN_CLASS_CASES),
       'detection_error': detection_error(predicted, passed),
       'auroc': auroc(predicted, passed),
+      'auroc_ci95': auroc_interval(predicted, passed),
       'aupr_pass': aupr_pass(predicted, passed),
       'aupr_fail': aupr_fail(predicted, passed),
   }
@@ -123,6 +181,7 @@ def all_metrics(predicted: np.ndarray, true_dice: np.ndarray, true_jaccard: np.n
       'rmse': rmse(predicted, true_target),
       **correlations(predicted, true_target),
       'aurc': aurc(predicted, risk),
+      'aurc_ci95': aurc_interval(predicted, risk),
       'e_aurc': e_aurc(predicted, risk),
       f'dice<{fail_dice}': threshold_metrics(predicted, true_dice, fail_dice),
       f'jaccard<{fail_jaccard}': threshold_metrics(predicted, true_jaccard, fail_jaccard),

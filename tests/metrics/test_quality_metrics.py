@@ -69,7 +69,38 @@ def test_all_metrics_schema():
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # both classes present: no warning expected
     m = qm.all_metrics(jac + 0.01, dice, jac, target='jaccard')
-  assert set(m) == {'target', 'rmse', 'pearson', 'spearman', 'aurc', 'e_aurc',
+  assert set(m) == {'target', 'rmse', 'pearson', 'spearman', 'aurc', 'aurc_ci95', 'e_aurc',
                     'dice<0.8', 'jaccard<0.7'}
   assert m['rmse'] == pytest.approx(0.01)
   assert m['dice<0.8']['fail_rate'] == pytest.approx(np.mean(dice < 0.8))
+  assert m['dice<0.8']['failures'] == int(np.sum(dice < 0.8))
+
+
+def test_bootstrap_intervals_cover_the_point_value_and_shrink_with_more_cases():
+  rng = np.random.default_rng(5)
+  widths = []
+  for n in (60, 600):
+    dice = rng.random(n)
+    pred = dice + rng.normal(0, 0.25, n)
+    m = qm.all_metrics(pred, dice, dice / (2 - dice), target='dice')
+    lo, hi = m['dice<0.8']['auroc_ci95']
+    assert lo <= m['dice<0.8']['auroc'] <= hi
+    a_lo, a_hi = m['aurc_ci95']
+    assert a_lo <= m['aurc'] <= a_hi
+    widths.append(hi - lo)
+    # the resamples' rank formula is sklearn's AUROC, ties included
+    rows = np.round(np.stack([pred, pred[::-1]]), 1)
+    passed = np.stack([dice >= 0.8, dice[::-1] >= 0.8])
+    np.testing.assert_allclose(qm.auroc_rows(rows, passed),
+                               [qm.auroc(r, p) for r, p in zip(rows, passed)])
+  assert widths[1] < widths[0] / 2  # ~1/sqrt(n)
+  assert qm.all_metrics(pred, dice, dice / (2 - dice), 'dice')['dice<0.8']['auroc_ci95'] == \
+      qm.all_metrics(pred, dice, dice / (2 - dice), 'dice')['dice<0.8']['auroc_ci95']  # seeded
+
+
+def test_few_failures_are_flagged_as_a_small_sample():
+  dice = np.r_[np.full(3, 0.5), np.full(40, 0.9)]
+  m = qm.threshold_metrics(-np.abs(dice - 0.9), dice, 0.8)
+  assert m['failures'] == 3 and m['small_sample']
+  many = np.r_[np.full(15, 0.5), np.full(40, 0.9)]
+  assert not qm.threshold_metrics(many, many, 0.8)['small_sample']
