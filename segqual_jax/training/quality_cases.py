@@ -15,13 +15,14 @@ is held out from every quality model to calibrate the auto-accept rule.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
 import numpy as np
 
 from segqual_jax.core import keys, workdir as run_dirs
-from segqual_jax.data import pipeline
+from segqual_jax.data import corruptions, pipeline
 from segqual_jax.quality import auto_accept
 from segqual_jax.segmenter import runner
 from segqual_jax.training import train_seg
@@ -45,10 +46,7 @@ def oof_outputs(config, workdir: str, train: pipeline.Split) -> runner.SegOutput
                                  seg_dir=os.path.join(fold_dir, 'seg'))
     parts.append(runner.outputs_of(config, workdir, train.take(fold, 'train'), os.path.join(fold_dir, 'seg')))
   order = np.argsort(np.concatenate(folds))  # back to split order
-  cat = lambda get: np.concatenate([get(p) for p in parts])[order]
-  outputs = runner.SegOutputs(cat(lambda p: p.masks), cat(lambda p: p.maps),
-                              {name: cat(lambda p: p.scores[name]) for name in parts[0].scores},
-                              cat(lambda p: p.dice), cat(lambda p: p.jaccard))
+  outputs = runner.SegOutputs.concatenate(parts).take(order)
   os.makedirs(run_dirs.f_outputs_dir(workdir), exist_ok=True)
   outputs.save(path)
   return outputs
@@ -70,13 +68,62 @@ def holdout_parts(config, workdir: str, quality: pipeline.Split):
 
 
 def training_cases(config, workdir: str, splits: dict[str, pipeline.Split]):
-  """``(split, f's outputs)`` the quality models train on, per ``config.quality.label_source``.
+  """``(split, f's outputs)`` the quality models train on, per ``config.quality.label_source``,
+  with their corrupted copies when ``quality.shift_corruptions`` asks for them.
 
   With a calibration fraction, the held-out calibration cases are never among them.
   """
   source = config.quality.label_source
   if source == 'holdout':
-    return holdout_parts(config, workdir, splits['quality'])[0]
-  if source == 'train':
-    return splits['train'], runner.cached_outputs(config, workdir, splits['train'])
-  return splits['train'], oof_outputs(config, workdir, splits['train'])
+    split, outputs = holdout_parts(config, workdir, splits['quality'])[0]
+  elif source == 'train':
+    split, outputs = splits['train'], runner.cached_outputs(config, workdir, splits['train'])
+  else:
+    split, outputs = splits['train'], oof_outputs(config, workdir, splits['train'])
+  return with_shifted_copies(config, workdir, split, outputs)
+
+
+def shifted_copies(config, split: pipeline.Split) -> list[pipeline.Split]:
+  """``quality.shift_copies`` corrupted copies of ``split``: in copy c, each case gets a
+  corruption and severity drawn from its own stream (ids ``<id>~<corruption><severity>``).
+
+  Drawn rather than every corruption at every severity: the cost (f's pass
+  and the quality models' epochs) grows with the copies, not with the menu.
+  """
+  q = config.quality
+  names = [c.strip() for c in q.shift_corruptions.split(',') if c.strip()]
+  severities = tuple(q.shift_severities)
+  ids = runner.case_ids(split)
+  # f's outputs are cached by split name: the digest of the cases and of the menu keeps
+  # copies of another selection (another calibration fraction, other corruptions) apart.
+  digest = hashlib.sha256(repr((ids, names, severities)).encode()).hexdigest()[:8]
+  out = []
+  for copy in range(q.shift_copies):
+    drawn = [corruptions.drawn_corruption(i, copy, names, severities, config.data.seed) for i in ids]
+    images = np.stack([corruptions.corrupt(im, c, s, i, config.data.seed)
+                       for im, i, (c, s) in zip(split.images, ids, drawn)]) if ids else split.images
+    out.append(pipeline.Split(f'{split.name}-{digest}~copy{copy}', images, split.masks,
+                              tuple(corruptions.copy_id(i, c, s) for i, (c, s) in zip(ids, drawn))))
+  return out
+
+
+def with_shifted_copies(config, workdir: str, split: pipeline.Split, outputs: runner.SegOutputs):
+  """Shift-aware training: ``split`` and its corrupted copies, each labelled by f's own
+  outputs on it (f's Dice on a dark copy is what the quality model must learn to expect).
+
+  The copies' f outputs are cached beside the split's. The calibration cases
+  and the applicability score stay clean: the rules and the gate are about
+  the cases a deployment sends, not about this augmentation.
+  """
+  copies = shifted_copies(config, split) if config.quality.shift_corruptions.strip() else []
+  if not copies:
+    return split, outputs
+  parts = [outputs] + [runner.cached_outputs(config, workdir, c) for c in copies]
+  log.info('shift-aware quality models: %d cases + %d corrupted copies (drawn from %s, severities %s); '
+           'mean Dice of f on them %.3f vs %.3f', len(split), sum(len(c) for c in copies),
+           config.quality.shift_corruptions, tuple(config.quality.shift_severities),
+           np.mean([p.dice.mean() for p in parts[1:]]), outputs.dice.mean())
+  images = np.concatenate([split.images] + [c.images for c in copies])
+  masks = np.concatenate([split.masks] + [c.masks for c in copies])
+  ids = runner.case_ids(split) + sum((c.ids for c in copies), ())
+  return pipeline.Split(split.name + '+shifted', images, masks, ids), runner.SegOutputs.concatenate(parts)

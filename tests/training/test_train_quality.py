@@ -101,6 +101,29 @@ def test_label_sources(config, tmp_path, source):
     assert not np.array_equal(own.masks, outputs['masks'])
 
 
+def test_shift_aware_quality_models_learn_from_corrupted_copies_labelled_by_f(config, tmp_path):
+  config.quality.models = 'no_uncertainty,cheap_qc'
+  config.quality.shift_corruptions = 'brightness,noise'
+  config.quality.shift_severities = (3,)
+  config.quality.shift_copies = 2
+  workdir = str(tmp_path)
+  train_seg.train_and_evaluate(config, workdir)
+  results = train_quality.train_quality(config, workdir)
+  n = config.data.num_quality
+  assert results['no_uncertainty']['num_cases'] == 3 * n  # the cases and two copies of each
+  copies = sorted(f for f in os.listdir(tmp_path / 'quality' / 'f_outputs') if '~copy' in f)
+  assert len(copies) == 2
+  quality = loading.load_splits(config.data, names=('quality',))['quality']
+  clean = runner.cached_outputs(config, workdir, quality)
+  for name in copies:  # f ran on the corrupted images: its own outputs label them
+    copy = runner.SegOutputs.load(str(tmp_path / 'quality' / 'f_outputs' / name))
+    assert copy.dice.shape == (n,) and not np.array_equal(copy.features, clean.features)
+  # the copies are drawn per case (from its id), so a rerun reuses the same cached copies
+  again = train_quality.train_quality(config, workdir)
+  assert again['no_uncertainty']['num_cases'] == 3 * n
+  assert sorted(f for f in os.listdir(tmp_path / 'quality' / 'f_outputs') if '~copy' in f) == copies
+
+
 def _main(workdir, data_dir, *args, interrupt=()):
   script = ['tests/interrupt_main.py', *interrupt] if interrupt else ['main.py']
   return subprocess.run([sys.executable, *script, '--config=configs/test.py', f'--workdir={workdir}',
