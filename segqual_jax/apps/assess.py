@@ -43,6 +43,9 @@ class Case:
   predicted_jaccard: float | None = None
   true_dice: float | None = None
   true_jaccard: float | None = None
+  features: np.ndarray | None = None  # (D,) f's pooled encoder statistics (applicability)
+  applicability: float | None = None  # the applicability score (higher = less like f's cases)
+  applicability_p: float | None = None  # its conformal p-value against the reference cases
 
   @property
   def ok(self) -> bool:
@@ -66,9 +69,9 @@ def both_units(quality: float, target: str) -> tuple[float, float]:
 
 
 def make_pass(method, f_params, model: registry.QualityModel) -> Callable:
-  """``(uint8 images, case hashes, base key) -> {'masks', 'maps', 'quality'}`` (numpy) for one
+  """``(uint8 images, case hashes, base key) -> {'masks', 'maps', 'features', 'quality'}`` (numpy) for one
   padded batch: f and a CNN g fused in one jit, or f jitted and then the host quality model."""
-  f_fn = runner.method_case_fn(method, with_scores=model.needs_scores)
+  f_fn = runner.method_case_fn(method, with_scores=model.needs_scores, with_features=True)
   f_params = parallel.replicate(f_params)
   if model.device_fn is not None:
     g_params = parallel.replicate(model.device_params)
@@ -125,6 +128,7 @@ def assess(files: list[str], input_root: str, size: int, batch_size: int, run_pa
       out = run_pass(images, hashes, base_key)
       for i, case in enumerate(loaded):
         case.mask, case.map = np.asarray(out['masks'][i]), np.asarray(out['maps'][i], np.float32)
+        case.features = np.asarray(out['features'][i], np.float32)
         case.predicted_dice, case.predicted_jaccard = both_units(float(out['quality'][i]), target)
         true_mask = truth(case)
         if true_mask is not None:

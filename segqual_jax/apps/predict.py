@@ -2,9 +2,21 @@
 
 For every image file of ``--input`` (one file, or a folder and its
 subfolders, by extension) it writes one row of ``predictions.csv``: the
-predicted Dice and Jaccard of f's segmentation, the decision (``pass`` /
-``fail``) and the rule that made it, the mean uncertainty, and a status that
-is ``ok`` or names what was wrong with the file. A bad file never stops the
+predicted Dice and Jaccard of f's segmentation, the decision and why, the
+rule that made it, the mean uncertainty, the applicability score and its
+p-value, the run that judged it, and a status that is ``ok`` or names what
+was wrong with the file.
+
+Three decisions (``decide``), in this order:
+
+* ``review`` -- the case is outside what the run can judge: its applicability
+  p-value is below ``predict.ood_alpha`` (another modality, a corrupted or odd
+  image), or the batch test found the run's cases as a whole unlike the
+  in-distribution cases and ``predict.on_shift`` is ``suspend``. Never
+  auto-accepted, whatever its predicted quality.
+* ``pass`` -- predicted quality at or above the rule's threshold: auto-accept.
+* ``fail`` -- predicted quality below it: a predicted failure, to a human.
+ A bad file never stops the
 others; the run fails only when no file could be read. Beside the CSV:
 ``maps/`` (image, f's outline, uncertainty map per case) and ``index.html``,
 worst predicted quality first. With ``--masks``, true Dice/Jaccard join the
@@ -20,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import logging
 import math
@@ -37,13 +50,14 @@ from segqual_jax.data import images as image_io
 from segqual_jax.evaluation import report
 from segqual_jax.metrics import overlap
 from segqual_jax.metrics import quality as quality_metrics
-from segqual_jax.quality import registry
+from segqual_jax.quality import applicability, registry
 from segqual_jax.segmenter import runner
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ('file', 'predicted_dice', 'predicted_jaccard', 'decision', 'decision_rule',
-           'mean_uncertainty', 'status')
+COLUMNS = ('file', 'predicted_dice', 'predicted_jaccard', 'decision', 'reason', 'decision_rule',
+           'mean_uncertainty', 'applicability_score', 'applicability_p', 'status', 'run')
+DECISIONS = ('pass', 'fail', 'review')
 TRUE_COLUMNS = ('true_dice', 'true_jaccard')
 OWN_FILES = ('predictions.csv', 'index.html', 'summary.json', render.MAPS_DIR)
 
@@ -64,6 +78,100 @@ class DecisionRule:
     return 'pass' if quality >= self.threshold else 'fail'
 
 
+@dataclasses.dataclass(frozen=True)
+class Decision:
+  """One case's decision (``pass`` | ``fail`` | ``review``) and why, in words."""
+  decision: str
+  reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+  """The applicability gate of a run: the per-case rule and the batch test's verdict."""
+  ood_alpha: float  # review a case whose p-value is below this (0: gate off)
+  batch: dict | None  # batch_test's result with 'rejected' and 'action', or None (not run)
+
+  @property
+  def suspended(self) -> bool:
+    return bool(self.batch and self.batch['action'] == 'suspend')
+
+
+def apply_gate(config, score: applicability.Applicability | None, cases) -> Gate:
+  """Scores every readable case (``case.applicability``, ``case.applicability_p``) and runs
+  the batch test when there are at least ``predict.shift_min_cases`` of them."""
+  if score is None:
+    return Gate(0.0, None)
+  ok = [c for c in cases if c.ok]
+  values = score.score(np.stack([c.features for c in ok])) if ok else np.zeros(0)
+  for case, value, p in zip(ok, values, score.pvalues(values)):
+    case.applicability, case.applicability_p = float(value), float(p)
+  p = config.predict
+  if len(ok) < p.shift_min_cases:
+    return Gate(p.ood_alpha, None)
+  batch = applicability.batch_test(values, score.reference_scores)
+  batch['rejected'] = batch['pvalue'] < p.shift_alpha
+  batch['alpha'] = p.shift_alpha
+  batch['action'] = p.on_shift if batch['rejected'] else 'none'
+  return Gate(p.ood_alpha, batch)
+
+
+def shift_text(batch: dict) -> str:
+  """The batch test's verdict in words."""
+  what = (f'the {batch["cases"]} cases of this run as a whole look unlike the cases the run was '
+          f'calibrated and fitted on (one-sided two-sample KS of their applicability scores: '
+          f'D = {batch["statistic"]:.3f}, p = {batch["pvalue"]:.2g} < {batch["alpha"]})')
+  if batch['action'] == 'suspend':
+    return (f'AUTO-ACCEPT SUSPENDED: {what}, so no promise about them holds; every case goes '
+            'to review (predict.on_shift=suspend).')
+  return (f'SHIFT WARNING: {what}; the decisions below were made anyway (predict.on_shift=warn) '
+          'and the calibrated failure rate does not hold for them.')
+
+
+def decide(case, rule: DecisionRule, gate: Gate, target: str) -> Decision:
+  """A readable case's decision: review (outside what the run can judge), pass or fail."""
+  if gate.ood_alpha > 0 and case.applicability_p is not None and case.applicability_p < gate.ood_alpha:
+    return Decision('review', f'outside the training distribution (applicability p = '
+                              f'{case.applicability_p:.3g} < {gate.ood_alpha}): not judged')
+  if gate.suspended:
+    return Decision('review', 'auto-accept suspended for this run (batch unlike the calibration cases)')
+  quality = case.predicted_jaccard if target == 'jaccard' else case.predicted_dice
+  if rule.decide(quality) == 'pass':
+    return Decision('pass', 'predicted quality at or above the rule\'s threshold')
+  return Decision('fail', 'predicted failure: predicted quality below the rule\'s threshold')
+
+
+def provenance(config, workdir: str, quality_model: str) -> dict:
+  """What judged these cases: the training data, method, image size, checkpoints, config.
+
+  A run trained on the synthetic set and pointed at photographs must say so;
+  these fields go into every CSV row (``run``), the summary and the HTML.
+  """
+  seg = artifacts.read_json(run_dirs.seg_done(workdir))
+  g = artifacts.read_json(run_dirs.quality_done(workdir, quality_model))
+  with open(os.path.join(run_dirs.seg_dir(workdir), 'config.json'), 'rb') as f:
+    config_sha = hashlib.sha256(f.read()).hexdigest()[:12]
+  data = config.data.name if config.data.name == 'synthetic' else f'{config.data.name}:{os.path.realpath(config.data.root)}'
+  return {'workdir': os.path.realpath(workdir), 'training_data': data,
+          'data_splits': config.data.splits, 'method': config.method, 'seed': config.seed,
+          'image_size': config.data.image_size, 'f_steps': seg.get('steps'),
+          'quality_model': quality_model, 'quality_model_steps': g.get('steps'),
+          'trained_config_sha256': config_sha}
+
+
+def provenance_text(p: dict) -> str:
+  return (f"method={p['method']}; trained on {p['training_data']} at {p['image_size']} px; seed {p['seed']}; "
+          f"f steps {p['f_steps']}; {p['quality_model']} steps {p['quality_model_steps']}; "
+          f"config {p['trained_config_sha256']}; run {p['workdir']}")
+
+
+def synthetic_warning(config) -> str | None:
+  if config.data.name != 'synthetic':
+    return None
+  return ('TRAINED ON SYNTHETIC DATA: this run learnt from the embedded synthetic generator, not '
+          'from real images; its predicted quality of real images is not validated (the '
+          'applicability gate sends images unlike the synthetic ones to review).')
+
+
 def decision_rule(config, model: registry.QualityModel) -> DecisionRule:
   """The calibrated auto-accept rule of ``model`` at ``predict.alpha`` when the run has one,
   else the fixed rule "predicted Dice >= eval.fail_dice" (loudly, if calibration was configured)."""
@@ -71,13 +179,16 @@ def decision_rule(config, model: registry.QualityModel) -> DecisionRule:
   fixed_threshold = overlap.jaccard_from_dice(fail_dice) if model.target == 'jaccard' else fail_dice
   fixed = f'fixed: pass if predicted Dice >= {fail_dice}'
   entry = model.rules
-  rule = entry['rules'].get(str(alpha)) if entry and entry['fail_dice'] == fail_dice else None
+  usable = (entry and entry['fail_dice'] == fail_dice
+            and entry.get('ood_alpha', 0.0) == config.predict.ood_alpha)
+  rule = entry['rules'].get(str(alpha)) if usable else None
   if rule is None:
     if config.calibration.fraction <= 0:
       return DecisionRule(fixed_threshold, fixed)
     warning = (f'NOT CALIBRATED: this run is configured for calibration (calibration.fraction='
                f'{config.calibration.fraction}) but has no calibrated rule for quality model '
-               f'{model.name!r} at predict.alpha={alpha}, eval.fail_dice={fail_dice} '
+               f'{model.name!r} at predict.alpha={alpha}, eval.fail_dice={fail_dice}, '
+               f'predict.ood_alpha={config.predict.ood_alpha} '
                f'(the run\'s quality/calibration.json is missing or made for other settings). '
                'The fixed rule decides instead; its failure rate among accepted cases is not bounded. '
                'Rerun --mode=train_quality to calibrate.')
@@ -161,13 +272,16 @@ def _fmt(value, digits=4) -> str:
   return '' if value is None else f'{value:.{digits}f}'
 
 
-def write_csv(path: str, cases, decisions: dict[str, str], rule: DecisionRule, with_truth: bool) -> None:
+def write_csv(path: str, cases, decisions: dict[str, Decision], rule: DecisionRule, with_truth: bool,
+              run: str) -> None:
   buf = io.StringIO()
   writer = csv.writer(buf)
   writer.writerow(COLUMNS + (TRUE_COLUMNS if with_truth else ()))
   for c in cases:
-    line = [c.file, _fmt(c.predicted_dice), _fmt(c.predicted_jaccard), decisions.get(c.file, ''),
-            rule.description if c.ok else '', _fmt(c.mean_uncertainty), c.status]
+    d = decisions.get(c.file)
+    line = [c.file, _fmt(c.predicted_dice), _fmt(c.predicted_jaccard), d.decision if d else '',
+            d.reason if d else '', rule.description if c.ok else '', _fmt(c.mean_uncertainty),
+            _fmt(c.applicability), _fmt(c.applicability_p), c.status, run]
     if with_truth:
       line += [_fmt(c.true_dice), _fmt(c.true_jaccard)]
     writer.writerow(line)
@@ -193,10 +307,15 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   stages.check_matches_run(run_dirs.quality_dir(workdir, name), config, stages.quality_stage(name))
   method, f_params = runner.load_f(config, workdir)
   model = registry.load(config, workdir, name)
+  score = applicability.load(config, workdir)
   rule = decision_rule(config, model)
-  if rule.warning:
-    log.warning(rule.warning)
-  log.info('decision rule: %s', rule.description)
+  origin = provenance(config, workdir, name)
+  powerless = None if score is None else applicability.powerless_warning(
+      len(score.reference_scores), config.predict.ood_alpha)
+  warnings = [w for w in (rule.warning, powerless, synthetic_warning(config)) if w]
+  for w in warnings:
+    log.warning(w)
+  log.info('decision rule: %s; judged by %s', rule.description, provenance_text(origin))
   prepare_output(output_dir)
 
   t0 = time.time()
@@ -204,45 +323,82 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   cases = assess.assess(files, root, size, config.seg.eval_batch_size,
                         assess.make_pass(method, f_params, model), runner.cases_key(config),
                         model.target, _truth_reader(masks_dir, size))
-  own_units = lambda c: c.predicted_jaccard if model.target == 'jaccard' else c.predicted_dice
-  decisions = {c.file: rule.decide(own_units(c)) for c in cases if c.ok}
+  gate = apply_gate(config, score, cases)
+  if gate.batch and gate.batch['rejected']:
+    warnings.insert(0, shift_text(gate.batch))
+    log.warning(warnings[0])
+  decisions = {c.file: decide(c, rule, gate, model.target) for c in cases if c.ok}
   names = render.write_maps(output_dir, cases, render.map_scale([c.map for c in cases if c.ok]))
   with_truth = bool(masks_dir)
-  write_csv(os.path.join(output_dir, 'predictions.csv'), cases, decisions, rule, with_truth)
+  write_csv(os.path.join(output_dir, 'predictions.csv'), cases, decisions, rule, with_truth,
+            provenance_text(origin))
   title = f'segqual-jax: {config.method} on {os.path.basename(os.path.abspath(input_path))}'
   render.write_html(os.path.join(output_dir, 'index.html'), cases, decisions, names, title,
-                    rule.description, [rule.warning] if rule.warning else [], with_truth)
-  summary = summarise(config, cases, decisions, rule, name, time.time() - t0)
+                    rule.description, warnings, with_truth, gate_text(gate), provenance_text(origin))
+  summary = summarise(config, cases, decisions, rule, name, time.time() - t0, gate, origin, warnings)
   artifacts.write_json(os.path.join(output_dir, 'summary.json'), summary)
-  log.info('predict: %d files, %d read, %d unreadable, %d predicted to fail (%s); '
-           'outputs in %s', summary['files'], summary['read'], summary['unreadable'],
-           summary['predicted_fail'], rule.description, output_dir)
+  log.info('predict: %d files, %d read, %d unreadable; %d pass, %d predicted to fail, %d to review '
+           '(%s); outputs in %s', summary['files'], summary['read'], summary['unreadable'],
+           summary['decisions']['pass'], summary['decisions']['fail'], summary['decisions']['review'],
+           rule.description, output_dir)
   if 'metrics' in summary:  # the paper's metrics of the predicted quality, against the masks
     row = report.row_name(config.method, name)
     for key in (f'dice<{config.eval.fail_dice}', f'jaccard<{config.eval.fail_jaccard}'):
       print(f'\n{summary["cases_with_truth"]} cases with a mask; failure = {report.threshold_title(key)}:\n\n'
             + report.table_markdown({row: [summary['metrics']]}, key))
+    d = summary['decisions_against_truth']
+    rate = 'n/a' if d['accepted_failure_rate'] is None else f"{100 * d['accepted_failure_rate']:.1f} %"
+    print(f"The decisions against the masks: {d['accepted']} of {summary['cases_with_truth']} cases "
+          f"auto-accepted ({100 * d['automation_rate']:.1f} %), {d['accepted_failures']} of them true "
+          f"failures ({rate}); true failure rate {100 * d['true_fail_rate']:.1f} %.")
   if summary['read'] == 0:
     raise PredictError(f'none of the {len(files)} files in {input_path} could be read; see '
                        f'{os.path.join(output_dir, "predictions.csv")}')
   return summary
 
 
-def summarise(config, cases, decisions: dict[str, str], rule: DecisionRule, name: str,
-              wall_time_s: float) -> dict:
-  """``summary.json``: counts, the rule (and its warning), and with masks the paper's metrics."""
+def gate_text(gate: Gate) -> str:
+  """The gate's settings and the batch test's verdict, in words (HTML)."""
+  if gate.ood_alpha <= 0:
+    return 'Applicability gate off (predict.ood_alpha=0): every case is judged, however unlike the training cases.'
+  text = (f'Applicability gate: a case whose applicability p-value is below {gate.ood_alpha} is '
+          'unlike the cases the run can judge and goes to review, whatever its predicted quality.')
+  if gate.batch is None:
+    return text + ' Too few cases for the batch test; only the per-case gate applied.'
+  b = gate.batch
+  return text + (f' Batch test (one-sided two-sample KS of the applicability scores, {b["cases"]} cases): '
+                 f'D = {b["statistic"]:.3f}, p = {b["pvalue"]:.2g}: '
+                 + ('the run looks unlike the calibration cases.' if b['rejected']
+                    else 'no evidence that the run differs from the calibration cases.'))
+
+
+def summarise(config, cases, decisions: dict[str, Decision], rule: DecisionRule, name: str,
+              wall_time_s: float, gate: Gate, origin: dict, warnings: list[str]) -> dict:
+  """``summary.json``: counts per decision, the rule, the gate and the batch test, the run's
+  provenance, every warning, and with masks the paper's metrics."""
   n_ok = sum(c.ok for c in cases)
+  counts = {d: sum(x.decision == d for x in decisions.values()) for d in DECISIONS}
   summary = {'files': len(cases), 'read': n_ok, 'unreadable': len(cases) - n_ok,
-             'predicted_fail': sum(d == 'fail' for d in decisions.values()),
+             'decisions': counts, 'predicted_fail': counts['fail'],
              'threshold_dice': config.eval.fail_dice, 'decision_rule': rule.description,
-             'quality_model': name, 'warnings': [rule.warning] if rule.warning else [],
-             'wall_time_s': round(wall_time_s, 1)}
+             'quality_model': name, 'warnings': warnings,
+             'applicability': {'ood_alpha': gate.ood_alpha, 'score': config.applicability.score,
+                               'flagged': sum(d.reason.startswith('outside') for d in decisions.values()),
+                               'batch_test': gate.batch},
+             'provenance': origin, 'wall_time_s': round(wall_time_s, 1)}
   truth = [c for c in cases if c.true_dice is not None]
   if truth:
     pred = np.array([c.predicted_jaccard if config.quality.target == 'jaccard' else c.predicted_dice
                      for c in truth])
+    true_dice = np.array([c.true_dice for c in truth])
     summary['metrics'] = quality_metrics.all_metrics(
-        pred, np.array([c.true_dice for c in truth]), np.array([c.true_jaccard for c in truth]),
+        pred, true_dice, np.array([c.true_jaccard for c in truth]),
         config.quality.target, config.eval.fail_dice, config.eval.fail_jaccard)
     summary['cases_with_truth'] = len(truth)
+    accepted = np.array([decisions[c.file].decision == 'pass' for c in truth])
+    failed = true_dice < config.eval.fail_dice
+    summary['decisions_against_truth'] = {
+        'true_fail_rate': float(failed.mean()), 'automation_rate': float(accepted.mean()),
+        'accepted': int(accepted.sum()), 'accepted_failures': int((accepted & failed).sum()),
+        'accepted_failure_rate': float((accepted & failed).sum() / accepted.sum()) if accepted.any() else None}
   return summary

@@ -90,44 +90,59 @@ def _fmt(value, digits: int) -> str:
   return '' if value is None else f'{value:.{digits}f}'
 
 
-def write_html(path: str, cases, decisions: dict[str, str], names: dict[str, str], title: str,
-               rule_text: str, warnings: list[str], with_truth: bool) -> None:
-  """One page, worst predicted quality first; unreadable files at the top.
+DECISION_LABELS = {'pass': ('auto-accept', '#2e7d32'), 'fail': ('needs review: predicted failure', '#c62828'),
+                   'review': ('needs review: not judged', '#e65100')}
+_ORDER = {'review': 0, 'fail': 1, 'pass': 2}
 
-  ``warnings`` are shown above everything in bold red (e.g. a missing calibration).
+
+def write_html(path: str, cases, decisions: dict, names: dict[str, str], title: str,
+               rule_text: str, warnings: list[str], with_truth: bool, gate_text: str = '',
+               provenance_text: str = '') -> None:
+  """One page: unreadable files first, then cases not judged (review), predicted failures,
+  and auto-accepted cases, each group worst predicted quality first.
+
+  ``decisions`` maps a file to its ``predict.Decision`` (decision and reason).
+  ``warnings`` are shown above everything in bold red (a missing calibration,
+  a suspended run, synthetic training data); the gate's verdict and the run's
+  provenance follow.
   """
   e = html.escape
-  ordered = sorted(cases, key=lambda c: (c.ok, c.predicted_dice if c.ok else 0.0))
+  ordered = sorted(cases, key=lambda c: (c.ok, _ORDER[decisions[c.file].decision] if c.ok else 0,
+                                         c.predicted_dice if c.ok else 0.0))
   head = ('<th>file</th><th>image</th><th>f\'s segmentation</th><th>uncertainty</th>'
           '<th>predicted Dice</th><th>predicted Jaccard</th><th>decision</th>'
-          '<th>mean uncertainty</th>' + ('<th>true Dice</th><th>true Jaccard</th>' if with_truth else '')
-          + '<th>status</th>')
+          '<th>mean uncertainty</th><th>applicability p</th>'
+          + ('<th>true Dice</th><th>true Jaccard</th>' if with_truth else '') + '<th>status</th>')
   body = []
   for c in ordered:
     if c.ok:
       cells = ''.join(f'<td><img src="{MAPS_DIR}/{e(names[c.file])}_{kind}.png" loading="lazy"></td>'
                       for kind in ('image', 'overlay', 'uncertainty'))
       decision = decisions[c.file]
-      colour = '#c62828' if decision != 'pass' else '#2e7d32'
+      label, colour = DECISION_LABELS[decision.decision]
       numbers = (f'<td>{_fmt(c.predicted_dice, 3)}</td><td>{_fmt(c.predicted_jaccard, 3)}</td>'
-                 f'<td style="color:{colour};font-weight:bold">{e(decision)}</td>'
-                 f'<td>{_fmt(c.mean_uncertainty, 4)}</td>')
+                 f'<td style="color:{colour}"><b>{e(label)}</b><br><small>{e(decision.reason)}</small></td>'
+                 f'<td>{_fmt(c.mean_uncertainty, 4)}</td><td>{_fmt(c.applicability_p, 3)}</td>')
     else:
       cells = '<td colspan="3">—</td>'
-      numbers = '<td></td><td></td><td style="color:#c62828">unreadable</td><td></td>'
+      numbers = '<td></td><td></td><td style="color:#c62828">unreadable</td><td></td><td></td>'
     truth = f'<td>{_fmt(c.true_dice, 3)}</td><td>{_fmt(c.true_jaccard, 3)}</td>' if with_truth else ''
     body.append(f'<tr><td>{e(c.file)}</td>{cells}{numbers}{truth}<td>{e(c.status)}</td></tr>')
   n_ok = sum(c.ok for c in cases)
-  n_fail = sum(decisions.get(c.file) == 'fail' for c in cases)
+  count = lambda d: sum(x.decision == d for x in decisions.values())
   note_html = ''.join(f'<p style="color:#c62828;font-weight:bold">{e(w)}</p>\n' for w in warnings)
+  note_html += f'<p>{e(gate_text)}</p>\n' if gate_text else ''
+  note_html += f'<p><small>Judged by: {e(provenance_text)}</small></p>\n' if provenance_text else ''
   page = f'''<!doctype html>
 <html><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:center}} img{{width:160px;height:160px;image-rendering:pixelated}}</style>
 </head><body>
 <h1>{e(title)}</h1>
-{note_html}<p>{len(cases)} files: {n_ok} read, {len(cases) - n_ok} unreadable; {n_fail} predicted to fail
-(decision rule: {e(rule_text)}) and worth a human look. Sorted worst predicted quality first.
+{note_html}<p>{len(cases)} files: {n_ok} read, {len(cases) - n_ok} unreadable;
+<b>{count('pass')} auto-accepted</b>, {count('fail')} predicted to fail and {count('review')} not judged
+(outside what this run can assess): {count('fail') + count('review')} need a human look.
+Decision rule: {e(rule_text)}.
 Overlay: f's mask outlined in yellow. Uncertainty: brighter = less certain (one colour scale for the run).</p>
 <table><tr>{head}</tr>
 {chr(10).join(body)}

@@ -17,6 +17,8 @@ import ml_collections
 METHODS = ('msp', 'mc_dropout', 'hcnn', 'lce', 'ensemble', 'tta', 'hierarchical')
 CNN_QUALITY_MODELS = ('uncertainty', 'no_uncertainty', 'qualitynet')  # g's input variants
 QUALITY_MODELS = CNN_QUALITY_MODELS + ('cheap_qc', 'rca')
+CORRUPTIONS = ('blur', 'noise', 'brightness', 'contrast', 'jpeg')  # data/corruptions.py implements them
+APPLICABILITY_SCORES = ('mahalanobis', 'knn')  # quality/applicability.py implements them
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -82,6 +84,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.quality.log_every_steps = 200  # progress line interval for g
   config.quality.checkpoint_every_steps = 300  # g's checkpoint interval (and at the end)
 
+  config.quality.shift_corruptions = ''  # shift-aware training: also learn from corrupted copies of g's cases (blur,noise,brightness,contrast,jpeg; '' = off), labelled by running f on them
+  config.quality.shift_severities = (1, 2, 3)  # corruption severities of those copies (1 mild .. 3 strong)
+  config.quality.shift_copies = 2  # corrupted copies per case, each with a corruption and severity drawn from the case's own stream
+
+  config.applicability = ml_collections.ConfigDict()
+  config.applicability.score = 'mahalanobis'  # how unlike f's in-distribution cases an image is: mahalanobis | knn (of f's pooled encoder features)
+  config.applicability.knn_k = 10  # knn: the k-th nearest reference neighbour's distance is the score
+  config.applicability.reference_fraction = 0.3  # share of the quality split's non-calibration cases held out to turn scores into conformal p-values (the rest fits the score)
+
   config.cheap_qc = ml_collections.ConfigDict()
   config.cheap_qc.regressor = 'gradient_boosting'  # quality model cheap_qc: gradient_boosting | random_forest | lasso
 
@@ -102,6 +113,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.predict = ml_collections.ConfigDict()
   config.predict.quality_model = 'uncertainty'  # quality model --mode=predict uses: a quality.models entry
   config.predict.alpha = 0.1  # with a calibration run: the auto-accept rate whose threshold predict applies
+  config.predict.ood_alpha = 0.01  # a case whose applicability p-value is below this goes to review, whatever its predicted quality (0 = gate off)
+  config.predict.on_shift = 'suspend'  # when a run's cases as a whole look unlike the in-distribution cases: suspend (every case to review) | warn
+  config.predict.shift_alpha = 0.001  # level of that batch test (one-sided two-sample KS of applicability scores)
+  config.predict.shift_min_cases = 20  # fewer readable cases than this: no batch test, only the per-case gate
 
   config.eval = ml_collections.ConfigDict()
   config.eval.fail_dice = 0.8  # a case fails when its true Dice is below this (the user's bar)

@@ -6,7 +6,8 @@ Every field has one *role* (``FIELD_ROLES``, the first matching prefix wins):
 * ``f_test`` -- shapes f's test-time outputs (samples, maps, scores);
 * ``g_shared`` -- which cases and which target every quality model learns;
 * ``g_cnn`` / ``g_cheap_qc`` / ``g_rca`` -- one kind of quality model's own settings;
-* ``calibration`` -- the auto-accept rules (stage 2, after the quality models);
+* ``applicability`` -- the score of how unlike f's in-distribution cases an image is;
+* ``calibration`` -- the auto-accept rules (stage 2, after the quality models and the score);
 * ``free`` -- never changes a result (logging, batch sizes, paths, where
   processes meet, what to evaluate or predict).
 
@@ -29,6 +30,7 @@ from segqual_jax.core import artifacts
 from segqual_jax.core.errors import ConfigError
 
 F_TRAIN, F_TEST, G_SHARED, CALIBRATION, FREE = 'f_train', 'f_test', 'g_shared', 'calibration', 'free'
+APPLICABILITY = 'applicability'
 G_KIND = {'cnn': 'g_cnn', 'cheap_qc': 'g_cheap_qc', 'rca': 'g_rca'}
 
 FIELD_ROLES = (
@@ -56,13 +58,16 @@ FIELD_ROLES = (
     ('quality.label_source', G_SHARED),
     ('quality.oof_folds', G_SHARED),
     ('quality.target', G_SHARED),
+    ('quality.shift_', G_SHARED),  # corrupted copies join every quality model's training cases
     ('quality.', G_KIND['cnn']),
     ('cheap_qc.', G_KIND['cheap_qc']),
     ('rca.', G_KIND['rca']),
+    ('applicability.', APPLICABILITY),
     ('calibration.fraction', G_SHARED),  # the calibration cases are held out from g
     ('calibration.', CALIBRATION),
     ('eval.fail_dice', CALIBRATION),  # the failure the rules bound; free for everything else
     ('eval.', FREE),
+    ('predict.ood_alpha', CALIBRATION),  # the rules are calibrated on the cases the gate lets through
     ('predict.', FREE),
     ('bench.', FREE),
 )
@@ -184,4 +189,13 @@ def calibration_settings(config) -> dict:
   settings are redone by stage 2 and refused by evaluate and predict."""
   cal = config.calibration
   return {'fraction': cal.fraction, 'alphas': [float(a) for a in cal.alphas], 'delta': cal.delta,
-          'starts': cal.starts, 'grid_size': cal.grid_size, 'fail_dice': config.eval.fail_dice}
+          'starts': cal.starts, 'grid_size': cal.grid_size, 'fail_dice': config.eval.fail_dice,
+          'ood_alpha': config.predict.ood_alpha, 'applicability': applicability_settings(config)}
+
+
+def applicability_settings(config) -> dict:
+  """What the fitted applicability score depends on (besides f): a stored score made with
+  other settings is refitted by stage 2."""
+  a = config.applicability
+  return {'score': a.score, 'knn_k': a.knn_k, 'reference_fraction': a.reference_fraction,
+          'calibration_fraction': config.calibration.fraction}

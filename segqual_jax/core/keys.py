@@ -37,6 +37,8 @@ RCA = 0x4CA  # RCA's reverse U-Net init
 OOF_FOLDS = 3  # out-of-fold partition of f's training split
 CALIBRATION_SPLIT = 0xCA1  # calibration cases held out from the quality split
 RCA_REFERENCES = 0x4CA  # RCA's reference cases
+APPLICABILITY_SPLIT = 0xA99  # the applicability score's fitting and reference cases
+CORRUPTIONS = 0xC0E  # corrupted copies of cases (then the case hash, corruption, severity)
 
 
 def purpose_key(seed: int, purpose: int) -> jax.Array:

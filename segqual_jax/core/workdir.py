@@ -8,6 +8,7 @@ and the apps agree without importing each other::
   <workdir>/seg_oof/fold<i>/         out-of-fold copies of f (quality.label_source=oof)
   <workdir>/quality/f_outputs/       f's cached outputs on a split (<split>.npz)
   <workdir>/quality/<model>/         stage 2: one quality model (config.json, done.json)
+  <workdir>/quality/applicability/   the applicability score (stage 2: score.npz, done.json)
   <workdir>/quality/calibration.json the calibrated auto-accept rules (stage 2)
   <workdir>/metrics.json             evaluation, present once it is complete
 """
@@ -50,6 +51,10 @@ def quality_done(workdir: str, model: str) -> str:
   return os.path.join(quality_dir(workdir, model), DONE)
 
 
+def applicability_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'quality', 'applicability')
+
+
 def calibration_file(workdir: str) -> str:
   return os.path.join(workdir, 'quality', 'calibration.json')
 
@@ -68,6 +73,12 @@ def require_quality(workdir: str, model: str) -> None:
   """Raises ``NotTrained`` unless quality model ``model`` of ``workdir`` is complete."""
   if not os.path.exists(quality_done(workdir, model)):
     raise errors.NotTrained(f'trained quality model {model!r}', quality_dir(workdir, model), workdir)
+
+
+def require_applicability(workdir: str) -> None:
+  """Raises ``NotTrained`` unless the applicability score of ``workdir`` is fitted."""
+  if not os.path.exists(os.path.join(applicability_dir(workdir), DONE)):
+    raise errors.NotTrained('fitted applicability score', applicability_dir(workdir), workdir)
 
 
 def completed(path: str, what: str, covers: Callable[[Any], bool] = lambda output: True) -> Any | None:

@@ -27,7 +27,7 @@ from segqual_jax.data import loading
 from segqual_jax.evaluation import figures, report
 from segqual_jax.metrics import overlap
 from segqual_jax.metrics import quality as quality_metrics
-from segqual_jax.quality import auto_accept, registry
+from segqual_jax.quality import applicability, auto_accept, registry
 from segqual_jax.segmenter import runner
 
 log = logging.getLogger(__name__)
@@ -68,17 +68,37 @@ def stored_rules(config, workdir: str) -> dict:
 
 
 def auto_accept_on_test(config, stored: dict, predicted_test: dict[str, np.ndarray],
-                        test_outputs) -> dict:
-  """What each model's calibrated rules (``stored_rules``) do on the test split."""
+                        test_outputs, pvalues: np.ndarray | None = None) -> dict:
+  """What each model's calibrated rules (``stored_rules``) do on the test split, behind the
+  applicability gate as predict applies them (``test``), and without it (``test_without_gate``)."""
   failed = test_outputs.dice < config.eval.fail_dice
   out = {}
   for name in stages.quality_model_names(config):
     entry = stored['models'][name]
     row = report.row_name(config.method, name)
-    rules = {alpha: {**rule, 'test': auto_accept.realised(predicted_test[row], failed, rule['threshold'])}
+    behind_gate = auto_accept.gated(predicted_test[row], pvalues, config.predict.ood_alpha)
+    rules = {alpha: {**rule, 'test': auto_accept.realised(behind_gate, failed, rule['threshold']),
+                     'test_without_gate': auto_accept.realised(predicted_test[row], failed,
+                                                               rule['threshold'])}
              for alpha, rule in entry['rules'].items()}
     out[name] = {'row': row, 'delta': entry['delta'], 'fail_dice': entry['fail_dice'], 'rules': rules}
   return out
+
+
+def applicability_on_test(config, score: applicability.Applicability, outputs) -> dict:
+  """The gate on the (in-distribution) test split: the share it sends to review, those
+  cases' failure rate, and the batch test; ``pvalues`` per case for the rules."""
+  scores = score.score(outputs.features)
+  pvalues = score.pvalues(scores)
+  flagged = pvalues < config.predict.ood_alpha
+  failed = outputs.dice < config.eval.fail_dice
+  return {'score': config.applicability.score, 'ood_alpha': config.predict.ood_alpha,
+          'reference_cases': int(len(score.reference_scores)),
+          'test_flagged': int(flagged.sum()), 'test_flagged_share': float(flagged.mean()),
+          'fail_rate_flagged': float(failed[flagged].mean()) if flagged.any() else None,
+          'fail_rate_not_flagged': float(failed[~flagged].mean()) if (~flagged).any() else None,
+          'batch_test': applicability.batch_test(scores, score.reference_scores),
+          'pvalues': pvalues}
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -107,8 +127,11 @@ def evaluate(config, workdir: str) -> dict:
     stages.check_matches_run(run_dirs.quality_dir(workdir, name), config, stages.quality_stage(name))
     models_by_row[report.row_name(config.method, name)] = registry.load(config, workdir, name)
   rules = stored_rules(config, workdir) if config.calibration.fraction > 0 else None
+  score = applicability.load(config, workdir)
   test = loading.load_splits(config.data, names=('test',))['test']
   outputs = runner.cached_outputs(config, workdir, test)
+  gate = applicability_on_test(config, score, outputs) if score is not None else None
+  pvalues = None if gate is None else gate.pop('pvalues')
   predicted = {row: registry.predict_cases(model, test.images, outputs, config.quality.eval_batch_size)
                for row, model in models_by_row.items()}
 
@@ -117,7 +140,7 @@ def evaluate(config, workdir: str) -> dict:
                                               config.quality.target, fail_d, fail_j)
             for name, pred in predicted.items()}
   scores = score_metrics(config, outputs)
-  calibration = auto_accept_on_test(config, rules, predicted, outputs) if rules else None
+  calibration = auto_accept_on_test(config, rules, predicted, outputs, pvalues) if rules else None
   seg = outputs.summary(fail_d)
   seg[f'fail_rate_jaccard_{fail_j}'] = float(np.mean(outputs.jaccard < fail_j))
   result = {
@@ -131,6 +154,8 @@ def evaluate(config, workdir: str) -> dict:
       'quality_models': models,
       'scores': scores,  # image-level scores used directly as quality scores (no g)
   }
+  if gate is not None:
+    result['applicability'] = gate
   if calibration is not None:
     result['auto_accept'] = calibration
 
@@ -151,6 +176,8 @@ def write_table(config, workdir: str, result: dict, num_cases: int) -> str:
   if scores:
     table += (f'\n### Image-level scores as quality scores (no g), failure = {report.threshold_title(keys[0])}\n\n'
               + report.table_markdown({n: [m] for n, m in scores.items()}, keys[0]))
+  if 'applicability' in result:
+    table += '\n' + report.applicability_markdown(result['applicability'])
   if 'auto_accept' in result:
     table += '\n' + report.auto_accept_markdown(result['auto_accept'])
   header = (f'# {config.method}, seed {config.seed}: quality prediction on the test split '

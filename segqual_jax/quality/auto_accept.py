@@ -124,3 +124,13 @@ def realised(scores: np.ndarray, failed: np.ndarray, threshold: float | None) ->
           'automation_rate': float(n / max(len(accepted), 1)),
           'accepted_failures': int((accepted & failed).sum()),
           'accepted_failure_rate': float((accepted & failed).sum() / n) if n else None}
+
+
+def gated(predicted: np.ndarray, pvalues: np.ndarray | None, ood_alpha: float) -> np.ndarray:
+  """Predicted quality with every case the applicability gate sends to review
+  (conformal p-value below ``ood_alpha``) set to -inf: no threshold accepts it.
+  Calibration, evaluation and predict apply the gate through this one function."""
+  predicted = np.asarray(predicted, float)
+  if pvalues is None:
+    return predicted
+  return np.where(np.asarray(pvalues) < ood_alpha, -np.inf, predicted)

@@ -47,13 +47,16 @@ class SegOutputs:
   scores: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   dice: np.ndarray | None = None  # (N,) true Dice against the cases' masks
   jaccard: np.ndarray | None = None  # (N,) true Jaccard
+  # (N, D) f's pooled encoder statistics (the applicability score's input), if computed
+  features: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.masks)
 
   def save(self, path: str) -> None:
     """Writes an .npz atomically: a crash never leaves a file that looks complete."""
-    arrays = {'masks': self.masks, 'maps': self.maps, 'dice': self.dice, 'jaccard': self.jaccard}
+    arrays = {'masks': self.masks, 'maps': self.maps, 'dice': self.dice, 'jaccard': self.jaccard,
+              'features': self.features}
     arrays = {k: v for k, v in arrays.items() if v is not None}
     arrays.update({_SCORE_PREFIX + k: v for k, v in self.scores.items()})
     artifacts.write_atomic(path, lambda tmp: np.savez(tmp, **arrays), suffix='.tmp.npz')
@@ -64,13 +67,23 @@ class SegOutputs:
       get = lambda k: f[k] if k in f.files else None
       return cls(f['masks'], f['maps'],
                  {k[len(_SCORE_PREFIX):]: f[k] for k in f.files if k.startswith(_SCORE_PREFIX)},
-                 get('dice'), get('jaccard'))
+                 get('dice'), get('jaccard'), get('features'))
 
   def take(self, idx: np.ndarray) -> 'SegOutputs':
     """The cases ``idx``."""
     pick = lambda a: None if a is None else a[idx]
     return SegOutputs(self.masks[idx], self.maps[idx], {k: v[idx] for k, v in self.scores.items()},
-                      pick(self.dice), pick(self.jaccard))
+                      pick(self.dice), pick(self.jaccard), pick(self.features))
+
+  @classmethod
+  def concatenate(cls, parts: list['SegOutputs']) -> 'SegOutputs':
+    """The cases of ``parts``, in order (fields missing from any part are dropped)."""
+    cat = lambda get: (None if any(get(p) is None for p in parts)
+                       else np.concatenate([get(p) for p in parts]))
+    names = set.intersection(*[set(p.scores) for p in parts])
+    return cls(cat(lambda p: p.masks), cat(lambda p: p.maps),
+               {n: cat(lambda p, n=n: p.scores[n]) for n in sorted(names)},
+               cat(lambda p: p.dice), cat(lambda p: p.jaccard), cat(lambda p: p.features))
 
   def summary(self, fail_dice: float) -> dict[str, float]:
     """Mean overlaps, the share of failures (Dice < ``fail_dice``) and mean uncertainty."""
@@ -90,8 +103,10 @@ def with_truth(outputs: SegOutputs, truth: np.ndarray) -> SegOutputs:
                              jaccard=np.asarray(overlap.jaccard(masks, truth)))
 
 
-def case_fn(predict: Callable, score_band_px: int | None = None) -> Callable:
-  """``(params, float images (N,H,W,3), keys (N,)) -> {'masks', 'maps'[, 'scores']}``, traceable.
+def case_fn(predict: Callable, score_band_px: int | None = None,
+            features: Callable | None = None) -> Callable:
+  """``(params, float images (N,H,W,3), keys (N,)) -> {'masks', 'maps'[, 'scores'][, 'features']}``,
+  traceable.
 
   Args:
     predict: ``(params, images, key) -> (probabilities, map[, sample labels])``,
@@ -99,6 +114,8 @@ def case_fn(predict: Callable, score_band_px: int | None = None) -> Callable:
     score_band_px: if given, ``predict`` returns sample labels and the
       image-level scores are computed too (on device: the per-sample label
       maps never leave it).
+    features: if given, ``(params, images) -> (N, D)`` features (a method's
+      ``features``), returned as ``'features'``.
 
   Each case runs alone under ``vmap`` with its own key.
   """
@@ -106,12 +123,15 @@ def case_fn(predict: Callable, score_band_px: int | None = None) -> Callable:
     out = predict(params, image[None], key)
     probs, umap = out[0][0], out[1][0]
     samples = out[2][:, 0] if len(out) > 2 and out[2] is not None else None
-    return jnp.argmax(probs, -1).astype(jnp.uint8), umap, samples
+    feats = None if features is None else features(params, image[None])[0]
+    return jnp.argmax(probs, -1).astype(jnp.uint8), umap, samples, feats
 
   def run(params, images, case_keys):
     with sampling.cases_vmapped(images.shape[0]):  # the engine's memory budget covers every case
-      masks, maps, samples = jax.vmap(one, in_axes=(None, 0, 0))(params, images, case_keys)
+      masks, maps, samples, feats = jax.vmap(one, in_axes=(None, 0, 0))(params, images, case_keys)
     result = {'masks': masks, 'maps': maps}
+    if feats is not None:
+      result['features'] = feats
     if score_band_px is not None:
       samples = None if samples is None else jnp.swapaxes(samples, 0, 1)  # (T, N, H, W)
       result['scores'] = scores.image_scores(masks, maps, samples, score_band_px)
@@ -119,12 +139,14 @@ def case_fn(predict: Callable, score_band_px: int | None = None) -> Callable:
   return run
 
 
-def method_case_fn(method, with_scores: bool) -> Callable:
-  """``case_fn`` of a method's own prediction, with the image-level scores if asked."""
+def method_case_fn(method, with_scores: bool, with_features: bool = False) -> Callable:
+  """``case_fn`` of a method's own prediction, with the image-level scores and the
+  applicability features if asked."""
+  features = method.features if with_features else None
   if not with_scores:
-    return case_fn(method.predict)
+    return case_fn(method.predict, features=features)
   return case_fn(lambda p, x, k: method.predict_samples(p, x, k, keep_labels=True),
-                 method.config.uncertainty.score_band_px)
+                 method.config.uncertainty.score_band_px, features)
 
 
 def batch_fn(fn: Callable) -> Callable:
@@ -150,7 +172,8 @@ def run_cases(run_batch: Callable, params, images: np.ndarray, case_ids, base_ke
     return SegOutputs(np.zeros((0, size, size), np.uint8), np.zeros((0, size, size), np.float32))
   cat = lambda k: np.concatenate([o[k] for o in outs])
   image_scores = {k: np.concatenate([o['scores'][k] for o in outs]) for k in outs[0].get('scores', {})}
-  return SegOutputs(cat('masks'), cat('maps').astype(np.float32), image_scores)
+  features = cat('features').astype(np.float32) if 'features' in outs[0] else None
+  return SegOutputs(cat('masks'), cat('maps').astype(np.float32), image_scores, features=features)
 
 
 def case_ids(split: pipeline.Split) -> tuple[str, ...]:
@@ -191,9 +214,10 @@ def load_f(config, workdir: str, seg_dir: str | None = None) -> tuple[Any, Any]:
 
 
 def outputs_of(config, workdir: str, split: pipeline.Split, seg_dir: str | None = None) -> SegOutputs:
-  """The trained f's outputs on ``split``, with the image-level scores and true overlaps."""
+  """The trained f's outputs on ``split``, with the image-level scores, the applicability
+  features and the true overlaps."""
   method, params = load_f(config, workdir, seg_dir)
-  run_batch = batch_fn(method_case_fn(method, with_scores=True))
+  run_batch = batch_fn(method_case_fn(method, with_scores=True, with_features=True))
   return run_split(run_batch, params, split, cases_key(config), config.seg.eval_batch_size)
 
 
@@ -204,7 +228,10 @@ def cached_outputs(config, workdir: str, split: pipeline.Split) -> SegOutputs:
   """
   path = os.path.join(run_dirs.f_outputs_dir(workdir), f'{split.name}.npz')
   if os.path.exists(path):
-    return SegOutputs.load(path)
+    cached = SegOutputs.load(path)
+    if cached.features is not None:
+      return cached
+    log.info('%s predates the applicability features; running f again', path)
   log.info('running f (%s) on the %s split (%d cases)', config.method, split.name, len(split))
   outputs = outputs_of(config, workdir, split)
   os.makedirs(run_dirs.f_outputs_dir(workdir), exist_ok=True)

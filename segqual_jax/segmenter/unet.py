@@ -178,6 +178,28 @@ class UNet(nn.Module):
       out['kl'] = kl
     return out
 
+  def encoder_features(self, x: jax.Array) -> jax.Array:
+    """(N, 2 * sum of encoder widths) per-image statistics of f's encoder, dropout off.
+
+    The channel means and standard deviations of every encoder level and the
+    bottleneck: what f "sees" of an image at each scale, from colour and
+    brightness (level 0) to the lesion-level layout (bottleneck). The
+    applicability score (``quality/applicability.py``) measures how far an
+    image's vector lies from those of f's in-distribution cases.
+    """
+    h, levels = self.prefix(x)
+    levels = list(levels)
+    x = h
+    for level in range(self.first_central_level, self.depth):
+      if level > self.first_central_level:
+        x = self._down(level)(x)
+      levels.append(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    if self.first_central_level < self.depth:
+      x = self._down(self.depth)(x)
+    levels.append(x)  # the bottleneck (the prefix's output when only it has dropout)
+    return jnp.concatenate([jnp.concatenate([t.mean((1, 2)), t.std((1, 2))], -1) for t in levels], -1)
+
   def __call__(self, x: jax.Array, *, deterministic: bool = True,
                sample_latents: bool = False) -> dict[str, jax.Array]:
     """Returns ``logits`` (N, H, W, C) and, if built, ``variance`` and ``confidence`` (N, H, W)

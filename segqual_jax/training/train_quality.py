@@ -26,7 +26,8 @@ import optax
 from segqual_jax.config import stages
 from segqual_jax.core import artifacts, checkpointing, keys, parallel, workdir as run_dirs
 from segqual_jax.data import loading, pipeline
-from segqual_jax.quality import auto_accept, cheap_qc, cnn, rca, registry
+from segqual_jax.core.errors import ConfigError
+from segqual_jax.quality import applicability, auto_accept, cheap_qc, cnn, rca, registry
 from segqual_jax.training import loop, quality_cases
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,53 @@ def _train_cnn(config, name: str, out_dir: str, split, outputs, targets: np.ndar
           'z_scale': z_scale, 'wall_time_s': round(time.time() - t_start, 1)}
 
 
+def fit_applicability(config, workdir: str) -> applicability.Applicability | None:
+  """Fits the applicability score on f's features of the quality split's non-calibration cases.
+
+  Those are cases f never trained on (its features on its own training cases
+  are tighter than on any new case), and never the calibration cases, whose
+  p-values must be exchangeable with a new case's. A seeded share of them
+  (``applicability.reference_fraction``) is held out as the reference the
+  p-values count against. Stored in ``quality/applicability/``; refitted
+  when its settings change. None when the gate is off (``predict.ood_alpha`` 0).
+  """
+  if config.predict.ood_alpha <= 0:
+    return None
+  out_dir = run_dirs.applicability_dir(workdir)
+  settings = stages.applicability_settings(config)
+  path = applicability.score_path(out_dir)
+  if run_dirs.completed(os.path.join(out_dir, run_dirs.DONE), 'applicability score',
+                        lambda d: d['settings'] == settings) is not None:
+    return applicability.Applicability.load(path)
+  quality = loading.load_splits(config.data, names=('quality',))['quality']
+  if len(quality) < 3:
+    raise ConfigError(f'the applicability gate needs >= 3 cases in the quality split (it has '
+                      f'{len(quality)}); add them, or set predict.ood_alpha=0 to run without the gate')
+  (_, outputs), _ = quality_cases.holdout_parts(config, workdir, quality)
+  a = config.applicability
+  fit_idx, ref_idx = applicability.split_indices(len(outputs), a.reference_fraction, config.data.seed)
+  score = applicability.fit(a.score, outputs.features[fit_idx], outputs.features[ref_idx], a.knn_k)
+  os.makedirs(out_dir, exist_ok=True)
+  score.save(path)
+  done = {'settings': settings, 'fitting_cases': int(len(fit_idx)),
+          'reference_cases': int(len(ref_idx)), 'feature_dim': int(outputs.features.shape[1]),
+          'smallest_pvalue': 1.0 / (len(ref_idx) + 1)}
+  artifacts.write_json(os.path.join(out_dir, run_dirs.DONE), done)
+  log.info('applicability score (%s) fitted on %d cases, %d reference cases (smallest p-value %.4f)',
+           a.score, len(fit_idx), len(ref_idx), done['smallest_pvalue'])
+  if (warning := applicability.powerless_warning(len(ref_idx), config.predict.ood_alpha)):
+    log.warning(warning)
+  return score
+
+
 def calibrate(config, workdir: str) -> dict | None:
   """Each configured model's auto-accept rules, from the held-out calibration cases.
 
   Per model and alpha: the LTT threshold from the calibration cases (grid:
-  quantiles of the model's predictions on its own training cases). Written
-  to ``calibration.json``; None when the run has no calibration fraction.
+  quantiles of the model's predictions on its own training cases). The rule
+  is calibrated as predict applies it: behind the applicability gate, so a
+  calibration case the gate sends to review is never counted as accepted.
+  Written to ``calibration.json``; None when the run has no calibration fraction.
   """
   if config.calibration.fraction <= 0:
     return None
@@ -104,16 +146,21 @@ def calibrate(config, workdir: str) -> dict | None:
   (fit_split, fit_out), (cal_split, cal_out) = quality_cases.holdout_parts(config, workdir, quality)
   cal = config.calibration
   failed = cal_out.dice < config.eval.fail_dice
-  result = {'settings': settings, 'models': {}}
+  score = fit_applicability(config, workdir)
+  cal_p = None if score is None else score.pvalues(score.score(cal_out.features))
+  result = {'settings': settings, 'models': {},
+            'gated_calibration_cases': 0 if cal_p is None else int(np.sum(cal_p < config.predict.ood_alpha))}
   for name in names:
     model = registry.load(config, workdir, name)
     batch = config.quality.eval_batch_size
     grid = auto_accept.threshold_grid(registry.predict_cases(model, fit_split.images, fit_out, batch),
                                       cal.grid_size)
-    cal_pred = registry.predict_cases(model, cal_split.images, cal_out, batch)
+    cal_pred = auto_accept.gated(registry.predict_cases(model, cal_split.images, cal_out, batch), cal_p,
+                     config.predict.ood_alpha)
     rules = {str(alpha): auto_accept.calibrate(cal_pred, failed, grid, alpha, cal.delta, cal.starts)
              for alpha in cal.alphas}
-    result['models'][name] = {'delta': cal.delta, 'fail_dice': config.eval.fail_dice, 'rules': rules}
+    result['models'][name] = {'delta': cal.delta, 'fail_dice': config.eval.fail_dice,
+                              'ood_alpha': config.predict.ood_alpha, 'rules': rules}
     log.info('calibrated auto-accept of %s on %d cases: %s', name, len(cal_split),
              ', '.join(f'alpha {a}: threshold {r["threshold"]}' for a, r in rules.items()))
   artifacts.write_json(path, result)
@@ -153,5 +200,6 @@ def train_quality(config, workdir: str) -> dict[str, dict]:
     else:
       results[name] = _train_cnn(config, name, out_dir, split, outputs, targets, z_scale)
     artifacts.write_json(done_path, results[name])
+  fit_applicability(config, workdir)
   calibrate(config, workdir)
   return results

@@ -60,6 +60,16 @@ class Method:
     return self.model.apply({'params': params}, images,
                             deterministic=dropout_key is None, rngs=rngs)
 
+  def features(self, params, images: jax.Array) -> jax.Array:
+    """(N, D) f's pooled encoder statistics (``UNet.encoder_features``), dropout off: the
+    applicability score's view of an image."""
+    return self.model.apply({'params': self.feature_params(params)}, images,
+                            method=unet.UNet.encoder_features)
+
+  def feature_params(self, params):
+    """The one network whose encoder gives the features (an ensemble: its first member)."""
+    return params
+
   def loss(self, params, state: dict, images: jax.Array, masks: jax.Array, key: jax.Array):
     """Returns ``(loss, (metrics, new_state))``; the default is pixel cross-entropy."""
     out = self.apply(params, images, purpose_keys(key)['dropout'])

@@ -97,6 +97,9 @@ class DeepEnsemble(base.SamplingMethod):
   def predict_samples(self, params, images, key, keep_labels=False):
     return self.summary_map(params, images, key, self.members, keep_labels)
 
+  def feature_params(self, params):
+    return jax.tree.map(lambda x: x[0], params)
+
   def deterministic_predict(self, params, images, key=None):
     """Stage 1's per-epoch validation: the ensemble mean and ``1 - max`` of it."""
     probs, _, _ = self.predict_samples(params, images, key)

@@ -1,0 +1,120 @@
+"""predict's three decisions end to end: the applicability gate, the batch check, provenance."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segqual_jax.apps import predict
+from segqual_jax.data import synthetic
+from segqual_jax.evaluation import evaluate
+from segqual_jax.training import train_quality, train_seg
+
+
+@pytest.fixture(scope='module')
+def gated_run(tmp_path_factory, data_dir):
+  """A tiny calibrated run whose gate can flag: 24 reference cases (smallest p 1/25 < 0.05)."""
+  from configs import test as test_config
+  config = test_config.get_config()
+  config.data.data_dir = data_dir
+  config.data.num_quality = 64
+  config.calibration.fraction = 0.25
+  config.applicability.reference_fraction = 0.5
+  config.predict.ood_alpha = 0.05
+  config.predict.shift_min_cases = 6
+  config.predict.shift_alpha = 0.01
+  config.quality.models = 'uncertainty'
+  workdir = str(tmp_path_factory.mktemp('gated'))
+  train_seg.train_and_evaluate(config, workdir)
+  train_quality.train_quality(config, workdir)
+  return config, workdir
+
+
+def _rows(path):
+  with open(path) as f:
+    return {r['file']: r for r in csv.DictReader(f)}
+
+
+def _synthetic_images(folder, n, start=0):
+  os.makedirs(folder, exist_ok=True)
+  for i in range(start, start + n):
+    ex = synthetic.generate_example(0, 'test', i, synthetic.GeneratorConfig(image_size=32))
+    Image.fromarray(ex['image']).save(os.path.join(folder, f'case{i}.png'))
+
+
+def test_a_far_out_of_distribution_image_is_never_accepted(gated_run, tmp_path):
+  config, workdir = gated_run
+  folder = str(tmp_path / 'in')
+  _synthetic_images(folder, 3)
+  Image.fromarray(np.full((40, 40, 3), (30, 200, 90), np.uint8)).save(os.path.join(folder, 'flat.png'))
+  out = str(tmp_path / 'out')
+  summary = predict.predict(config, workdir, folder, out)
+  rows = _rows(os.path.join(out, 'predictions.csv'))
+  flat = rows['flat.png']
+  assert flat['decision'] == 'review' and flat['reason'].startswith('outside the training distribution')
+  assert float(flat['applicability_p']) < config.predict.ood_alpha
+  for name, r in rows.items():  # every row carries the gate's numbers and the run's provenance
+    assert float(r['applicability_score']) >= 0 and 0 < float(r['applicability_p']) <= 1
+    assert 'method=msp' in r['run'] and 'trained on synthetic at 32 px' in r['run']
+    assert r['decision'] in ('pass', 'fail', 'review')
+  assert summary['decisions']['review'] >= 1 and summary['applicability']['flagged'] >= 1
+  assert summary['applicability']['batch_test'] is None  # 4 cases < shift_min_cases: per-case gate only
+  assert summary['provenance']['training_data'] == 'synthetic'
+  assert any('TRAINED ON SYNTHETIC DATA' in w for w in summary['warnings'])
+  page = open(os.path.join(out, 'index.html')).read()
+  assert 'needs review: not judged' in page and 'applicability p' in page and 'Judged by: method=msp' in page
+  assert 'Too few cases for the batch test' in page
+  # the gate off: the same image is judged like any other (and the rules made behind the gate
+  # no longer apply, which predict says instead of silently reusing them)
+  config_off = config.copy_and_resolve_references()
+  config_off.predict.ood_alpha = 0.0
+  summary_off = predict.predict(config_off, workdir, folder, str(tmp_path / 'off'))
+  assert _rows(str(tmp_path / 'off' / 'predictions.csv'))['flat.png']['decision'] in ('pass', 'fail')
+  assert any('NOT CALIBRATED' in w for w in summary_off['warnings'])
+
+
+def test_a_batch_unlike_the_calibration_cases_suspends_auto_accept(gated_run, tmp_path):
+  config, workdir = gated_run
+  folder = str(tmp_path / 'dark')
+  _synthetic_images(folder, 16, start=100)
+  for name in os.listdir(folder):  # every image of the run darkened: some pass the gate alone
+    path = os.path.join(folder, name)
+    Image.fromarray((np.asarray(Image.open(path)) * 0.7).astype(np.uint8)).save(path)
+  out = str(tmp_path / 'out')
+  summary = predict.predict(config, workdir, folder, out)
+  batch = summary['applicability']['batch_test']
+  assert batch['rejected'] and batch['action'] == 'suspend' and batch['pvalue'] < config.predict.shift_alpha
+  assert summary['decisions'] == {'pass': 0, 'fail': 0, 'review': 16}
+  assert summary['applicability']['flagged'] < 16  # the batch test caught what the gate alone did not
+  assert summary['warnings'][0].startswith('AUTO-ACCEPT SUSPENDED')
+  assert 'AUTO-ACCEPT SUSPENDED' in open(os.path.join(out, 'index.html')).read()
+  # on_shift=warn: the verdict is stated, the decisions are made anyway
+  config_warn = config.copy_and_resolve_references()
+  config_warn.predict.on_shift = 'warn'
+  warned = predict.predict(config_warn, workdir, folder, str(tmp_path / 'warn'))
+  assert warned['applicability']['batch_test']['action'] == 'warn'
+  assert warned['decisions']['review'] < 16 and warned['warnings'][0].startswith('SHIFT WARNING')
+
+
+def test_an_exchangeable_batch_is_not_suspended(gated_run, tmp_path):
+  config, workdir = gated_run
+  folder = str(tmp_path / 'in')
+  _synthetic_images(folder, 12, start=200)
+  summary = predict.predict(config, workdir, folder, str(tmp_path / 'out'))
+  assert not summary['applicability']['batch_test']['rejected']
+  assert summary['decisions']['review'] == summary['applicability']['flagged']
+
+
+def test_evaluate_reports_the_gate_and_rules_behind_it(gated_run):
+  config, workdir = gated_run
+  result = evaluate.evaluate(config, workdir)
+  gate = result['applicability']
+  assert gate['ood_alpha'] == 0.05 and 0 <= gate['test_flagged_share'] <= 1
+  rule = result['auto_accept']['uncertainty']['rules']['0.1']
+  assert rule['test']['accepted'] <= rule['test_without_gate']['accepted']
+  assert 'Applicability gate' in open(os.path.join(workdir, 'table.md')).read()
+  cal = json.load(open(os.path.join(workdir, 'quality', 'calibration.json')))
+  assert cal['settings']['ood_alpha'] == 0.05 and 'gated_calibration_cases' in cal

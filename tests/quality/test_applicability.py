@@ -1,0 +1,96 @@
+"""The applicability score, its conformal p-values and the batch test, on known distributions."""
+
+import numpy as np
+import pytest
+
+from segqual_jax.config import schema
+from segqual_jax.quality import applicability
+
+D = 40
+
+
+def _fitted(kind, rng, n_fit=300, n_ref=200):
+  return applicability.fit(kind, rng.normal(size=(n_fit, D)), rng.normal(size=(n_ref, D)), k=10)
+
+
+def test_the_schema_names_the_implemented_scores():
+  rng = np.random.default_rng(0)
+  for kind in schema.APPLICABILITY_SCORES:
+    assert applicability.fit(kind, rng.normal(size=(10, 3)), rng.normal(size=(3, 3)), k=2).kind == kind
+  with pytest.raises(ValueError, match='unknown applicability score'):
+    applicability.fit('entropy', rng.normal(size=(10, 3)), rng.normal(size=(3, 3)))
+
+
+@pytest.mark.parametrize('kind', schema.APPLICABILITY_SCORES)
+def test_pvalues_are_uniform_in_distribution_and_small_out_of_it(kind):
+  """Under exchangeability P(p <= a) <= a (up to sampling noise); a shifted case scores higher."""
+  rng = np.random.default_rng(1)
+  # Averaged over independent reference draws, so the check is on the p-value's
+  # marginal law (which conformal prediction guarantees), not on one reference set.
+  rates = []
+  for _ in range(20):
+    score = _fitted(kind, rng)
+    p = score.pvalues(score.score(rng.normal(size=(500, D))))
+    rates.append([np.mean(p <= a) for a in (0.01, 0.05, 0.2, 0.5)])
+    assert p.min() >= 1 / 201 and p.max() <= 1
+  for a, rate in zip((0.01, 0.05, 0.2, 0.5), np.mean(rates, 0)):
+    assert rate <= a + 0.01, (a, rate)  # valid ...
+    assert rate >= a - 0.02, (a, rate)  # ... and not wastefully conservative
+  score = _fitted(kind, rng)
+  shifted = score.pvalues(score.score(rng.normal(size=(500, D)) + 1.0))
+  assert np.mean(shifted < 0.01) > 0.8
+  inside = score.score(rng.normal(size=(500, D)))
+  outside = score.score(rng.normal(size=(500, D)) + 1.0)
+  assert np.mean(outside[:, None] > inside[None, :]) > 0.97  # in-vs-out AUROC
+
+
+def test_a_non_finite_case_is_the_least_applicable():
+  rng = np.random.default_rng(2)
+  score = _fitted('mahalanobis', rng)
+  x = rng.normal(size=(3, D))
+  x[1, 5] = np.nan
+  x[2, 0] = np.inf
+  s = score.score(x)
+  assert np.isfinite(s[0]) and np.isinf(s[1:]).all()
+  assert np.allclose(score.pvalues(s[1:]), 1 / 201)
+
+
+def test_save_and_load_give_the_same_scores(tmp_path):
+  rng = np.random.default_rng(3)
+  for kind in schema.APPLICABILITY_SCORES:
+    score = _fitted(kind, rng)
+    path = str(tmp_path / f'{kind}.npz')
+    score.save(path)
+    x = rng.normal(size=(20, D))
+    np.testing.assert_array_equal(applicability.Applicability.load(path).score(x), score.score(x))
+
+
+def test_batch_test_accepts_exchangeable_batches_at_its_rate_and_rejects_shifted_ones():
+  rng = np.random.default_rng(4)
+  score = _fitted('mahalanobis', rng)
+  level, draws = 0.05, 300
+  null = [applicability.batch_test(score.score(rng.normal(size=(60, D))), score.reference_scores)['pvalue']
+          for _ in range(draws)]
+  # The reference set is fixed across draws, so the rate is that of one reference draw:
+  # allow the binomial noise of 300 draws and the reference set's own luck.
+  assert np.mean(np.array(null) < level) <= level + 0.05
+  shifted = [applicability.batch_test(score.score(rng.normal(size=(60, D)) * 1.15), score.reference_scores)['pvalue']
+             for _ in range(50)]
+  assert np.mean(np.array(shifted) < level) >= 0.95
+  # a batch *more* typical than the references (smaller scores) is not a shift to flag
+  tight = applicability.batch_test(score.score(rng.normal(size=(60, D)) * 0.5), score.reference_scores)
+  assert tight['pvalue'] > 0.5
+
+
+def test_split_holds_out_a_seeded_reference_share():
+  fit_a, ref_a = applicability.split_indices(100, 0.3, seed=0)
+  fit_b, ref_b = applicability.split_indices(100, 0.3, seed=0)
+  assert len(ref_a) == 30 and not set(fit_a) & set(ref_a) and len(fit_a) + len(ref_a) == 100
+  np.testing.assert_array_equal(ref_a, ref_b)
+  assert len(applicability.split_indices(3, 0.9, seed=0)[0]) == 2  # >= 2 cases left to fit
+
+
+def test_the_gate_says_when_it_cannot_flag_anything():
+  assert applicability.powerless_warning(99, 0.01) is not None  # smallest p = 1/100, not < 0.01
+  assert applicability.powerless_warning(100, 0.01) is None
+  assert applicability.powerless_warning(5, 0.0) is None  # gate off: nothing to warn about
