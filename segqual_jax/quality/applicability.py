@@ -7,9 +7,10 @@ case gets an *applicability score* -- how far f's pooled encoder features
 (``UNet.encoder_features``) lie from those of in-distribution cases f never
 trained on -- in one of two forms:
 
-* ``mahalanobis``: the Mahalanobis distance under a Gaussian fitted to the
-  standardised features with Ledoit-Wolf shrinkage (Lee et al. 2018; the
-  covariance of ~1000 dimensions from a few hundred cases needs shrinking);
+* ``mahalanobis``: per encoder level, the Mahalanobis distance under a
+  Gaussian fitted to the log features with Ledoit-Wolf shrinkage (Lee et al.
+  2018 score each layer; a few hundred cases need the shrinking), and the
+  largest of the level distances after standardising each (``Applicability``);
 * ``knn``: the Euclidean distance to the k-th nearest fitting case (Sun,
   Ming, Zhu & Li 2022), which assumes no shape. In the standardised space,
   *not* L2-normalised as Sun et al. do for a classifier's penultimate layer:
@@ -47,15 +48,54 @@ from segqual_jax.config import stages
 from segqual_jax.core import artifacts, errors, keys, workdir as run_dirs
 
 _STD_FLOOR = 1e-6
+_LOG_OFFSET = 1e-3  # features are means and deviations of ReLU outputs (>= 0): log(x + this)
+_CROSS_FIT_FOLDS = 5
+
+
+def _transform(features: np.ndarray) -> np.ndarray:
+  """Log of the (non-negative, right-skewed) feature statistics: closer to Gaussian, so a
+  rare but in-distribution image does not stretch the reference tail."""
+  return np.log(np.maximum(np.asarray(features, np.float64), 0.0) + _LOG_OFFSET)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Gaussian:
+  """A shrunk Gaussian of one block of standardised features."""
+  center: np.ndarray
+  scale: np.ndarray
+  precision: np.ndarray
+
+  @classmethod
+  def fit(cls, x: np.ndarray) -> '_Gaussian':
+    from sklearn import covariance  # imported here: scikit-learn is slow to import
+    center, scale = x.mean(0), np.maximum(x.std(0), _STD_FLOOR)
+    z = (x - center) / scale
+    return cls(center, scale, covariance.LedoitWolf(assume_centered=True).fit(z).precision_)
+
+  def distance(self, x: np.ndarray) -> np.ndarray:
+    z = (x - self.center) / self.scale
+    return np.sqrt(np.maximum(np.einsum('nd,de,ne->n', z, self.precision, z), 0.0))
 
 
 @dataclasses.dataclass(frozen=True)
 class Applicability:
-  """A fitted applicability score and its reference scores."""
+  """A fitted applicability score and its reference scores.
+
+  ``mahalanobis``: one shrunk Gaussian per encoder level (``levels`` gives
+  each level's feature count); a level's distance is standardised by the
+  mean and deviation of *out-of-fold* distances of the fitting cases (an
+  in-sample distance is too small, the more so the more dimensions a level
+  has), and the score is the largest standardised level distance: a flat
+  grey image is extreme at level 0, a lesion-free frame at the bottleneck,
+  and one joint Gaussian of ~1000 dimensions drowns either in the chi-square
+  noise of the rest. ``knn``: one block (all levels), ``matrix`` holds the
+  standardised fitting features.
+  """
   kind: str  # 'mahalanobis' | 'knn'
-  center: np.ndarray  # (D,) mean of the fitting features
-  scale: np.ndarray  # (D,) their standard deviation (floored)
-  matrix: np.ndarray  # mahalanobis: (D, D) shrunk precision; knn: (F, D) standardised fitting features
+  levels: tuple[int, ...]  # feature count of each encoder level, in order
+  gaussians: tuple[_Gaussian, ...]  # mahalanobis: per level; knn: one (for its standardisation)
+  level_stats: np.ndarray  # mahalanobis: (L, 2) out-of-fold distance mean and deviation
+  matrix: np.ndarray  # knn: (F, D) standardised fitting features; mahalanobis: empty
   k: int  # knn's neighbour
   reference_scores: np.ndarray  # (M,) scores of the held-out in-distribution cases
 
@@ -64,12 +104,17 @@ class Applicability:
 
     A non-finite feature (an image that broke f's arithmetic) scores +inf.
     """
-    z = (np.asarray(features, np.float64) - self.center) / self.scale
-    finite = np.isfinite(z).all(1)
-    z = np.where(finite[:, None], z, 0.0)
+    x = _transform(features)
+    finite = np.isfinite(x).all(1)
+    x = np.where(finite[:, None], x, 0.0)
     if self.kind == 'mahalanobis':
-      out = np.sqrt(np.maximum(np.einsum('nd,de,ne->n', z, self.matrix, z), 0.0))
+      bounds = np.cumsum((0,) + tuple(self.levels))
+      z = [(g.distance(x[:, a:b]) - m) / s
+           for g, a, b, (m, s) in zip(self.gaussians, bounds[:-1], bounds[1:], self.level_stats)]
+      out = np.max(z, axis=0)
     else:
+      g = self.gaussians[0]
+      z = (x - g.center) / g.scale
       sq = (z * z).sum(1)[:, None] - 2.0 * z @ self.matrix.T + (self.matrix * self.matrix).sum(1)[None]
       d = np.sqrt(np.maximum(sq, 0.0))
       out = np.sort(d, axis=1)[:, min(self.k, d.shape[1]) - 1]
@@ -82,36 +127,58 @@ class Applicability:
     return (1.0 + at_least) / (len(ref) + 1.0)
 
   def save(self, path: str) -> None:
-    arrays = {'center': self.center, 'scale': self.scale, 'matrix': self.matrix,
-              'reference_scores': self.reference_scores, 'kind': np.array(self.kind),
-              'k': np.array(self.k)}
+    arrays = {'kind': np.array(self.kind), 'levels': np.array(self.levels), 'k': np.array(self.k),
+              'level_stats': self.level_stats, 'matrix': self.matrix,
+              'reference_scores': self.reference_scores}
+    for i, g in enumerate(self.gaussians):
+      arrays.update({f'center_{i}': g.center, f'scale_{i}': g.scale, f'precision_{i}': g.precision})
     artifacts.write_atomic(path, lambda tmp: np.savez(tmp, **arrays), suffix='.tmp.npz')
 
   @classmethod
   def load(cls, path: str) -> 'Applicability':
     with np.load(path) as f:
-      return cls(str(f['kind']), f['center'], f['scale'], f['matrix'], int(f['k']),
-                 f['reference_scores'])
+      n = sum(k.startswith('center_') for k in f.files)
+      gaussians = tuple(_Gaussian(f[f'center_{i}'], f[f'scale_{i}'], f[f'precision_{i}']) for i in range(n))
+      return cls(str(f['kind']), tuple(int(v) for v in f['levels']), gaussians, f['level_stats'],
+                 f['matrix'], int(f['k']), f['reference_scores'])
 
 
 def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
-        k: int = 10) -> Applicability:
-  """Fits the score on ``fit_features`` (F, D) and scores ``reference_features`` (M, D)."""
-  from sklearn import covariance  # imported here: scikit-learn is slow to import
+        k: int = 10, levels: tuple[int, ...] | None = None, seed: int = 0) -> Applicability:
+  """Fits the score on ``fit_features`` (F, D) and scores ``reference_features`` (M, D).
 
-  x = np.asarray(fit_features, np.float64)
+  Args:
+    levels: feature count per encoder level (``unet.feature_levels``); None = one block.
+    seed: the cross-fitting folds' seed.
+  """
+  x = _transform(fit_features)
   if len(x) < 2 or len(reference_features) < 1:
     raise ValueError(f'the applicability score needs >= 2 fitting and >= 1 reference cases '
                      f'(got {len(x)} and {len(reference_features)})')
-  center, scale = x.mean(0), np.maximum(x.std(0), _STD_FLOOR)
-  z = (x - center) / scale
+  levels = tuple(levels) if levels else (x.shape[1],)
+  if sum(levels) != x.shape[1]:
+    raise ValueError(f'feature levels {levels} do not add up to the {x.shape[1]} features')
   if kind == 'mahalanobis':
-    matrix = covariance.LedoitWolf(assume_centered=True).fit(z).precision_
+    bounds = np.cumsum((0,) + levels)
+    folds = np.array_split(np.random.default_rng([seed, keys.APPLICABILITY_SPLIT]).permutation(len(x)),
+                           min(_CROSS_FIT_FOLDS, len(x)))
+    gaussians, stats_ = [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+      block = x[:, a:b]
+      oof = np.zeros(len(x))
+      for fold in folds:
+        keep = np.setdiff1d(np.arange(len(x)), fold)
+        oof[fold] = _Gaussian.fit(block[keep]).distance(block[fold])
+      gaussians.append(_Gaussian.fit(block))
+      stats_.append((oof.mean(), max(oof.std(), _STD_FLOOR)))
+    unscored = Applicability(kind, levels, tuple(gaussians), np.asarray(stats_), np.zeros((0, 0)), k,
+                             np.zeros(0))
   elif kind == 'knn':
-    matrix = z
+    center, scale = x.mean(0), np.maximum(x.std(0), _STD_FLOOR)
+    unscored = Applicability(kind, levels, (_Gaussian(center, scale, np.zeros((0, 0))),),
+                             np.zeros((0, 2)), (x - center) / scale, k, np.zeros(0))
   else:
     raise ValueError(f'unknown applicability score {kind!r}')
-  unscored = Applicability(kind, center, scale, matrix, k, np.zeros(0))
   return dataclasses.replace(unscored, reference_scores=unscored.score(reference_features))
 
 

@@ -208,6 +208,12 @@ class UNet(nn.Module):
     return self.from_prefix(h, skips, deterministic=deterministic, sample_latents=sample_latents)
 
 
+def feature_levels(seg_config) -> tuple[int, ...]:
+  """The feature count of each level of ``UNet.encoder_features`` (means and deviations of
+  every encoder level and the bottleneck), in order."""
+  return tuple(2 * seg_config.base_width * 2**level for level in range(seg_config.depth + 1))
+
+
 def create_unet(seg_config, heads: Sequence[str] = (), skip_latents: bool = False) -> UNet:
   """The U-Net described by ``config.seg`` with the given extra heads (and skip latents)."""
   return UNet(base_width=seg_config.base_width, depth=seg_config.depth,

@@ -28,6 +28,7 @@ from segqual_jax.core import artifacts, checkpointing, keys, parallel, workdir a
 from segqual_jax.data import loading, pipeline
 from segqual_jax.core.errors import ConfigError
 from segqual_jax.quality import applicability, auto_accept, cheap_qc, cnn, rca, registry
+from segqual_jax.segmenter import unet
 from segqual_jax.training import loop, quality_cases
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ def fit_applicability(config, workdir: str) -> applicability.Applicability | Non
   (_, outputs), _ = quality_cases.holdout_parts(config, workdir, quality)
   a = config.applicability
   fit_idx, ref_idx = applicability.split_indices(len(outputs), a.reference_fraction, config.data.seed)
-  score = applicability.fit(a.score, outputs.features[fit_idx], outputs.features[ref_idx], a.knn_k)
+  score = applicability.fit(a.score, outputs.features[fit_idx], outputs.features[ref_idx], a.knn_k,
+                            unet.feature_levels(config.seg), config.data.seed)
   os.makedirs(out_dir, exist_ok=True)
   score.save(path)
   done = {'settings': settings, 'fitting_cases': int(len(fit_idx)),

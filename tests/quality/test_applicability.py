@@ -44,6 +44,24 @@ def test_pvalues_are_uniform_in_distribution_and_small_out_of_it(kind):
   assert np.mean(outside[:, None] > inside[None, :]) > 0.97  # in-vs-out AUROC
 
 
+def test_per_level_scores_catch_a_shift_confined_to_one_level():
+  """A shift in 4 of 40 features (one 'level') is diluted in one joint distance, not per level."""
+  rng = np.random.default_rng(6)
+  levels = (4, 12, 24)
+  make = lambda n: np.exp(rng.normal(size=(n, D)))  # positive, skewed: like pooled ReLU statistics
+  fit_x, ref_x, in_x, out_x = make(300), make(200), make(300), make(300)
+  out_x[:, :4] *= np.exp(2.0)  # level 0 only: +2 deviations of its log features
+  auroc = {}
+  for name, lv in (('per level', levels), ('joint', None)):
+    score = applicability.fit('mahalanobis', fit_x, ref_x, levels=lv)
+    inside, outside = score.score(in_x), score.score(out_x)
+    auroc[name] = np.mean(outside[:, None] > inside[None, :])
+  assert score.levels == (D,) and len(applicability.fit('mahalanobis', fit_x, ref_x, levels=levels).gaussians) == 3
+  assert auroc['per level'] > 0.95 and auroc['per level'] > auroc['joint'] + 0.03, auroc
+  with pytest.raises(ValueError, match='do not add up'):
+    applicability.fit('mahalanobis', make(30), make(10), levels=(4, 4))
+
+
 def test_a_non_finite_case_is_the_least_applicable():
   rng = np.random.default_rng(2)
   score = _fitted('mahalanobis', rng)
