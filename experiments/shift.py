@@ -131,10 +131,11 @@ def auroc(in_scores, out_scores) -> float | None:
 def evaluate_set(config, workdir, name, split, has_truth, run_batch, f_params, models, score,
                  clean_scores, candidates) -> dict:
   """Every number of one set of the suite."""
-  cache = os.path.join(workdir, 'shift', f'{_SUITE.value}__{split.name}.npz')
+  slug = ''.join(ch if ch.isalnum() else '_' for ch in name)
+  cache = os.path.join(workdir, 'shift', f'{_SUITE.value}__{slug}.npz')
   if os.path.exists(cache):
     outputs = runner.SegOutputs.load(cache)
-  else:
+  if not os.path.exists(cache) or len(outputs) != len(split):
     outputs = runner.run_cases(run_batch, f_params, split.images, runner.case_ids(split),
                                runner.cases_key(config), config.seg.eval_batch_size)
     if has_truth:
@@ -201,9 +202,9 @@ def run_suite(config, workdir: str) -> dict:
   rows = []
   clean_row, clean_scores = evaluate_set(config, workdir, 'clean', base, True, run_batch, f_params,
                                          models, score, None, {})
+  clean_features = runner.SegOutputs.load(os.path.join(workdir, 'shift', f'{_SUITE.value}__clean.npz')).features
   for cand in candidates.values():
-    cand['clean'] = cand['score'].score(runner.SegOutputs.load(
-        os.path.join(workdir, 'shift', f'{_SUITE.value}__{base.name}.npz')).features)
+    cand['clean'] = cand['score'].score(clean_features)
   if candidates:
     clean_row['candidates'] = {c: None for c in candidates}
   rows.append(clean_row)
