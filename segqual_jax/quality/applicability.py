@@ -50,6 +50,7 @@ from segqual_jax.core import artifacts, errors, keys, workdir as run_dirs
 _STD_FLOOR = 1e-6
 _LOG_OFFSET = 1e-3  # features are means and deviations of ReLU outputs (>= 0): log(x + this)
 _CROSS_FIT_FOLDS = 5
+SCALE_FLOOR = 0.1  # a feature's deviation is at least this share of its level's 90th-percentile one
 
 
 def _transform(features: np.ndarray) -> np.ndarray:
@@ -68,7 +69,12 @@ class _Gaussian:
   @classmethod
   def fit(cls, x: np.ndarray) -> '_Gaussian':
     from sklearn import covariance  # imported here: scikit-learn is slow to import
-    center, scale = x.mean(0), np.maximum(x.std(0), _STD_FLOOR)
+    std = x.std(0)
+    # A channel that never fires on the fitting cases (std ~ 0; a fifth of the bottleneck's
+    # on ISIC 2017) must not turn float noise into an astronomic distance, which made the
+    # cross-fitted deviation of the deep levels so large that they never counted: floor
+    # each deviation at a share of the level's large ones.
+    center, scale = x.mean(0), np.maximum(std, max(SCALE_FLOOR * float(np.percentile(std, 90)), _STD_FLOOR))
     z = (x - center) / scale
     return cls(center, scale, covariance.LedoitWolf(assume_centered=True).fit(z).precision_)
 
