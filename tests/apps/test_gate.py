@@ -82,7 +82,7 @@ def test_a_batch_unlike_the_calibration_cases_suspends_auto_accept(gated_run, tm
   _synthetic_images(folder, 16, start=100)
   for name in os.listdir(folder):  # every image of the run darkened: some pass the gate alone
     path = os.path.join(folder, name)
-    Image.fromarray((np.asarray(Image.open(path)) * 0.7).astype(np.uint8)).save(path)
+    Image.fromarray((np.asarray(Image.open(path)) * 0.5).astype(np.uint8)).save(path)
   out = str(tmp_path / 'out')
   summary = predict.predict(config, workdir, folder, out)
   batch = summary['applicability']['batch_test']
