@@ -23,7 +23,8 @@ p-value** against held-out in-distribution *reference* cases, disjoint from
 the fitting ones: ``p = (1 + #{reference scores >= s}) / (M + 1)``. For a new
 case exchangeable with the references, ``P(p <= a) <= a`` for every ``a``:
 a gate "review when p < ood_alpha" sends at most that share of in-distribution
-cases to review, whatever the score, while a case farther out than every
+cases to review, whatever the score (on average over the draw of the
+references; one draw of ~100 realises 1-5 % at 0.01), while a case farther out than every
 reference gets the smallest p, ``1 / (M + 1)``.
 
 ``batch_test`` asks the same of a whole run: do its scores look like the
@@ -50,6 +51,7 @@ from segqual_jax.core import artifacts, errors, keys, workdir as run_dirs
 _STD_FLOOR = 1e-6
 _LOG_OFFSET = 1e-3  # features are means and deviations of ReLU outputs (>= 0): log(x + this)
 _CROSS_FIT_FOLDS = 5
+TAIL_PERCENTILE = 99  # a level's distance is measured in units of its in-distribution tail
 SCALE_FLOOR = 0.1  # a feature's deviation is at least this share of its level's 90th-percentile one
 
 
@@ -89,9 +91,12 @@ class Applicability:
 
   ``mahalanobis``: one shrunk Gaussian per encoder level (``levels`` gives
   each level's feature count); a level's distance is standardised by the
-  mean and deviation of *out-of-fold* distances of the fitting cases (an
-  in-sample distance is too small, the more so the more dimensions a level
-  has), and the score is the largest standardised level distance: a flat
+  median and the 99th percentile of *out-of-fold* distances of the fitting
+  cases (an in-sample distance is too small, the more so the more dimensions
+  a level has; and the tail, not the spread, because a level whose
+  in-distribution distances are heavy-tailed must not win the max with an
+  ordinary case), so 1 is "as far as the 1 % most unusual fitting cases",
+  and the score is the largest standardised level distance: a flat
   grey image is extreme at level 0, a lesion-free frame at the bottleneck,
   and one joint Gaussian of ~1000 dimensions drowns either in the chi-square
   noise of the rest. ``knn``: one block (all levels), ``matrix`` holds the
@@ -100,7 +105,7 @@ class Applicability:
   kind: str  # 'mahalanobis' | 'knn'
   levels: tuple[int, ...]  # feature count of each encoder level, in order
   gaussians: tuple[_Gaussian, ...]  # mahalanobis: per level; knn: one (for its standardisation)
-  level_stats: np.ndarray  # mahalanobis: (L, 2) out-of-fold distance mean and deviation
+  level_stats: np.ndarray  # mahalanobis: (L, 2) out-of-fold distance median and (99th percentile - median)
   matrix: np.ndarray  # knn: (F, D) standardised fitting features; mahalanobis: empty
   k: int  # knn's neighbour
   reference_scores: np.ndarray  # (M,) scores of the held-out in-distribution cases
@@ -176,7 +181,8 @@ def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
         keep = np.setdiff1d(np.arange(len(x)), fold)
         oof[fold] = _Gaussian.fit(block[keep]).distance(block[fold])
       gaussians.append(_Gaussian.fit(block))
-      stats_.append((oof.mean(), max(oof.std(), _STD_FLOOR)))
+      median = float(np.median(oof))
+      stats_.append((median, max(float(np.percentile(oof, TAIL_PERCENTILE)) - median, _STD_FLOOR)))
     unscored = Applicability(kind, levels, tuple(gaussians), np.asarray(stats_), np.zeros((0, 0)), k,
                              np.zeros(0))
   elif kind == 'knn':
