@@ -12,11 +12,14 @@ Each choice and the measurement behind it (``experiments/RESULTS.md``,
 
 * ``msp`` with g on image, mask and map (``uncertainty``): no method beats it
   on ISIC 2017 within the seed spread, and it costs one pass of f.
-* **shift-aware g** (``quality.shift_corruptions``): trained also on two
-  corrupted copies of each case, labelled by f's own outputs on them, g's
-  failures among accepted cases fell on every brightness severity (17.8 ->
-  8.5 % at the mildest) and on the strongest JPEG (36 -> 26 %), and its
-  clean-test AUROC rose (92.1 -> 93.1 %), at 4 points of clean automation.
+* **not shift-aware**: g trained also on corrupted copies of its cases
+  (``quality.shift_corruptions``) was measured on seed 0 and came out mixed
+  behind the gate: fewer failures among accepted cases on clean images
+  (7.2 -> 5.9 %), the mildest darkening (12.0 -> 7.1 %) and the strongest
+  JPEG (36 -> 30 %), more on contrast loss (19.9 -> 24.4 % at severity 3),
+  2.8 points less clean automation, at three times stage 2's cost. One
+  mixed seed is no reason to pay that; turn it on with
+  ``--config.quality.shift_corruptions=blur,noise,brightness,contrast,jpeg``.
 * **calibrated auto-accept** (``calibration.fraction`` 0.3, ``predict.alpha``
   0.1): a stated failure rate among accepted cases instead of a fixed 0.8.
 * **the applicability gate** at its defaults (per-level Mahalanobis,
@@ -43,7 +46,6 @@ def get_config(dataset: str = 'isic2017'):
   else:
     raise ValueError(f'unknown data set {dataset!r}; one of isic2017, kvasir_seg, synthetic')
   config.quality.models = 'uncertainty,cheap_qc'
-  config.quality.shift_corruptions = 'blur,noise,brightness,contrast,jpeg'
   config.calibration.fraction = 0.3
   config.predict.alpha = 0.1
   config.predict.on_shift = 'suspend'
