@@ -51,4 +51,5 @@ def get_config(dataset: str = 'isic2017'):
   config.predict.on_shift = 'suspend'
   if dataset == 'kvasir_seg':
     config.applicability.reference_fraction = 0.5
+    config.seg.num_epochs = 80  # validation Dice rose until epoch ~60, then stayed at 0.73 (12 epochs: 0.48 test Dice)
   return config
