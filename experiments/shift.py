@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from segqual_jax.config import stages  # noqa: E402
 from segqual_jax.core import artifacts, runtime, workdir as run_dirs  # noqa: E402
 from segqual_jax.data import corruptions, loading, pipeline, synthetic  # noqa: E402
-from segqual_jax.metrics import quality as quality_metrics  # noqa: E402
+from segqual_jax.metrics import overlap, quality as quality_metrics  # noqa: E402
 from segqual_jax.quality import applicability, auto_accept, registry  # noqa: E402
 from segqual_jax.segmenter import runner, unet  # noqa: E402
 from segqual_jax.training import quality_cases  # noqa: E402
@@ -114,7 +114,6 @@ def rule_threshold(config, model: registry.QualityModel) -> tuple[float | None, 
   entry = model.rules
   if entry and str(config.predict.alpha) in entry['rules']:
     return entry['rules'][str(config.predict.alpha)]['threshold'], f'calibrated at alpha {config.predict.alpha}'
-  from segqual_jax.metrics import overlap
   fixed = overlap.jaccard_from_dice(config.eval.fail_dice) if model.target == 'jaccard' else config.eval.fail_dice
   return float(fixed), 'fixed (uncalibrated run)'
 

@@ -118,3 +118,27 @@ def test_evaluate_reports_the_gate_and_rules_behind_it(gated_run):
   assert 'Applicability gate' in open(os.path.join(workdir, 'table.md')).read()
   cal = json.load(open(os.path.join(workdir, 'quality', 'calibration.json')))
   assert cal['settings']['ood_alpha'] == 0.05 and 'gated_calibration_cases' in cal
+
+
+def test_the_shift_suite_reports_every_set(gated_run, tmp_path):
+  """experiments/shift.py end to end on the tiny run: every corruption x severity and far set."""
+  import subprocess
+  import sys
+  config, workdir = gated_run
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  out = str(tmp_path / 'suite.json')
+  done = subprocess.run(
+      [sys.executable, 'experiments/shift.py', '--config=configs/test.py', f'--workdir={workdir}',
+       f'--config.data.data_dir={config.data.data_dir}', '--config.data.num_quality=64',
+       '--config.calibration.fraction=0.25', '--config.applicability.reference_fraction=0.5',
+       '--config.predict.ood_alpha=0.05', '--config.quality.models=uncertainty',
+       '--synthetic=4', '--noise=3', f'--out={out}'],
+      cwd=repo, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.load(open(out))
+  sets = [r['set'] for r in result['rows']]
+  assert sets[0] == 'clean' and len(sets) == 1 + 5 * 3 + 3  # + synthetic, noise, flat colour
+  flat = result['rows'][-1]
+  assert flat['set'] == 'far: flat colour' and flat['flagged'] == 1.0
+  assert flat['models']['uncertainty']['automation'] == 0.0
+  assert '| far: flat colour | 3 |' in open(out.replace('.json', '.md')).read()
