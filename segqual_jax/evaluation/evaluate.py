@@ -3,8 +3,11 @@
 Writes to ``<workdir>/``:
 * ``metrics.json`` -- stable schema (``schema_version`` 1): run identity, f's
   test-split segmentation summary, and per quality model (named by its Table 1
-  row) every metric of ``metrics.quality.all_metrics``; with a calibrated run,
-  what stage 2's auto-accept rules do on the test split;
+  row) every metric of ``metrics.quality.all_metrics`` (AUROC and AURC with
+  95 % bootstrap intervals); the applicability gate on the test split (the
+  share it sends to review, the batch test); with a calibrated run, what
+  stage 2's auto-accept rules do on the test split behind the gate and
+  without it;
 * ``table.md`` -- Table 1 layout, for Dice < 0.8 and for Jaccard < 0.7;
 * ``predictions.csv`` -- per test case: true Dice/Jaccard and each model's prediction;
 * ``scatter.png``, ``uncertainty_maps.png``, ``risk_coverage.png``.

@@ -5,7 +5,9 @@ jitted donated step, keys from ``fold_in(seed, step)``, orbax checkpoints,
 resume, non-finite stop); only the loss and the batches differ. Cheap QC and
 RCA fit in seconds. Outputs per model in ``<workdir>/quality/<model>/``:
 ``checkpoints/`` (CNN), ``log.jsonl``, ``config.json`` and ``done.json`` once
-complete. With ``calibration.fraction`` > 0, each model's auto-accept rules
+complete. Then the applicability score of the gate is fitted
+(``fit_applicability``, ``<workdir>/quality/applicability/``). With
+``calibration.fraction`` > 0, each model's auto-accept rules
 (Learn then Test on the held-out calibration cases, ``quality/auto_accept.py``)
 are written to ``<workdir>/quality/calibration.json``: calibration is part of
 training the quality model, not of evaluating it, so predict finds the rule
