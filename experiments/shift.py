@@ -37,10 +37,11 @@ from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from segqual_jax.apps import predict  # noqa: E402
 from segqual_jax.config import stages  # noqa: E402
 from segqual_jax.core import artifacts, runtime, workdir as run_dirs  # noqa: E402
 from segqual_jax.data import corruptions, loading, pipeline, synthetic  # noqa: E402
-from segqual_jax.metrics import overlap, quality as quality_metrics  # noqa: E402
+from segqual_jax.metrics import quality as quality_metrics  # noqa: E402
 from segqual_jax.quality import applicability, auto_accept, registry  # noqa: E402
 from segqual_jax.segmenter import runner, unet  # noqa: E402
 from segqual_jax.training import quality_cases  # noqa: E402
@@ -109,15 +110,6 @@ def corrupted_sets(base: pipeline.Split) -> list[tuple[str, pipeline.Split, bool
   return out
 
 
-def rule_threshold(config, model: registry.QualityModel) -> tuple[float | None, str]:
-  """The calibrated threshold at predict.alpha (None: accept nothing), or the fixed rule."""
-  entry = model.rules
-  if entry and str(config.predict.alpha) in entry['rules']:
-    return entry['rules'][str(config.predict.alpha)]['threshold'], f'calibrated at alpha {config.predict.alpha}'
-  fixed = overlap.jaccard_from_dice(config.eval.fail_dice) if model.target == 'jaccard' else config.eval.fail_dice
-  return float(fixed), 'fixed (uncalibrated run)'
-
-
 def auroc(in_scores, out_scores) -> float | None:
   if len(in_scores) == 0 or len(out_scores) == 0:
     return None
@@ -157,12 +149,13 @@ def evaluate_set(config, workdir, name, split, has_truth, run_batch, f_params, m
                                               auroc(cand_score['clean'], cand_score['score'].score(outputs.features)))
   for mname, model in models.items():
     pred = registry.predict_cases(model, split.images, outputs, config.quality.eval_batch_size)
-    threshold, how = rule_threshold(config, model)
-    gated = auto_accept.realised(auto_accept.gated(pred, pvalues, config.predict.ood_alpha), failed, threshold)
-    bare = auto_accept.realised(pred, failed, threshold)
+    rule = predict.decision_rule(config, model)  # predict's own rule (inf: accept nothing)
+    gated = auto_accept.realised(auto_accept.gated(pred, pvalues, config.predict.ood_alpha), failed,
+                                 rule.threshold)
+    bare = auto_accept.realised(pred, failed, rule.threshold)
     suspended = row['batch_rejected']  # the set sent as one run: predict.on_shift=suspend
     row['models'][mname] = {
-        'rule': how, 'automation': gated['automation_rate'],
+        'rule': rule.description, 'automation': gated['automation_rate'],
         'automation_as_one_run': 0.0 if suspended else gated['automation_rate'],
         'accepted_failure_rate_as_one_run': None if suspended or not has_truth else gated['accepted_failure_rate'],
         'accepted_failure_rate': gated['accepted_failure_rate'] if has_truth else None,

@@ -88,9 +88,9 @@ def auto_accept_on_test(config, stored: dict, predicted_test: dict[str, np.ndarr
   return out
 
 
-def applicability_on_test(config, score: applicability.Applicability, outputs) -> dict:
-  """The gate on the (in-distribution) test split: the share it sends to review, those
-  cases' failure rate, and the batch test; ``pvalues`` per case for the rules."""
+def applicability_on_test(config, score: applicability.Applicability, outputs) -> tuple[dict, np.ndarray]:
+  """The gate on the (in-distribution) test split: ``(summary, p-values)``; the summary holds
+  the share it sends to review, those cases' failure rate and the batch test."""
   scores = score.score(outputs.features)
   pvalues = score.pvalues(scores)
   flagged = pvalues < config.predict.ood_alpha
@@ -100,8 +100,7 @@ def applicability_on_test(config, score: applicability.Applicability, outputs) -
           'test_flagged': int(flagged.sum()), 'test_flagged_share': float(flagged.mean()),
           'fail_rate_flagged': float(failed[flagged].mean()) if flagged.any() else None,
           'fail_rate_not_flagged': float(failed[~flagged].mean()) if (~flagged).any() else None,
-          'batch_test': applicability.batch_test(scores, score.reference_scores),
-          'pvalues': pvalues}
+          'batch_test': applicability.batch_test(scores, score.reference_scores)}, pvalues
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -133,8 +132,7 @@ def evaluate(config, workdir: str) -> dict:
   score = applicability.load(config, workdir)
   test = loading.load_splits(config.data, names=('test',))['test']
   outputs = runner.cached_outputs(config, workdir, test)
-  gate = applicability_on_test(config, score, outputs) if score is not None else None
-  pvalues = None if gate is None else gate.pop('pvalues')
+  gate, pvalues = applicability_on_test(config, score, outputs) if score is not None else (None, None)
   predicted = {row: registry.predict_cases(model, test.images, outputs, config.quality.eval_batch_size)
                for row, model in models_by_row.items()}
 
