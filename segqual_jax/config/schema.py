@@ -67,8 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.uncertainty.score_band_px = 2  # half-width (px) of the boundary band of the map_boundary_mean score
 
   config.sampling = ml_collections.ConfigDict()
-  config.sampling.chunk_size = 'auto'  # samples vmapped together (memory ~ chunk): 'auto' or an integer
-  config.sampling.auto_accelerator_memory_fraction = 0.25  # auto on GPU/TPU: a chunk's share of device memory (CPU: chunk 1)
+  config.sampling.chunk_size = 'auto'  # samples vmapped together (memory ~ chunk): 'auto' (CPU: 1; GPU/TPU: measured), 'measure' (timed on any backend) or an integer
+  config.sampling.auto_accelerator_memory_fraction = 0.25  # measured chunks: the widest candidate's working set may take this share of device memory
+  config.sampling.dtype = 'float32'  # f's compute dtype at test time: float32 | bfloat16 (GPU/TPU; maps within a tested tolerance of float32); training is always float32
 
   config.quality = ml_collections.ConfigDict()
   config.quality.models = 'uncertainty,no_uncertainty,qualitynet'  # quality models: CNN g variants uncertainty | no_uncertainty | qualitynet, and cheap_qc | rca
@@ -124,12 +125,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_figure_cases = 3  # best and worst test cases shown in uncertainty_maps.png
 
   config.bench = ml_collections.ConfigDict()
-  config.bench.methods = 'mc_dropout,hcnn'  # stochastic methods to time, comma-separated
+  config.bench.methods = 'mc_dropout,hcnn'  # sampling methods to time, comma-separated: mc_dropout, hcnn, ensemble (T = its members)
   config.bench.cases = '128x8,64x8,64x32'  # image side x batch size; the first is the default case
   config.bench.samples = (1, 5, 20, 50, 100)  # numbers of samples T (HCNN also gets T=0: closed form)
   config.bench.repeats = 3  # timed runs per measurement after compilation; the median is reported
   config.bench.matmul_size = 2048  # side of the float32 matmul that measures the FLOP/s peak
   config.bench.chunk_sweep = (1, 2, 5, 10, 20)  # fixed chunks timed beside 'auto' (default case, configured T); () = none
+  config.bench.base_widths = ()  # U-Net base widths to time; () = seg.base_width
+  config.bench.dtypes = ('float32',)  # compute dtypes to time (sampling.dtype values)
+  config.bench.ceiling_batch = 0  # images per convolution of the conv ceiling; 0 = the case's batch (accelerators: large, to saturate the card)
 
   config.runtime = ml_collections.ConfigDict()
   config.runtime.distributed = False  # multi-host: jax.distributed.initialize() first (TPU pods, multi-node GPU)

@@ -27,7 +27,7 @@ import numpy as np
 from segqual_jax.core import artifacts, checkpointing, errors, keys, parallel, workdir as run_dirs
 from segqual_jax.data import pipeline
 from segqual_jax.metrics import overlap
-from segqual_jax.segmenter import methods, sampling, scores
+from segqual_jax.segmenter import methods, sampling, scores, unet
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,8 @@ def cases_key(config) -> jax.Array:
 
 
 def load_f(config, workdir: str, seg_dir: str | None = None) -> tuple[Any, Any]:
-  """Trained f of ``workdir``: ``(method, params)``. Restores parameters only.
+  """Trained f of ``workdir``: ``(method, params)``. Restores parameters only, cast to the
+  test-time compute dtype ``config.sampling.dtype`` (``unet.compute_params``).
 
   Only a *complete* stage 1 counts (its ``metrics.json`` exists): the latest
   checkpoint of an interrupted run is a half-trained f.
@@ -210,7 +211,7 @@ def load_f(config, workdir: str, seg_dir: str | None = None) -> tuple[Any, Any]:
   checkpointer = checkpointing.Checkpointer(os.path.join(seg_dir, 'checkpoints'), every_steps=1)
   params = checkpointer.restore_items({'params': target})['params']
   checkpointer.close()
-  return method, params
+  return method, unet.compute_params(params, config.sampling.dtype)
 
 
 def outputs_of(config, workdir: str, split: pipeline.Split, seg_dir: str | None = None) -> SegOutputs:

@@ -2,8 +2,9 @@
 
 The T passes go through the sampling engine (``sampling.summarize``): the
 U-Net's deterministic prefix (every layer before the first dropout) runs once
-per image, and only the rest is vectorised over keys in chunks, never a Python
-loop. The map is the entropy of the mean softmax (``uncertainty.mc_map =
+per image, with the prefix skips' share of the decoder's convolutions
+(``UNet.shared_prefix``), and only the rest is vectorised over keys in chunks,
+never a Python loop. The map is the entropy of the mean softmax (``uncertainty.mc_map =
 'entropy'``, the paper's) or the mutual information between prediction and
 dropout mask (``'mutual_information'``, the epistemic part alone).
 """
@@ -21,11 +22,11 @@ class MCDropout(base.SamplingMethod):
   trains_like = 'msp'
 
   def sample_features(self, params, images):
-    return self.model.apply({'params': params}, images, method=unet.UNet.prefix)
+    return self.model.apply({'params': params}, images, method=unet.UNet.shared_prefix)
 
   def sample(self, params, features, key):
-    h, skips = features
-    out = self.model.apply({'params': params}, h, skips, deterministic=False,
+    h, skip_terms = features
+    out = self.model.apply({'params': params}, h, (), skip_terms=skip_terms, deterministic=False,
                            rngs={'dropout': key}, method=unet.UNet.from_prefix)
     return jax.nn.softmax(out['logits'])
 
