@@ -58,8 +58,9 @@ def list_images_recursive(directory: str) -> list[str]:
   return sorted(out)
 
 
-def _open(path: str, size: int) -> Image.Image:
-  """The decoded image, reduced early where the format allows it."""
+def open_image(path: str, size: int) -> Image.Image:
+  """The decoded image, reduced early where the format allows it (JPEG: to ~2x ``size``);
+  raises ``ImageError``."""
   try:
     if os.path.getsize(path) == 0:
       raise ImageError(path, 'empty file')
@@ -105,7 +106,7 @@ def _to_uint8(image: Image.Image) -> np.ndarray:
 
 def read_image(path: str, size: int) -> np.ndarray:
   """RGB uint8 (size, size, 3), resized bilinearly; raises ``ImageError``."""
-  image = _open(path, size)
+  image = open_image(path, size)
   if image.mode in ('RGB',):
     rgb = image
   elif image.mode in ('L', 'P', 'RGBA', 'LA', 'CMYK', 'YCbCr', '1', 'PA', 'RGBX'):
@@ -119,7 +120,7 @@ def read_image(path: str, size: int) -> np.ndarray:
 def read_mask(path: str, size: int | None = None) -> np.ndarray:
   """Binary uint8 (size, size) mask (1 = foreground: any value > 0), nearest-neighbour
   resized; ``size=None`` keeps the file's own size. Raises ``ImageError``."""
-  image = _open(path, size or 1024)
+  image = open_image(path, size or 1024)
   if image.mode not in ('L', '1', 'P', 'I', 'I;16', 'I;16B', 'I;16L', 'F'):
     image = image.convert('L')  # RGB(A) masks: any non-black pixel is foreground
   mask = (np.asarray(image) > 0).astype(np.uint8)
