@@ -23,7 +23,7 @@ import numpy as np
 
 from segqual_jax.core import keys, parallel, runtime
 from segqual_jax.data import images as image_io
-from segqual_jax.data import pipeline
+from segqual_jax.data import pipeline, segmentations
 from segqual_jax.metrics import overlap
 from segqual_jax.quality import registry
 from segqual_jax.segmenter import runner
@@ -37,7 +37,9 @@ class Case:
   file: str  # path relative to --input ('/'-separated)
   status: str = 'ok'  # 'ok' or 'error: <what is wrong with the file>'
   image: np.ndarray | None = None  # (S, S, 3) uint8: what f saw
+  native_size: tuple[int, int] | None = None  # (width, height) of the file as shown
   mask: np.ndarray | None = None  # (S, S) uint8: f's segmentation
+  probs: np.ndarray | None = None  # (S, S) float32: f's p(lesion), resampled for other sizes
   map: np.ndarray | None = None  # (S, S) float32: f's uncertainty map
   predicted_dice: float | None = None
   predicted_jaccard: float | None = None
@@ -60,6 +62,18 @@ class Case:
   def mean_uncertainty(self) -> float | None:
     return None if self.map is None else float(self.map.mean())
 
+  def mask_at(self, shape: tuple[int, int]) -> np.ndarray:
+    """f's segmentation at ``shape`` (H, W): p(lesion) upsampled bilinearly, then > 0.5 --
+    the mask of the image at its own resolution, not an enlarged 64-px copy."""
+    return segmentations.to_shape(segmentations.Segmentation(self.probs, 'probabilities'),
+                                  shape).mask
+
+  @property
+  def native_mask(self) -> np.ndarray:
+    """f's segmentation at the input file's own size."""
+    width, height = self.native_size
+    return self.mask_at((height, width))
+
 
 def both_units(quality: float, target: str) -> tuple[float, float]:
   """``(Dice, Jaccard)`` of a quality predicted in ``target`` units (they determine each other)."""
@@ -71,7 +85,8 @@ def both_units(quality: float, target: str) -> tuple[float, float]:
 def make_pass(method, f_params, model: registry.QualityModel) -> Callable:
   """``(uint8 images, case hashes, base key) -> {'masks', 'maps', 'features', 'quality'}`` (numpy) for one
   padded batch: f and a CNN g fused in one jit, or f jitted and then the host quality model."""
-  f_fn = runner.method_case_fn(method, with_scores=model.needs_scores, with_features=True)
+  f_fn = runner.method_case_fn(method, with_scores=model.needs_scores, with_features=True,
+                               with_probs=True)
   f_params = parallel.replicate(f_params)
   if model.device_fn is not None:
     g_params = parallel.replicate(model.device_params)
@@ -106,7 +121,8 @@ def assess(files: list[str], input_root: str, size: int, batch_size: int, run_pa
     run_pass: from ``make_pass``.
     base_key: ``runner.cases_key(config)``.
     target: the quality model's units (``quality.target``).
-    truth: ``case -> true mask (S, S) or None`` (``--masks``).
+    truth: ``case -> true mask or None`` (``--masks``), at the mask file's own
+      size: the true Dice/Jaccard compare f's mask resampled to it.
   """
   cases = [Case(file=f) for f in files]
   t0, done = time.time(), 0
@@ -115,7 +131,9 @@ def assess(files: list[str], input_root: str, size: int, batch_size: int, run_pa
     loaded = []
     for case in chunk:
       try:
-        case.image = image_io.read_image(os.path.join(input_root, case.file), size)
+        path = os.path.join(input_root, case.file)
+        case.image = image_io.read_image(path, size)
+        case.native_size = image_io.native_size(path)
         loaded.append(case)
       except image_io.ImageError as e:
         case.status = f'error: {e.reason}'
@@ -128,12 +146,14 @@ def assess(files: list[str], input_root: str, size: int, batch_size: int, run_pa
       out = run_pass(images, hashes, base_key)
       for i, case in enumerate(loaded):
         case.mask, case.map = np.asarray(out['masks'][i]), np.asarray(out['maps'][i], np.float32)
+        case.probs = np.asarray(out['probs'][i], np.float32)
         case.features = np.asarray(out['features'][i], np.float32)
         case.predicted_dice, case.predicted_jaccard = both_units(float(out['quality'][i]), target)
         true_mask = truth(case)
-        if true_mask is not None:
-          case.true_dice = float(overlap.dice(case.mask[None], true_mask[None])[0])
-          case.true_jaccard = float(overlap.jaccard(case.mask[None], true_mask[None])[0])
+        if true_mask is not None:  # at the truth's resolution: the user's bar is Dice of their masks
+          mask = case.mask_at(true_mask.shape)
+          case.true_dice = float(overlap.dice(mask[None], true_mask[None])[0])
+          case.true_jaccard = float(overlap.jaccard(mask[None], true_mask[None])[0])
     done += len(chunk)
     rate = done / max(time.time() - t0, 1e-9)
     log.info('predict %d/%d files | %.1f files/s | ETA %s', done, len(cases), rate,

@@ -59,7 +59,7 @@ COLUMNS = ('file', 'predicted_dice', 'predicted_jaccard', 'decision', 'reason', 
            'mean_uncertainty', 'applicability_score', 'applicability_p', 'status', 'run')
 DECISIONS = ('pass', 'fail', 'review')
 TRUE_COLUMNS = ('true_dice', 'true_jaccard')
-OWN_FILES = ('predictions.csv', 'index.html', 'summary.json', render.MAPS_DIR)
+OWN_FILES = ('predictions.csv', 'index.html', 'summary.json', render.MAPS_DIR, render.MASKS_DIR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,8 +250,9 @@ def mask_index(masks_dir: str) -> dict[str, str]:
   return out
 
 
-def _truth_reader(masks_dir: str | None, size: int):
-  """``case -> true mask or None``; a missing or unusable mask only loses that case's truth."""
+def _truth_reader(masks_dir: str | None):
+  """``case -> true mask at its file's own size, or None``; a missing or unusable mask only
+  loses that case's truth."""
   masks = mask_index(masks_dir) if masks_dir else {}
 
   def truth(case):
@@ -261,7 +262,7 @@ def _truth_reader(masks_dir: str | None, size: int):
       log.warning('%s: no mask named %s.* in %s', case.file, case.stem, masks_dir)
       return None
     try:
-      return image_io.read_mask(masks[case.stem], size)
+      return image_io.read_mask(masks[case.stem])
     except image_io.ImageError as e:
       log.warning('mask of %s unusable: %s', case.file, e)
       return None
@@ -322,13 +323,14 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   size = config.data.image_size
   cases = assess.assess(files, root, size, config.seg.eval_batch_size,
                         assess.make_pass(method, f_params, model), runner.cases_key(config),
-                        model.target, _truth_reader(masks_dir, size))
+                        model.target, _truth_reader(masks_dir))
   gate = apply_gate(config, score, cases)
   if gate.batch and gate.batch['rejected']:
     warnings.insert(0, shift_text(gate.batch))
     log.warning(warnings[0])
   decisions = {c.file: decide(c, rule, gate, model.target) for c in cases if c.ok}
   names = render.write_maps(output_dir, cases, render.map_scale([c.map for c in cases if c.ok]))
+  render.write_masks(output_dir, cases, names)
   with_truth = bool(masks_dir)
   write_csv(os.path.join(output_dir, 'predictions.csv'), cases, decisions, rule, with_truth,
             provenance_text(origin))

@@ -21,6 +21,7 @@ matplotlib.use('Agg')
 from matplotlib import colormaps  # noqa: E402
 
 MAPS_DIR = 'maps'
+MASKS_DIR = 'masks'  # f's segmentations at each input's own size, 0/255 PNGs
 DISPLAY_SIDE = 192  # rendered PNGs are enlarged to about this many pixels a side
 
 
@@ -84,6 +85,16 @@ def write_maps(output_dir: str, cases, vmax: float) -> dict[str, str]:
     _save_png(base + '_overlay.png', outline(case.image, case.mask, scale))
     _save_png(base + '_uncertainty.png', heat(case.map, vmax, scale))
   return names
+
+
+def write_masks(output_dir: str, cases, names: dict[str, str]) -> None:
+  """``masks/<name>.png``: f's segmentation of every readable case at the input's own size
+  (p(lesion) upsampled bilinearly, then > 0.5), 0 = background, 255 = lesion."""
+  folder = os.path.join(output_dir, MASKS_DIR)
+  os.makedirs(folder, exist_ok=True)
+  for case in cases:
+    if case.ok:
+      _save_png(os.path.join(folder, names[case.file] + '.png'), case.native_mask * 255)
 
 
 def _fmt(value, digits: int) -> str:

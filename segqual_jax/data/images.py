@@ -131,6 +131,18 @@ def read_mask(path: str, size: int | None = None) -> np.ndarray:
   return mask.astype(np.uint8)
 
 
+def native_size(path: str) -> tuple[int, int]:
+  """``(width, height)`` as the image is shown -- its header's size, swapped when an EXIF
+  orientation tag turns it by 90 degrees (``read_image`` applies the tag); raises ``ImageError``."""
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+      orientation = image.getexif().get(0x0112, 1)
+  except (OSError, SyntaxError, ValueError) as e:
+    raise ImageError(path, f'not a readable image ({e})') from e
+  return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def image_size(path: str) -> tuple[int, int]:
   """``(width, height)`` from the header alone; raises ``ImageError``."""
   try:

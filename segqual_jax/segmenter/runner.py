@@ -104,9 +104,9 @@ def with_truth(outputs: SegOutputs, truth: np.ndarray) -> SegOutputs:
 
 
 def case_fn(predict: Callable, score_band_px: int | None = None,
-            features: Callable | None = None) -> Callable:
-  """``(params, float images (N,H,W,3), keys (N,)) -> {'masks', 'maps'[, 'scores'][, 'features']}``,
-  traceable.
+            features: Callable | None = None, with_probs: bool = False) -> Callable:
+  """``(params, float images (N,H,W,3), keys (N,)) -> {'masks', 'maps'[, 'scores'][, 'features']
+  [, 'probs']}``, traceable.
 
   Args:
     predict: ``(params, images, key) -> (probabilities, map[, sample labels])``,
@@ -116,6 +116,8 @@ def case_fn(predict: Callable, score_band_px: int | None = None,
       maps never leave it).
     features: if given, ``(params, images) -> (N, D)`` features (a method's
       ``features``), returned as ``'features'``.
+    with_probs: also return p(lesion) (N, H, W) as ``'probs'`` (what a mask at
+      another resolution is resampled from).
 
   Each case runs alone under ``vmap`` with its own key.
   """
@@ -124,12 +126,15 @@ def case_fn(predict: Callable, score_band_px: int | None = None,
     probs, umap = out[0][0], out[1][0]
     samples = out[2][:, 0] if len(out) > 2 and out[2] is not None else None
     feats = None if features is None else features(params, image[None])[0]
-    return jnp.argmax(probs, -1).astype(jnp.uint8), umap, samples, feats
+    return jnp.argmax(probs, -1).astype(jnp.uint8), umap, samples, feats, probs[..., 1]
 
   def run(params, images, case_keys):
     with sampling.cases_vmapped(images.shape[0]):  # the engine's memory budget covers every case
-      masks, maps, samples, feats = jax.vmap(one, in_axes=(None, 0, 0))(params, images, case_keys)
+      masks, maps, samples, feats, lesion = jax.vmap(one, in_axes=(None, 0, 0))(
+          params, images, case_keys)
     result = {'masks': masks, 'maps': maps}
+    if with_probs:
+      result['probs'] = lesion
     if feats is not None:
       result['features'] = feats
     if score_band_px is not None:
@@ -139,14 +144,15 @@ def case_fn(predict: Callable, score_band_px: int | None = None,
   return run
 
 
-def method_case_fn(method, with_scores: bool, with_features: bool = False) -> Callable:
-  """``case_fn`` of a method's own prediction, with the image-level scores and the
-  applicability features if asked."""
+def method_case_fn(method, with_scores: bool, with_features: bool = False,
+                   with_probs: bool = False) -> Callable:
+  """``case_fn`` of a method's own prediction, with the image-level scores, the
+  applicability features and p(lesion) if asked."""
   features = method.features if with_features else None
   if not with_scores:
-    return case_fn(method.predict, features=features)
+    return case_fn(method.predict, features=features, with_probs=with_probs)
   return case_fn(lambda p, x, k: method.predict_samples(p, x, k, keep_labels=True),
-                 method.config.uncertainty.score_band_px, features)
+                 method.config.uncertainty.score_band_px, features, with_probs)
 
 
 def batch_fn(fn: Callable) -> Callable:

@@ -212,3 +212,29 @@ def test_calibrated_run_without_rules_says_so_loudly(trained, tmp_path):
   assert rule.description.startswith('fixed') and 'NOT CALIBRATED' in rule.warning
   config.calibration.fraction = 0.0
   assert predict.decision_rule(config, model).warning is None
+
+
+def test_masks_are_written_at_native_size_and_truth_is_judged_at_its_own(trained, tmp_path):
+  """masks/<stem>.png has the input's own size (an EXIF-rotated JPEG as shown); fed back as
+  --masks, each gives Dice 1: the true Dice is computed at the truth's resolution, from f's
+  p(lesion) resampled to it, not from an enlarged 64-px mask."""
+  config, workdir = trained
+  folder = tmp_path / 'in'
+  os.makedirs(folder)
+  rng = np.random.default_rng(3)
+  Image.fromarray(rng.integers(0, 256, (96, 80, 3), dtype=np.uint8)).save(folder / 'tall.png')
+  exif = Image.Exif()
+  exif[0x0112] = 6  # stored 120 wide x 72 high, shown turned by 90 degrees: 72 x 120
+  Image.fromarray(rng.integers(0, 256, (72, 120, 3), dtype=np.uint8)).save(folder / 'turned.jpg',
+                                                                          exif=exif)
+  out = tmp_path / 'out'
+  predict.predict(config, workdir, str(folder), str(out))
+  sizes = {'tall': (80, 96), 'turned': (72, 120)}
+  for stem, size in sizes.items():
+    written = Image.open(out / 'masks' / f'{stem}.png')
+    assert written.size == size
+    assert set(np.unique(np.asarray(written)).tolist()) <= {0, 255}
+  predict.predict(config, workdir, str(folder), str(tmp_path / 'again'),
+                  masks_dir=str(out / 'masks'))
+  rows = _rows(tmp_path / 'again' / 'predictions.csv')
+  assert {float(rows[f]['true_dice']) for f in ('tall.png', 'turned.jpg')} == {1.0}
