@@ -250,21 +250,23 @@ def mask_index(masks_dir: str) -> dict[str, str]:
   return out
 
 
-def _truth_reader(masks_dir: str | None):
+def _truth_reader(masks_dir: str | None, warn: bool = True):
   """``case -> true mask at its file's own size, or None``; a missing or unusable mask only
-  loses that case's truth."""
+  loses that case's truth (said once: ``warn=False`` for a second reading)."""
   masks = mask_index(masks_dir) if masks_dir else {}
 
   def truth(case):
     if not masks_dir:
       return None
     if case.stem not in masks:
-      log.warning('%s: no mask named %s.* in %s', case.file, case.stem, masks_dir)
+      if warn:
+        log.warning('%s: no mask named %s.* in %s', case.file, case.stem, masks_dir)
       return None
     try:
       return image_io.read_mask(masks[case.stem])
     except image_io.ImageError as e:
-      log.warning('mask of %s unusable: %s', case.file, e)
+      if warn:
+        log.warning('mask of %s unusable: %s', case.file, e)
       return None
   return truth
 
@@ -329,14 +331,17 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
     warnings.insert(0, shift_text(gate.batch))
     log.warning(warnings[0])
   decisions = {c.file: decide(c, rule, gate, model.target) for c in cases if c.ok}
-  names = render.write_maps(output_dir, cases, render.map_scale([c.map for c in cases if c.ok]))
+  vmax = render.map_scale([c.map for c in cases if c.ok])
+  truth = _truth_reader(masks_dir, warn=False) if masks_dir else None
+  names = render.write_maps(output_dir, cases, vmax, root, truth)
   render.write_masks(output_dir, cases, names)
   with_truth = bool(masks_dir)
   write_csv(os.path.join(output_dir, 'predictions.csv'), cases, decisions, rule, with_truth,
             provenance_text(origin))
   title = f'segqual-jax: {config.method} on {os.path.basename(os.path.abspath(input_path))}'
   render.write_html(os.path.join(output_dir, 'index.html'), cases, decisions, names, title,
-                    rule.description, warnings, with_truth, gate_text(gate), provenance_text(origin))
+                    rule.description, warnings, with_truth, gate_text(gate), provenance_text(origin),
+                    rule.threshold, model.target, vmax)
   summary = summarise(config, cases, decisions, rule, name, time.time() - t0, gate, origin, warnings)
   artifacts.write_json(os.path.join(output_dir, 'summary.json'), summary)
   log.info('predict: %d files, %d read, %d unreadable; %d pass, %d predicted to fail, %d to review '

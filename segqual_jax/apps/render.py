@@ -9,6 +9,7 @@ eye whatever batch they were in.
 from __future__ import annotations
 
 import html
+import math
 import os
 
 import matplotlib
@@ -16,13 +17,18 @@ import numpy as np
 from PIL import Image
 
 from segqual_jax.core import artifacts
+from segqual_jax.data import images as image_io
 
 matplotlib.use('Agg')
 from matplotlib import colormaps  # noqa: E402
 
 MAPS_DIR = 'maps'
 MASKS_DIR = 'masks'  # f's segmentations at each input's own size, 0/255 PNGs
-DISPLAY_SIDE = 192  # rendered PNGs are enlarged to about this many pixels a side
+DISPLAY_MAX_SIDE = 512  # the HTML's images: the input's own resolution, longer side capped here
+SCALE_FILE = 'colour_scale.png'  # the run's map colour bar, in maps/
+PREDICTED = (255, 221, 0)  # f's outline: yellow ...
+TRUE = (0, 200, 255)  # ... the true mask's: cyan; both edged in black, visible on pale skin too
+EDGE = (0, 0, 0)
 
 
 def map_scale(maps: list[np.ndarray]) -> float:
@@ -42,23 +48,48 @@ def _enlarge(array: np.ndarray, scale: int) -> np.ndarray:
   return np.kron(array, np.ones(reps, np.uint8))
 
 
-def outline(image: np.ndarray, mask: np.ndarray, scale: int) -> np.ndarray:
-  """The image enlarged ``scale`` times with the mask's boundary drawn in yellow."""
-  big = _enlarge(image, scale)
-  m = _enlarge(mask.astype(np.uint8), scale).astype(bool)
+def _boundary(mask: np.ndarray, width: int) -> np.ndarray:
+  """Pixels of ``mask`` within ``width`` pixels of its edge (inside), as bool."""
+  m = mask.astype(bool)
   inner = m.copy()
-  for axis in (0, 1):
-    for shift in (1, -1):
-      inner &= np.roll(m, shift, axis)
-  edge = m & ~inner
-  out = big.copy()
-  out[edge] = (255, 230, 0)
+  for _ in range(width):
+    shrunk = inner.copy()
+    for axis in (0, 1):
+      for shift in (1, -1):
+        shrunk &= np.roll(inner, shift, axis)
+    inner = shrunk
+  return m & ~inner
+
+
+def outline(image: np.ndarray, masks: list[tuple[np.ndarray, tuple[int, int, int]]],
+            width: int = 2) -> np.ndarray:
+  """``image`` with each mask's boundary drawn ``width`` px thick in its colour, edged by a
+  1-px black line on both sides (so a yellow line stays visible on pale skin)."""
+  out = image.copy()
+  for mask, colour in masks:
+    line = _boundary(mask, width)
+    edged = _boundary(mask, width + 1) | (_boundary(~mask.astype(bool), 1))
+    out[edged & ~line] = EDGE
+    out[line] = colour
   return out
 
 
 def heat(umap: np.ndarray, vmax: float, scale: int) -> np.ndarray:
   rgb = colormaps['magma'](np.clip(umap / max(vmax, 1e-6), 0.0, 1.0))[..., :3]
   return _enlarge((rgb * 255).astype(np.uint8), scale)
+
+
+def colour_scale(width: int = 256, height: int = 14) -> np.ndarray:
+  """The map colour bar, 0 (left) to the run's scale top (right)."""
+  ramp = np.tile(np.linspace(0.0, 1.0, width), (height, 1))
+  return (colormaps['magma'](ramp)[..., :3] * 255).astype(np.uint8)
+
+
+def _resize(array: np.ndarray, shape: tuple[int, int], nearest: bool = True) -> np.ndarray:
+  if array.shape[:2] == tuple(shape):
+    return array
+  resample = Image.NEAREST if nearest else Image.BILINEAR
+  return np.asarray(Image.fromarray(array).resize((shape[1], shape[0]), resample))
 
 
 def map_names(cases) -> dict[str, str]:
@@ -72,18 +103,37 @@ def map_names(cases) -> dict[str, str]:
   return {f: (b if counts[b] == 1 else f.replace('/', '__').replace('.', '_')) for f, b in bare.items()}
 
 
-def write_maps(output_dir: str, cases, vmax: float) -> dict[str, str]:
-  """``<name>_image.png``, ``_overlay.png`` and ``_uncertainty.png`` of every readable case."""
+def write_maps(output_dir: str, cases, vmax: float, input_root: str,
+               truth=None) -> dict[str, str]:
+  """``<name>_image.png``, ``_overlay.png`` and ``_uncertainty.png`` of every readable case,
+  at the input's own resolution (longer side capped at ``DISPLAY_MAX_SIDE``), and the run's
+  colour bar.
+
+  The overlay outlines f's mask at that resolution (its p(lesion) resampled,
+  ``Case.mask_at``) and, when ``truth(case)`` gives the true mask, the true
+  outline beside it. The map keeps the model's pixels (enlarged by nearest
+  neighbour), so what f saw is what is shown.
+  """
   names = map_names(cases)
   folder = os.path.join(output_dir, MAPS_DIR)
+  os.makedirs(folder, exist_ok=True)
+  _save_png(os.path.join(folder, SCALE_FILE), colour_scale())
   for case in cases:
     if not case.ok:
       continue
-    scale = max(1, DISPLAY_SIDE // case.image.shape[0])
+    try:
+      shown = image_io.read_display(os.path.join(input_root, case.file), DISPLAY_MAX_SIDE)
+    except image_io.ImageError:  # changed on disk since it was assessed: draw what f saw
+      shown = case.image
+    shape = shown.shape[:2]
+    layers = [(case.mask_at(shape), PREDICTED)]
+    true_mask = truth(case) if truth else None
+    if true_mask is not None:
+      layers.append((_resize(true_mask * 255, shape) > 0, TRUE))
     base = os.path.join(folder, names[case.file])
-    _save_png(base + '_image.png', _enlarge(case.image, scale))
-    _save_png(base + '_overlay.png', outline(case.image, case.mask, scale))
-    _save_png(base + '_uncertainty.png', heat(case.map, vmax, scale))
+    _save_png(base + '_image.png', shown)
+    _save_png(base + '_overlay.png', outline(shown, layers))
+    _save_png(base + '_uncertainty.png', _resize(heat(case.map, vmax, 1), shape))
   return names
 
 
@@ -106,16 +156,26 @@ DECISION_LABELS = {'pass': ('auto-accept', '#2e7d32'), 'fail': ('needs review: p
 _ORDER = {'review': 0, 'fail': 1, 'pass': 2}
 
 
+def margin_text(case, threshold: float, target: str) -> str:
+  """How far the predicted quality lies from the decision threshold, in its units."""
+  if not math.isfinite(threshold):
+    return 'no threshold accepts'
+  value = case.predicted_jaccard if target == 'jaccard' else case.predicted_dice
+  return f'{value - threshold:+.3f} vs the bar {threshold:.3f} ({target})'
+
+
 def write_html(path: str, cases, decisions: dict, names: dict[str, str], title: str,
                rule_text: str, warnings: list[str], with_truth: bool, gate_text: str = '',
-               provenance_text: str = '') -> None:
+               provenance_text: str = '', threshold: float = math.nan, target: str = 'dice',
+               vmax: float = 1.0) -> None:
   """One page: unreadable files first, then cases not judged (review), predicted failures,
   and auto-accepted cases, each group worst predicted quality first.
 
   ``decisions`` maps a file to its ``predict.Decision`` (decision and reason).
   ``warnings`` are shown above everything in bold red (a missing calibration,
   a suspended run, synthetic training data); the gate's verdict and the run's
-  provenance follow.
+  provenance follow. Each judged case shows its margin to the decision
+  ``threshold`` (in ``target`` units); the map's colour bar runs 0 to ``vmax``.
   """
   e = html.escape
   ordered = sorted(cases, key=lambda c: (c.ok, _ORDER[decisions[c.file].decision] if c.ok else 0,
@@ -131,7 +191,8 @@ def write_html(path: str, cases, decisions: dict, names: dict[str, str], title: 
                       for kind in ('image', 'overlay', 'uncertainty'))
       decision = decisions[c.file]
       label, colour = DECISION_LABELS[decision.decision]
-      numbers = (f'<td>{_fmt(c.predicted_dice, 3)}</td><td>{_fmt(c.predicted_jaccard, 3)}</td>'
+      margin = '' if math.isnan(threshold) else f'<br><small>{e(margin_text(c, threshold, target))}</small>'
+      numbers = (f'<td>{_fmt(c.predicted_dice, 3)}{margin}</td><td>{_fmt(c.predicted_jaccard, 3)}</td>'
                  f'<td style="color:{colour}"><b>{e(label)}</b><br><small>{e(decision.reason)}</small></td>'
                  f'<td>{_fmt(c.mean_uncertainty, 4)}</td><td>{_fmt(c.applicability_p, 3)}</td>')
     else:
@@ -147,14 +208,17 @@ def write_html(path: str, cases, decisions: dict, names: dict[str, str], title: 
   page = f'''<!doctype html>
 <html><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:center}} img{{width:160px;height:160px;image-rendering:pixelated}}</style>
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:center}} td img{{width:240px;height:auto;image-rendering:pixelated}}</style>
 </head><body>
 <h1>{e(title)}</h1>
 {note_html}<p>{len(cases)} files: {n_ok} read, {len(cases) - n_ok} unreadable;
 <b>{count('pass')} auto-accepted</b>, {count('fail')} predicted to fail and {count('review')} not judged
 (outside what this run can assess): {count('fail') + count('review')} need a human look.
 Decision rule: {e(rule_text)}.
-Overlay: f's mask outlined in yellow. Uncertainty: brighter = less certain (one colour scale for the run).</p>
+Overlay: f's mask outlined in yellow{' and the true mask in cyan' if with_truth else ''}, each
+edged in black, on the image at its own resolution (longer side at most {DISPLAY_MAX_SIDE} px).
+Uncertainty (f's pixels): brighter = less certain, one colour scale for the run:
+0 <img src="{MAPS_DIR}/{SCALE_FILE}" style="width:256px;height:14px;vertical-align:middle"> {vmax:.3g}.</p>
 <table><tr>{head}</tr>
 {chr(10).join(body)}
 </table></body></html>

@@ -104,17 +104,31 @@ def _to_uint8(image: Image.Image) -> np.ndarray:
   return np.asarray(image)
 
 
+def _rgb(image: Image.Image) -> Image.Image:
+  """8-bit RGB of any mode (16-bit and float gray scaled, transparency dropped)."""
+  if image.mode in ('RGB',):
+    return image
+  if image.mode in ('L', 'P', 'RGBA', 'LA', 'CMYK', 'YCbCr', '1', 'PA', 'RGBX'):
+    return image.convert('RGB')
+  gray = _to_uint8(image)  # 16-bit or float single channel
+  return Image.fromarray(gray if gray.ndim == 2 else gray[..., 0], 'L').convert('RGB')
+
+
 def read_image(path: str, size: int) -> np.ndarray:
   """RGB uint8 (size, size, 3), resized bilinearly; raises ``ImageError``."""
-  image = open_image(path, size)
-  if image.mode in ('RGB',):
-    rgb = image
-  elif image.mode in ('L', 'P', 'RGBA', 'LA', 'CMYK', 'YCbCr', '1', 'PA', 'RGBX'):
-    rgb = image.convert('RGB')
-  else:  # 16-bit or float single channel
-    gray = _to_uint8(image)
-    rgb = Image.fromarray(gray if gray.ndim == 2 else gray[..., 0], 'L').convert('RGB')
+  rgb = _rgb(open_image(path, size))
   return np.asarray(rgb.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def read_display(path: str, max_side: int) -> np.ndarray:
+  """RGB uint8 (H, W, 3) at the image's own aspect ratio, as shown (EXIF orientation applied),
+  reduced so its longer side is at most ``max_side``; raises ``ImageError``."""
+  image = _rgb(open_image(path, max_side))
+  scale = min(1.0, max_side / max(image.size))
+  if scale < 1.0:
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                         Image.BILINEAR)
+  return np.asarray(image, dtype=np.uint8)
 
 
 def read_mask(path: str, size: int | None = None) -> np.ndarray:

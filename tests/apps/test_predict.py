@@ -110,7 +110,9 @@ def test_predict_folder_every_row_and_page(trained, tmp_path, capsys):
       os.remove(tmp_path / 'in' / name)
   predict.predict(config, workdir, str(tmp_path / 'in'), out, overwrite=True)
   assert 'true_dice' not in open(os.path.join(out, 'predictions.csv')).readline()
-  assert sorted(os.listdir(os.path.join(out, 'maps'))) == [f'good0_{k}.png' for k in ('image', 'overlay', 'uncertainty')]
+  assert sorted(os.listdir(os.path.join(out, 'maps'))) == ['colour_scale.png'] + [
+      f'good0_{k}.png' for k in ('image', 'overlay', 'uncertainty')]
+  assert os.listdir(os.path.join(out, 'masks')) == ['good0.png']
   assert open(os.path.join(out, 'notes.txt')).read() == 'the user\'s own file'  # not ours: kept
 
 
