@@ -25,11 +25,14 @@ The ``auto`` chunk rule (``config.sampling.chunk_size='auto'``), per backend:
   operation over the cores, and wider chunks only enlarge the working set:
   the chunk sweep in experiments/BENCHMARKS.md finds chunk 1 fastest for both
   the convolution-bound MC-dropout sampler and the RNG-bound HCNN one.
-* GPU/TPU: the largest chunk whose working set fits the share
-  ``auto_accelerator_memory_fraction`` of the device's memory (wide chunks
-  keep the device busy). One sample's working set is estimated as the bytes
-  of every intermediate value of its traced program -- an upper bound, since
-  XLA fuses and reuses buffers, so the rule errs towards smaller chunks.
+* GPU/TPU: measured (``measured_chunk``). While the engine is traced,
+  chunks 1, 4, 16, ... are compiled and timed once per shape and process, up
+  to the largest whose working set fits the share
+  ``auto_accelerator_memory_fraction`` of the device's memory; the smallest
+  within 5 % of the fastest wins, so memory stays flat in T. One sample's
+  working set is estimated as the bytes of every intermediate value of its
+  traced program -- an upper bound, since XLA fuses and reuses buffers.
+  ``chunk_size='measure'`` measures on any backend (a CPU too).
 
 Always 1 <= chunk <= T. f runs ``vmap``-ped over the cases of a batch
 (``runner.py``: each case has its own key), so the engine traces one case at
@@ -187,14 +190,15 @@ def _time_candidates(jaxpr, const_avals, row_avals, cases: int, num_samples: int
   consts = [_stand_in(batched(a, (cases,)), rng) for a in const_avals]
   rows = [_stand_in(batched(a, (cases, num_samples)), rng) for a in row_avals]
 
-  def one_case(case_consts, case_rows):
+  def one_case(case_consts, case_rows, chunk):
     def one(row_leaves):
       return jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(jaxpr, case_consts))(*row_leaves), None
     return scan_inputs(one, case_rows, chunk)[0]
 
   seconds = {}
   for chunk in measure_candidates(cap, num_samples):
-    run = jax.jit(jax.vmap(one_case)).lower(consts, rows).compile()
+    program = jax.vmap(lambda c, r, chunk=chunk: one_case(c, r, chunk))
+    run = jax.jit(program).lower(consts, rows).compile()
     jax.block_until_ready(run(consts, rows))
     times = []
     for _ in range(repeats):

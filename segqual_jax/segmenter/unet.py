@@ -128,7 +128,7 @@ class ConvBlock(nn.Module):
 
   def __call__(self, x: jax.Array, skip: jax.Array | None = None,
                skip_term: jax.Array | None = None) -> jax.Array:
-    if skip_term is not None:
+    if skip_term is not None:  # a decoder level's skip is as wide as the level: ``features``
       x = self.Conv_0(x, in_total=x.shape[-1] + self.features, use_bias=False) + skip_term
     else:
       x = self.Conv_0(x if skip is None else jnp.concatenate([x, skip], -1))
