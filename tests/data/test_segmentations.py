@@ -129,3 +129,26 @@ def test_native_resolution_dice_by_hand(tmp_path):
   pnative = segmentations.to_shape(pseg, truth.shape)
   assert pnative.probs.shape == (20, 20) and 0.02 < pnative.probs[0, 8] < 0.98
   assert pnative.mask[:, :8].all() and not pnative.mask[:, 9:].any()
+
+
+def test_otsu_segmenter_finds_a_dark_lesion_and_writes_a_readable_mask(tmp_path):
+  """experiments/otsu_segmenter.py (issue 16's classical external segmenter): a dark disc on
+  pale, noisy skin is found, and its file is read back as a mask at the image's own size."""
+  import importlib.util
+  import os
+  spec = importlib.util.spec_from_file_location(
+      'otsu_segmenter', os.path.join(os.path.dirname(__file__), '..', '..', 'experiments',
+                                     'otsu_segmenter.py'))
+  otsu = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(otsu)
+  rng = np.random.default_rng(0)
+  disc = _disc(96)[:, 8:88]  # 96 x 80
+  rgb = np.where(disc[..., None], [110, 70, 50], [225, 190, 175]).astype(np.float64)
+  rgb = np.clip(rgb + rng.normal(0, 12, rgb.shape), 0, 255).astype(np.uint8)
+  assert 60 < otsu.otsu_threshold(rgb[..., 2].astype(np.float64)) < 165
+  mask = otsu.segment(rgb)
+  dice = float(overlap.dice(mask[None], disc[None])[0])
+  assert dice > 0.95
+  Image.fromarray(mask * 255).save(tmp_path / 'x.png')
+  seg = segmentations.read(str(tmp_path / 'x.png'), image_size=(80, 96))
+  assert seg.kind == 'mask' and seg.probs.shape == (96, 80)
