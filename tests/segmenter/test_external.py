@@ -1,0 +1,33 @@
+"""Issue 16's maps and scores for another model's segmentation, on tiny cases by hand."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from segqual_jax.segmenter import external
+
+
+def test_probability_maps_of_an_outside_model():
+  p = jnp.asarray([[[0.0, 0.5], [0.9, 1.0]]])
+  maps = external.probability_maps(p)
+  np.testing.assert_allclose(maps['msp'], [[[0.0, 0.5], [0.1, 0.0]]], atol=1e-6)
+  h = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))
+  np.testing.assert_allclose(maps['entropy'], [[[0.0, np.log(2)], [h, 0.0]]], atol=1e-5)
+
+
+def test_surrogate_features_on_a_tiny_case():
+  """Outside mask: the left column of a 2x2 image (2 px). Surrogate f: p = 1 top-left, 0.5
+  bottom-left, 0.75 top-right, 0 bottom-right -> f's mask (p > 0.5) = top-left, top-right.
+  dice_with_f = 2 * 1 / (2 + 2) = 0.5; |mask - p| = [[0, 0.75], [0.5, 0]]: mean 0.3125,
+  over the outside mask's pixels (0 and 0.5) 0.25."""
+  mask = jnp.asarray([[[1, 0], [1, 0]]], jnp.uint8)
+  f_probs = jnp.asarray([[[1.0, 0.75], [0.5, 0.0]]])
+  np.testing.assert_allclose(external.disagreement(mask, f_probs), [[[0.0, 0.75], [0.5, 0.0]]])
+  scores = external.agreement_scores(mask, f_probs)
+  assert set(scores) == set(external.AGREEMENT_SCORES) == set(external.QUALITY_SIGN)
+  assert float(scores['dice_with_f'][0]) == pytest.approx(0.5)
+  assert float(scores['disagreement_mean'][0]) == pytest.approx(0.3125)
+  assert float(scores['disagreement_fg_mean'][0]) == pytest.approx(0.25)
+  empty = external.agreement_scores(jnp.zeros((1, 2, 2), jnp.uint8), f_probs)
+  assert float(empty['disagreement_fg_mean'][0]) == 0.0  # an empty outside mask: no foreground
+  assert float(empty['dice_with_f'][0]) == 0.0  # f sees a lesion the outside model missed
