@@ -107,7 +107,8 @@ def torch_unet(torch, seg):
 
 def copy_weights(torch, model, params, depth: int) -> None:
   """Flax parameters -> the torch port (HWIO -> OIHW; ConvTranspose kernels flipped)."""
-  tensor = lambda a: torch.from_numpy(__import__('numpy').asarray(a, dtype='float32').copy())
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  tensor = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))
 
   def conv(module, p, transpose=False):
     kernel = tensor(p['kernel'])

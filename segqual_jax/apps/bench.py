@@ -45,10 +45,10 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Compiled:
-  """A compiled program with what XLA says about it."""
+  """A compiled program with its compile time and XLA's peak buffer memory (FLOPs come from
+  ``program_flops``)."""
   run: Callable
   compile_s: float
-  flops: float
   memory_bytes: int
 
 
@@ -56,14 +56,12 @@ def compile_fn(fn: Callable, *args) -> Compiled:
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # XLA's buffer assignment: everything live at the program's peak. (Its own
   # peak_memory_in_bytes leaves the temporaries out on CPU.)
   mem = compiled.memory_analysis()
   memory = 0 if mem is None else int(mem.argument_size_in_bytes + mem.output_size_in_bytes
                                      + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
-  return Compiled(compiled, compile_s, float((cost or {}).get('flops', 0.0)), memory)
+  return Compiled(compiled, compile_s, memory)
 
 
 def program_flops(fn: Callable, *args) -> float:

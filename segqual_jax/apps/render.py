@@ -18,6 +18,7 @@ from PIL import Image
 
 from segqual_jax.core import artifacts
 from segqual_jax.data import images as image_io
+from segqual_jax.data import segmentations
 
 matplotlib.use('Agg')
 from matplotlib import colormaps  # noqa: E402
@@ -129,7 +130,8 @@ def write_maps(output_dir: str, cases, vmax: float, input_root: str,
     layers = [(case.mask_at(shape), PREDICTED)]
     true_mask = truth(case) if truth else None
     if true_mask is not None:
-      layers.append((_resize(true_mask * 255, shape) > 0, TRUE))
+      layers.append((segmentations.to_shape(segmentations.Segmentation(
+          true_mask.astype(np.float32), 'mask'), shape).mask, TRUE))
     base = os.path.join(folder, names[case.file])
     _save_png(base + '_image.png', shown)
     _save_png(base + '_overlay.png', outline(shown, layers))

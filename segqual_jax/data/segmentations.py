@@ -167,7 +167,8 @@ def read(path: str, image_size: tuple[int, int] | None = None) -> Segmentation:
     raise SegmentationError(path, e.reason) from e
   if not np.all(np.isfinite(values)):
     raise SegmentationError(path, 'probability map with NaN or infinite values')
-  if set(np.unique(values).tolist()) <= {0.0, 1.0} or (ext == '.png' and len(np.unique(values)) <= 2):
+  distinct = np.unique(values)
+  if set(distinct.tolist()) <= {0.0, 1.0} or (ext == '.png' and len(distinct) <= 2):
     kind, probs = 'mask', (values > 0).astype(np.float32)  # labels: any value > 0 is lesion
   else:
     if values.min() < 0.0 or values.max() > 1.0:
