@@ -31,6 +31,9 @@ _INPUT = flags.DEFINE_string('input', None, 'predict: an image file, or a folder
                              '(subfolders included) to assess.')
 _OUTPUT = flags.DEFINE_string('output', None, 'predict: folder for predictions.csv, maps/, index.html.')
 _MASKS = flags.DEFINE_string('masks', None, 'predict: optional folder of true masks (same stems).')
+_SEGMENTATIONS = flags.DEFINE_string(
+    'segmentations', None, 'predict: folder of another model\'s segmentations of the --input '
+    'images (<stem>.png or .npy: masks or p(lesion)), for a run trained with config.external.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'predict: replace this tool\'s files in a '
                                'non-empty --output.')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -65,7 +68,8 @@ def main(argv):
             'train_quality': train_quality.train_quality,
             'evaluate': evaluate.evaluate,
             'predict': lambda c, w: predict.predict(c, w, _INPUT.value, _OUTPUT.value,
-                                                    _MASKS.value, _OVERWRITE.value),
+                                                    _MASKS.value, _OVERWRITE.value,
+                                                    _SEGMENTATIONS.value),
             'bench': bench.run}
   todo = ['train_seg', 'train_quality', 'evaluate'] if _MODE.value == 'all' else [_MODE.value]
   try:

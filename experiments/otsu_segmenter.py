@@ -63,36 +63,49 @@ def segment(rgb: np.ndarray, smooth: float = 0.01) -> np.ndarray:
   return (labels == 1 + int(np.argmax(sizes))).astype(np.uint8)
 
 
-def main(argv):
-  del argv
+def true_mask_path(masks_dir: str, stem: str) -> str | None:
+  """``<stem>.png`` or ``<stem>_segmentation.png`` (ISIC) in ``masks_dir``, if either exists."""
+  return next((os.path.join(masks_dir, stem + suffix + '.png') for suffix in ('', '_segmentation')
+               if os.path.exists(os.path.join(masks_dir, stem + suffix + '.png'))), None)
+
+
+def print_dice(written: dict[str, str], masks_dir: str) -> None:
+  """The Dice distribution of the written segmentations (``{stem: path}``) at the true masks' resolution."""
   from segqual_jax.data import images as image_io  # pylint: disable=g-import-not-at-top
   from segqual_jax.data import segmentations  # pylint: disable=g-import-not-at-top
-  from segqual_jax.metrics import overlap  # pylint: disable=g-import-not-at-top
-  files = {os.path.splitext(f)[0]: f for f in image_io.list_images(_IMAGES.value)}
-  if _IDS.value:
-    with open(_IDS.value) as f:
-      wanted = [line.strip() for line in f if line.strip()]
-    files = {s: files[s] for s in wanted if s in files}
-  os.makedirs(_OUT.value, exist_ok=True)
-  dice = []
-  for stem, name in sorted(files.items()):
-    rgb = image_io.read_display(os.path.join(_IMAGES.value, name), max_side=1 << 14)
-    mask = segment(rgb, _SMOOTH.value)
-    path = os.path.join(_OUT.value, stem + '.png')
-    Image.fromarray(mask * 255).save(path)
-    if _MASKS.value:
-      truth_path = next((os.path.join(_MASKS.value, stem + suffix + '.png')
-                         for suffix in ('', '_segmentation')
-                         if os.path.exists(os.path.join(_MASKS.value, stem + suffix + '.png'))), None)
-      if truth_path:
-        truth = image_io.read_mask(truth_path)
-        pred = segmentations.to_shape(segmentations.read(path), truth.shape).mask
-        dice.append(float(overlap.dice(pred[None], truth[None])[0]))
-  print(f'{len(files)} masks written to {_OUT.value}')
+  from segqual_jax.segmenter import external  # pylint: disable=g-import-not-at-top
+  dice = [external.native_overlaps(segmentations.read(path), image_io.read_mask(truth))[0]
+          for stem, path in sorted(written.items()) if (truth := true_mask_path(masks_dir, stem))]
   if dice:
     d = np.asarray(dice)
     print(f'Dice against {len(d)} true masks (their resolution): mean {d.mean():.3f}, median '
           f'{np.median(d):.3f}, {100 * (d < 0.8).mean():.1f} % below 0.8')
+
+
+def image_files(images_dir: str, ids_file: str) -> dict[str, str]:
+  """``{stem: file name}`` of the images in ``images_dir``, only the ids of ``ids_file`` if given."""
+  from segqual_jax.data import images as image_io  # pylint: disable=g-import-not-at-top
+  files = {os.path.splitext(f)[0]: f for f in image_io.list_images(images_dir)}
+  if ids_file:
+    with open(ids_file) as f:
+      wanted = [line.strip() for line in f if line.strip()]
+    files = {s: files[s] for s in wanted if s in files}
+  return files
+
+
+def main(argv):
+  del argv
+  from segqual_jax.data import images as image_io  # pylint: disable=g-import-not-at-top
+  files = image_files(_IMAGES.value, _IDS.value)
+  os.makedirs(_OUT.value, exist_ok=True)
+  written = {}
+  for stem, name in sorted(files.items()):
+    rgb = image_io.read_display(os.path.join(_IMAGES.value, name), max_side=1 << 14)
+    written[stem] = os.path.join(_OUT.value, stem + '.png')
+    Image.fromarray(segment(rgb, _SMOOTH.value) * 255).save(written[stem])
+  print(f'{len(files)} masks written to {_OUT.value}')
+  if _MASKS.value:
+    print_dice(written, _MASKS.value)
 
 
 if __name__ == '__main__':

@@ -26,7 +26,7 @@ from segqual_jax.data import images as image_io
 from segqual_jax.data import pipeline, segmentations
 from segqual_jax.metrics import overlap
 from segqual_jax.quality import registry
-from segqual_jax.segmenter import runner
+from segqual_jax.segmenter import external, runner
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class Case:
   features: np.ndarray | None = None  # (D,) f's pooled encoder statistics (applicability)
   applicability: float | None = None  # the applicability score (higher = less like f's cases)
   applicability_p: float | None = None  # its conformal p-value against the reference cases
+  # another model's segmentation under review, at the image's size (None: f's own is judged)
+  segmentation: segmentations.Segmentation | None = None
 
   @property
   def ok(self) -> bool:
@@ -62,15 +64,27 @@ class Case:
   def mean_uncertainty(self) -> float | None:
     return None if self.map is None else float(self.map.mean())
 
+  @property
+  def notes(self) -> list[str]:
+    """What was done to the segmentation under review on the way (resized, empty, ...)."""
+    return [] if self.segmentation is None else self.segmentation.notes
+
+  @property
+  def reviewed(self) -> segmentations.Segmentation:
+    """The segmentation under review: the outside model's at the image's size, or f's
+    p(lesion) at the model's size."""
+    if self.segmentation is not None:
+      return self.segmentation
+    return segmentations.Segmentation(self.probs, 'probabilities')
+
   def mask_at(self, shape: tuple[int, int]) -> np.ndarray:
-    """f's segmentation at ``shape`` (H, W): p(lesion) upsampled bilinearly, then > 0.5 --
-    the mask of the image at its own resolution, not an enlarged 64-px copy."""
-    return segmentations.to_shape(segmentations.Segmentation(self.probs, 'probabilities'),
-                                  shape).mask
+    """The segmentation under review at ``shape`` (H, W): f's p(lesion) upsampled bilinearly,
+    then > 0.5 -- the mask of the image at its own resolution, not an enlarged 64-px copy."""
+    return segmentations.to_shape(self.reviewed, shape).mask
 
   @property
   def native_mask(self) -> np.ndarray:
-    """f's segmentation at the input file's own size."""
+    """The segmentation under review at the input file's own size."""
     width, height = self.native_size
     return self.mask_at((height, width))
 
@@ -83,8 +97,9 @@ def both_units(quality: float, target: str) -> tuple[float, float]:
 
 
 def make_pass(method, f_params, model: registry.QualityModel) -> Callable:
-  """``(uint8 images, case hashes, base key) -> {'masks', 'maps', 'features', 'quality'}`` (numpy) for one
-  padded batch: f and a CNN g fused in one jit, or f jitted and then the host quality model."""
+  """``(uint8 images, case hashes, base key, None) -> {'masks', 'maps', 'features', 'quality'}``
+  (numpy) for one padded batch: f and a CNN g fused in one jit, or f jitted and then the host
+  quality model."""
   f_fn = runner.method_case_fn(method, with_scores=model.needs_scores, with_features=True,
                                with_probs=True)
   f_params = parallel.replicate(f_params)
@@ -97,20 +112,40 @@ def make_pass(method, f_params, model: registry.QualityModel) -> Callable:
       out = f_fn(f_p, x, keys.case_keys(base_key, hashes))
       return {**out, 'quality': model.device_fn(g_p, x, out['masks'], out['maps'])}
 
-    def run(images, hashes, base_key):
+    def run(images, hashes, base_key, seg_probs=None):
+      del seg_probs  # f's own segmentation is judged
       return parallel.fetch(fused(f_params, g_params, *parallel.shard_batch((images, hashes)), base_key))
     return run
 
   f_batch = runner.batch_fn(f_fn)
 
-  def run_host(images, hashes, base_key):
+  def run_host(images, hashes, base_key, seg_probs=None):
+    del seg_probs
     out = parallel.fetch(f_batch(f_params, *parallel.shard_batch((images, hashes)), base_key))
     return {**out, 'quality': model.predict(images, out)}
   return run_host
 
 
+def make_outside_pass(method, f_params, model: registry.QualityModel, channels: tuple[str, ...],
+                      band_px: int) -> Callable:
+  """``(uint8 images, case hashes, base key, seg_probs (B, S, S)) -> {...}`` for another model's
+  segmentations: f (the surrogate) jitted, then what the quality model sees of each
+  segmentation (``external.judge``, as in stage 2), then the quality model."""
+  f_batch = runner.batch_fn(runner.method_case_fn(method, with_scores=True, with_features=True,
+                                                  with_probs=True))
+  f_params = parallel.replicate(f_params)
+
+  def run(images, hashes, base_key, seg_probs):
+    out = parallel.fetch(f_batch(f_params, *parallel.shard_batch((images, hashes)), base_key))
+    out = jax.tree.map(np.asarray, out)
+    seen = external.judge(channels, band_px, seg_probs, out['probs'], out['maps'], out['scores'])
+    return {**out, **seen, 'quality': model.predict(images, seen)}
+  return run
+
+
 def assess(files: list[str], input_root: str, size: int, batch_size: int, run_pass: Callable,
-           base_key: jax.Array, target: str, truth: Callable[[Case], np.ndarray | None]) -> list[Case]:
+           base_key: jax.Array, target: str, truth: Callable[[Case], np.ndarray | None],
+           outside: Callable[[Case], segmentations.Segmentation] | None = None) -> list[Case]:
   """Every file assessed in order; an unreadable file becomes a row with its reason.
 
   Args:
@@ -122,7 +157,10 @@ def assess(files: list[str], input_root: str, size: int, batch_size: int, run_pa
     base_key: ``runner.cases_key(config)``.
     target: the quality model's units (``quality.target``).
     truth: ``case -> true mask or None`` (``--masks``), at the mask file's own
-      size: the true Dice/Jaccard compare f's mask resampled to it.
+      size: the true Dice/Jaccard compare the judged mask resampled to it.
+    outside: with another model's segmentations, ``case -> its segmentation at
+      the image's size``; a ``SegmentationError`` makes the case a row naming
+      the problem (``run_pass`` from ``make_outside_pass``).
   """
   cases = [Case(file=f) for f in files]
   t0, done = time.time(), 0
@@ -134,26 +172,35 @@ def assess(files: list[str], input_root: str, size: int, batch_size: int, run_pa
         path = os.path.join(input_root, case.file)
         case.image = image_io.read_image(path, size)
         case.native_size = image_io.native_size(path)
+        if outside is not None:
+          case.segmentation = outside(case)
         loaded.append(case)
       except image_io.ImageError as e:
         case.status = f'error: {e.reason}'
         log.warning('skipping %s', e)
+      except segmentations.SegmentationError as e:
+        case.status = f'error: segmentation {e}'
+        log.warning('skipping %s: segmentation %s', case.file, e)
     if loaded:
       images = np.zeros((batch_size, size, size, 3), np.uint8)
       images[:len(loaded)] = np.stack([c.image for c in loaded])
       hashes = np.zeros(batch_size, np.uint32)
       hashes[:len(loaded)] = keys.case_hashes([c.stem for c in loaded])
-      out = run_pass(images, hashes, base_key)
+      seg_probs = None
+      if outside is not None:
+        seg_probs = np.zeros((batch_size, size, size), np.float32)
+        seg_probs[:len(loaded)] = [segmentations.to_shape(c.segmentation, (size, size)).probs
+                                   for c in loaded]
+      out = run_pass(images, hashes, base_key, seg_probs)
       for i, case in enumerate(loaded):
-        case.mask, case.map = np.asarray(out['masks'][i]), np.asarray(out['maps'][i], np.float32)
+        maps = np.asarray(out['maps'][i], np.float32)
+        case.mask, case.map = np.asarray(out['masks'][i]), maps if maps.ndim == 2 else maps[..., 0]
         case.probs = np.asarray(out['probs'][i], np.float32)
         case.features = np.asarray(out['features'][i], np.float32)
         case.predicted_dice, case.predicted_jaccard = both_units(float(out['quality'][i]), target)
         true_mask = truth(case)
         if true_mask is not None:  # at the truth's resolution: the user's bar is Dice of their masks
-          mask = case.mask_at(true_mask.shape)
-          case.true_dice = float(overlap.dice(mask[None], true_mask[None])[0])
-          case.true_jaccard = float(overlap.jaccard(mask[None], true_mask[None])[0])
+          case.true_dice, case.true_jaccard = external.native_overlaps(case.reviewed, true_mask)
     done += len(chunk)
     rate = done / max(time.time() - t0, 1e-9)
     log.info('predict %d/%d files | %.1f files/s | ETA %s', done, len(cases), rate,

@@ -47,16 +47,17 @@ from segqual_jax.config import stages
 from segqual_jax.core import artifacts, parallel, workdir as run_dirs
 from segqual_jax.core.errors import PredictError  # noqa: F401  (raised here; tests match it)
 from segqual_jax.data import images as image_io
+from segqual_jax.data import segmentations as seg_io
 from segqual_jax.evaluation import report
 from segqual_jax.metrics import overlap
 from segqual_jax.metrics import quality as quality_metrics
 from segqual_jax.quality import applicability, registry
-from segqual_jax.segmenter import runner
+from segqual_jax.segmenter import external, runner
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ('file', 'predicted_dice', 'predicted_jaccard', 'decision', 'reason', 'decision_rule',
-           'mean_uncertainty', 'applicability_score', 'applicability_p', 'status', 'run')
+           'mean_uncertainty', 'applicability_score', 'applicability_p', 'status', 'notes', 'run')
 DECISIONS = ('pass', 'fail', 'review')
 TRUE_COLUMNS = ('true_dice', 'true_jaccard')
 OWN_FILES = ('predictions.csv', 'index.html', 'summary.json', render.MAPS_DIR, render.MASKS_DIR)
@@ -284,23 +285,72 @@ def write_csv(path: str, cases, decisions: dict[str, Decision], rule: DecisionRu
     d = decisions.get(c.file)
     line = [c.file, _fmt(c.predicted_dice), _fmt(c.predicted_jaccard), d.decision if d else '',
             d.reason if d else '', rule.description if c.ok else '', _fmt(c.mean_uncertainty),
-            _fmt(c.applicability), _fmt(c.applicability_p), c.status, run]
+            _fmt(c.applicability), _fmt(c.applicability_p), c.status, '; '.join(c.notes), run]
     if with_truth:
       line += [_fmt(c.true_dice), _fmt(c.true_jaccard)]
     writer.writerow(line)
   artifacts.write_text(path, buf.getvalue())
 
 
+def check_segmentations(config, segmentations_dir: str | None) -> None:
+  """Refuses ``--segmentations`` for a run whose quality models learned f's own segmentations,
+  and its absence for a run that learned another model's: g judges what it was trained on."""
+  if segmentations_dir and not external.active(config):
+    raise PredictError(f'--segmentations={segmentations_dir}: this run\'s quality models learned to '
+                       'judge f\'s own segmentations; to judge another model\'s, train a run on its '
+                       'segmentations first (config.external.predictions, README "Your own model")')
+  if external.active(config) and not segmentations_dir:
+    raise PredictError('this run judges another model\'s segmentations (config.external.predictions='
+                       f'{config.external.predictions!r}); give that model\'s segmentations of the '
+                       'input images with --segmentations=DIR')
+  if segmentations_dir and not os.path.isdir(segmentations_dir):
+    raise PredictError(f'--segmentations={segmentations_dir}: no such directory')
+
+
+def outside_reader(config, segmentations_dir: str):
+  """``case -> the outside model's segmentation at the image's size`` (``<stem>.png|.npy`` in
+  ``segmentations_dir``); raises ``SegmentationError`` naming the file and the problem."""
+  def read(case) -> seg_io.Segmentation:
+    path = seg_io.find(segmentations_dir, case.stem)
+    if path is None:
+      raise seg_io.SegmentationError(os.path.join(segmentations_dir, case.stem + '.png'),
+                                     'missing: no segmentation <stem>.png or .npy for this image')
+    seg = seg_io.read(path, case.native_size)
+    if external.needs_probabilities(config) and seg.kind == 'mask':
+      raise seg_io.SegmentationError(path, 'a mask, but this run\'s g sees the model\'s own '
+                                     f'probability maps (external.map_channels={config.external.map_channels!r})')
+    for note in seg.notes:
+      log.warning('%s: %s', path, note)
+    return seg
+  return read
+
+
+def extra_segmentations(segmentations_dir: str, cases) -> list:
+  """A row per segmentation file whose stem no input image has (its status says so)."""
+  stems = {c.stem for c in cases}
+  extra = [assess.Case(file=os.path.join(segmentations_dir, os.path.basename(path)),
+                       status='error: segmentation without an image of that name in --input')
+           for stem, path in sorted(seg_io.stems(segmentations_dir).items()) if stem not in stems]
+  if extra:
+    log.warning('%d segmentation(s) in %s have no image in --input: %s', len(extra), segmentations_dir,
+                ', '.join(c.file for c in extra[:5]) + (' ...' if len(extra) > 5 else ''))
+  return extra
+
+
 def predict(config, workdir: str, input_path: str, output_dir: str,
-            masks_dir: str | None = None, overwrite: bool = False) -> dict:
+            masks_dir: str | None = None, overwrite: bool = False,
+            segmentations_dir: str | None = None) -> dict:
   """Assesses every image of ``input_path``; writes ``output_dir``. Returns the summary.
 
-  Every check runs before ``output_dir`` is touched, so a refused run leaves
+  With ``segmentations_dir``, the segmentations judged are another model's
+  (``<stem>.png|.npy`` beside each image's stem); f is the surrogate. Every
+  check runs before ``output_dir`` is touched, so a refused run leaves
   nothing behind to refuse the retry.
   """
   root, files = resolve_inputs(input_path)
   if masks_dir and not os.path.isdir(masks_dir):
     raise PredictError(f'--masks={masks_dir}: no such directory')
+  check_segmentations(config, segmentations_dir)
   check_output(output_dir, overwrite)
   parallel.check_batch_size(config.seg.eval_batch_size, 'config.seg.eval_batch_size')
   name = config.predict.quality_model
@@ -323,9 +373,16 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
 
   t0 = time.time()
   size = config.data.image_size
-  cases = assess.assess(files, root, size, config.seg.eval_batch_size,
-                        assess.make_pass(method, f_params, model), runner.cases_key(config),
-                        model.target, _truth_reader(masks_dir))
+  if segmentations_dir:
+    run_pass = assess.make_outside_pass(method, f_params, model, external.channel_names(config),
+                                        config.uncertainty.score_band_px)
+  else:
+    run_pass = assess.make_pass(method, f_params, model)
+  cases = assess.assess(files, root, size, config.seg.eval_batch_size, run_pass,
+                        runner.cases_key(config), model.target, _truth_reader(masks_dir),
+                        outside_reader(config, segmentations_dir) if segmentations_dir else None)
+  if segmentations_dir:
+    cases += extra_segmentations(segmentations_dir, cases)
   gate = apply_gate(config, score, cases)
   if gate.batch and gate.batch['rejected']:
     warnings.insert(0, shift_text(gate.batch))
@@ -349,7 +406,7 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
            summary['decisions']['pass'], summary['decisions']['fail'], summary['decisions']['review'],
            rule.description, output_dir)
   if 'metrics' in summary:  # the paper's metrics of the predicted quality, against the masks
-    row = report.row_name(config.method, name)
+    row = report.model_row(config, name)
     for key in (f'dice<{config.eval.fail_dice}', f'jaccard<{config.eval.fail_jaccard}'):
       print(f'\n{summary["cases_with_truth"]} cases with a mask; failure = {report.threshold_title(key)}:\n\n'
             + report.table_markdown({row: [summary['metrics']]}, key))

@@ -19,6 +19,9 @@ CNN_QUALITY_MODELS = ('uncertainty', 'no_uncertainty', 'qualitynet')  # g's inpu
 QUALITY_MODELS = CNN_QUALITY_MODELS + ('cheap_qc', 'rca')
 CORRUPTIONS = ('blur', 'noise', 'brightness', 'contrast', 'jpeg')  # data/corruptions.py implements them
 APPLICABILITY_SCORES = ('mahalanobis', 'knn')  # quality/applicability.py implements them
+# g's map channels for an outside segmentation (segmenter/external.py computes them)
+EXTERNAL_MAP_CHANNELS = ('msp', 'entropy', 'surrogate', 'disagreement')
+LABEL_RESOLUTIONS = ('native', 'model')
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -76,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.quality.label_source = 'holdout'  # cases g learns from: holdout (quality split) | train | oof
   config.quality.oof_folds = 5  # folds (extra copies of f) when label_source=oof
   config.quality.target = 'jaccard'  # metric g regresses: jaccard (paper) | dice
+  config.quality.label_resolution = 'native'  # where true Dice/Jaccard are measured (labels and every metric): native (each true mask's own file size; the segmentation resampled to it) | model (data.image_size copies)
   config.quality.widths = (16, 32, 64, 128)  # VGG block widths, one 2x down-sampling each
   config.quality.dense = 64  # hidden units of g's head
   config.quality.batch_size = 16  # g's batch size (paper: 16)
@@ -88,6 +92,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.quality.shift_corruptions = ''  # shift-aware training: also learn from corrupted copies of g's cases (blur,noise,brightness,contrast,jpeg; '' = off), labelled by running f on them
   config.quality.shift_severities = (1, 2, 3)  # corruption severities of those copies (1 mild .. 3 strong)
   config.quality.shift_copies = 2  # corrupted copies per case, each with a corruption and severity drawn from the case's own stream
+
+  config.external = ml_collections.ConfigDict()
+  config.external.predictions = ''  # folder of another model's segmentations under review (<id>.png|.npy: masks or p(lesion)); relative = under data.root; '' = judge f's own
+  config.external.map_channels = 'surrogate,disagreement'  # g's map channels for them: msp | entropy (of their own p(lesion)), surrogate (f's map of the image), disagreement (|mask - p_f|)
 
   config.applicability = ml_collections.ConfigDict()
   config.applicability.score = 'mahalanobis'  # how unlike f's in-distribution cases an image is: mahalanobis | knn (of f's pooled encoder features)

@@ -6,6 +6,7 @@ Every field has one *role* (``FIELD_ROLES``, the first matching prefix wins):
 * ``f_test`` -- shapes f's test-time outputs (samples, maps, scores);
 * ``g_shared`` -- which cases and which target every quality model learns;
 * ``g_cnn`` / ``g_cheap_qc`` / ``g_rca`` -- one kind of quality model's own settings;
+* ``external`` -- the outside segmentations under review and the maps g sees of them;
 * ``applicability`` -- the score of how unlike f's in-distribution cases an image is;
 * ``calibration`` -- the auto-accept rules (stage 2, after the quality models and the score);
 * ``free`` -- never changes a result (logging, batch sizes, paths, where
@@ -31,6 +32,7 @@ from segqual_jax.core.errors import ConfigError
 
 F_TRAIN, F_TEST, G_SHARED, CALIBRATION, FREE = 'f_train', 'f_test', 'g_shared', 'calibration', 'free'
 APPLICABILITY = 'applicability'
+EXTERNAL = 'external'
 G_KIND = {'cnn': 'g_cnn', 'cheap_qc': 'g_cheap_qc', 'rca': 'g_rca'}
 
 FIELD_ROLES = (
@@ -58,10 +60,12 @@ FIELD_ROLES = (
     ('quality.label_source', G_SHARED),
     ('quality.oof_folds', G_SHARED),
     ('quality.target', G_SHARED),
+    ('quality.label_resolution', G_SHARED),
     ('quality.shift_', G_SHARED),  # corrupted copies join every quality model's training cases
     ('quality.', G_KIND['cnn']),
     ('cheap_qc.', G_KIND['cheap_qc']),
     ('rca.', G_KIND['rca']),
+    ('external.', EXTERNAL),  # what every quality model judges (f itself is still the surrogate)
     ('applicability.', APPLICABILITY),
     ('calibration.fraction', G_SHARED),  # the calibration cases are held out from g
     ('calibration.', CALIBRATION),
@@ -79,9 +83,9 @@ _F = (F_TRAIN, F_TEST)
 STAGES = {
     'seg': _F,
     'seg_reuse': (F_TRAIN,),  # a reused f: the method is checked by training family instead
-    'quality:cnn': _F + (G_SHARED, G_KIND['cnn']),
-    'quality:cheap_qc': _F + (G_SHARED, G_KIND['cheap_qc']),
-    'quality:rca': _F + (G_SHARED, G_KIND['rca']),
+    'quality:cnn': _F + (EXTERNAL, G_SHARED, G_KIND['cnn']),
+    'quality:cheap_qc': _F + (EXTERNAL, G_SHARED, G_KIND['cheap_qc']),
+    'quality:rca': _F + (EXTERNAL, G_SHARED, G_KIND['rca']),
 }
 
 

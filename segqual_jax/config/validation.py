@@ -34,6 +34,11 @@ def _variants_ok(value: str) -> bool:
   return bool(names) and len(set(names)) == len(names) and set(names) <= set(QUALITY_MODELS)
 
 
+def _map_channels_ok(value) -> bool:
+  names = [v.strip() for v in value.split(',') if v.strip()] if isinstance(value, str) else []
+  return bool(names) and len(set(names)) == len(names) and set(names) <= set(schema.EXTERNAL_MAP_CHANNELS)
+
+
 def _positive_ints(value) -> bool:
   return isinstance(value, (tuple, list)) and len(value) >= 1 and all(_positive_int(v) for v in value)
 
@@ -113,6 +118,11 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
        'must be holdout, train or oof'),
       ('quality.oof_folds', lambda v: _is_int(v) and v >= 2, 'must be >= 2'),
       ('quality.target', lambda v: v in ('jaccard', 'dice'), 'must be "jaccard" or "dice"'),
+      ('quality.label_resolution', lambda v: v in schema.LABEL_RESOLUTIONS,
+       f'must be one of {", ".join(schema.LABEL_RESOLUTIONS)}'),
+      ('external.predictions', lambda v: isinstance(v, str), 'must be a folder path or empty'),
+      ('external.map_channels', _map_channels_ok,
+       f'must be a comma-separated, non-repeating subset of {",".join(schema.EXTERNAL_MAP_CHANNELS)}'),
       ('quality.widths', lambda v: isinstance(v, (tuple, list)) and len(v) >= 1 and all(_positive_int(w) for w in v),
        'must be a non-empty tuple of positive integers'),
       ('quality.dense', _positive_int, 'must be >= 1'),
@@ -210,6 +220,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.name != 'synthetic' and not config.data.root:
     raise ConfigError(f'config.data.name={config.data.name!r} needs config.data.root '
                       '(the folder with images/ and masks/, or the ISIC 2017 download)')
+  if config.external.predictions.strip():
+    if config.quality.label_source == 'oof':
+      raise ConfigError('config.quality.label_source=oof trains extra copies of f for their outputs; '
+                        'with config.external.predictions the outside model\'s segmentations are '
+                        'judged: use holdout (or train, if it segmented f\'s training split too)')
+    if config.quality.shift_corruptions.strip():
+      raise ConfigError('config.quality.shift_corruptions labels corrupted copies by running f on '
+                        'them; the outside model of config.external.predictions never saw them: '
+                        'set quality.shift_corruptions=\'\'')
   if config.seg.central_levels < 0 or config.seg.central_levels > config.seg.depth:
     raise ConfigError(f'config.seg.central_levels={config.seg.central_levels!r}: '
                       f'must be in [0, seg.depth={config.seg.depth}]')

@@ -56,6 +56,21 @@ def make_builder(data_config):
   return builders.real_builder(data_config)
 
 
+def case_files(data_config) -> dict[str, tuple[str, str]]:
+  """``{case id: (image path, true mask path)}`` of a real data set (``{}`` for synthetic data,
+  whose cases exist only at the model's size): where native-resolution labels are read."""
+  if data_config.name == 'synthetic':
+    return {}
+  key = (data_config.name, data_config.root, data_config.splits, data_config.seed)
+  if key not in _CASE_FILES:
+    with _quiet_tfds():
+      _CASE_FILES[key] = {pair[0]: tuple(pair[1:]) for pair in make_builder(data_config).builder_config.pairs}
+  return _CASE_FILES[key]
+
+
+_CASE_FILES: dict[tuple, dict[str, tuple[str, str]]] = {}  # one listing (and header check) per data set and process
+
+
 def load_splits(data_config, names=SPLITS) -> dict[str, Split]:
   """Prepares the configured data set if needed and loads ``names`` into memory.
 

@@ -31,7 +31,7 @@ from segqual_jax.evaluation import figures, report
 from segqual_jax.metrics import overlap
 from segqual_jax.metrics import quality as quality_metrics
 from segqual_jax.quality import applicability, auto_accept, registry
-from segqual_jax.segmenter import runner
+from segqual_jax.segmenter import judged, runner
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def score_metrics(config, outputs) -> dict[str, dict]:
     metrics = quality_metrics.all_metrics(values, outputs.dice, outputs.jaccard, config.quality.target,
                                           config.eval.fail_dice, config.eval.fail_jaccard)
     metrics['rmse'] = None
-    out[report.score_row_name(config.method, name)] = metrics
+    out[report.score_row(config, name)] = metrics
   return out
 
 
@@ -78,7 +78,7 @@ def auto_accept_on_test(config, stored: dict, predicted_test: dict[str, np.ndarr
   out = {}
   for name in stages.quality_model_names(config):
     entry = stored['models'][name]
-    row = report.row_name(config.method, name)
+    row = report.model_row(config, name)
     behind_gate = auto_accept.gated(predicted_test[row], pvalues, config.predict.ood_alpha)
     rules = {alpha: {**rule, 'test': auto_accept.realised(behind_gate, failed, rule['threshold']),
                      'test_without_gate': auto_accept.realised(predicted_test[row], failed,
@@ -116,7 +116,7 @@ def evaluate(config, workdir: str) -> dict:
   """
   metrics_path = run_dirs.metrics_file(workdir)
   names = stages.quality_model_names(config)
-  wanted = {report.row_name(config.method, v) for v in names}
+  wanted = {report.model_row(config, v) for v in names}
   if (done := run_dirs.completed(metrics_path, 'evaluation',
                                  lambda metrics: wanted <= set(metrics['quality_models']))) is not None:
     return done
@@ -127,11 +127,11 @@ def evaluate(config, workdir: str) -> dict:
   models_by_row = {}
   for name in names:  # every check before the (slow) pass of f over the test split
     stages.check_matches_run(run_dirs.quality_dir(workdir, name), config, stages.quality_stage(name))
-    models_by_row[report.row_name(config.method, name)] = registry.load(config, workdir, name)
+    models_by_row[report.model_row(config, name)] = registry.load(config, workdir, name)
   rules = stored_rules(config, workdir) if config.calibration.fraction > 0 else None
   score = applicability.load(config, workdir)
-  test = loading.load_splits(config.data, names=('test',))['test']
-  outputs = runner.cached_outputs(config, workdir, test)
+  judged_test = judged.judged(config, workdir, loading.load_splits(config.data, names=('test',))['test'])
+  test, outputs = judged_test.split, judged_test.outputs
   gate, pvalues = applicability_on_test(config, score, outputs) if score is not None else (None, None)
   predicted = {row: registry.predict_cases(model, test.images, outputs, config.quality.eval_batch_size)
                for row, model in models_by_row.items()}
@@ -149,12 +149,16 @@ def evaluate(config, workdir: str) -> dict:
       'method': config.method, 'seed': config.seed,
       'data': {'name': config.data.name, 'seed': config.data.seed,
                'image_size': config.data.image_size, 'split': 'test'},
+      'segmenter': report.segmenter_text(config),
+      'label_resolution': config.quality.label_resolution,
       'quality_target': config.quality.target,
       'label_source': config.quality.label_source,
       'segmentation': seg,
       'quality_models': models,
       'scores': scores,  # image-level scores used directly as quality scores (no g)
   }
+  if judged_test.dropped:  # test cases without a usable segmentation under review
+    result['dropped_cases'] = judged_test.dropped
   if gate is not None:
     result['applicability'] = gate
   if calibration is not None:
@@ -181,9 +185,13 @@ def write_table(config, workdir: str, result: dict, num_cases: int) -> str:
     table += '\n' + report.applicability_markdown(result['applicability'])
   if 'auto_accept' in result:
     table += '\n' + report.auto_accept_markdown(result['auto_accept'])
+  dropped = result.get('dropped_cases', {})
   header = (f'# {config.method}, seed {config.seed}: quality prediction on the test split '
             f'({num_cases} cases, {config.data.name} data)\n\n'
-            f'f: mean Dice {seg["mean_dice"]:.3f}, mean Jaccard {seg["mean_jaccard"]:.3f}; '
+            f'Segmentations judged: {result["segmenter"]}'
+            + (f' ({len(dropped)} test cases without one left out, listed in metrics.json)' if dropped else '')
+            + f'; true overlaps at the {config.quality.label_resolution} resolution.\n'
+            f'Mean Dice {seg["mean_dice"]:.3f}, mean Jaccard {seg["mean_jaccard"]:.3f}; '
             f'g predicts {config.quality.target}, trained on {config.quality.label_source} cases.\n')
   artifacts.write_text(os.path.join(workdir, 'table.md'), header + table)
   return header + table
@@ -211,6 +219,7 @@ def write_figures(config, workdir: str, test, outputs, predicted: dict[str, np.n
   figures.scatter(os.path.join(workdir, 'scatter.png'), true_target, predicted,
                   config.quality.target, thresholds)
   figures.uncertainty_maps(os.path.join(workdir, 'uncertainty_maps.png'), test.images, test.masks,
-                           outputs.masks, outputs.maps, outputs.dice,
+                           outputs.masks, outputs.maps if outputs.maps.ndim == 3 else outputs.maps[..., 0],
+                           outputs.dice,
                            config.eval.num_figure_cases, fail_d)
   figures.risk_coverage(os.path.join(workdir, 'risk_coverage.png'), predicted, 1.0 - outputs.dice)

@@ -40,7 +40,39 @@ BASELINE_NAMES = {'no_uncertainty': 'No uncertainty', 'qualitynet': 'QualityNet'
 METHOD_NAMES = {method: name for (method, _), name in ROW_NAMES.items()}
 SCORE_NAMES = {'pairwise_dice': 'pairwise Dice', 'samples_iou': 'IoU over samples',
                'area_cv': 'area CoV', 'map_mean': 'map mean', 'map_fg_mean': 'map foreground mean',
-               'map_boundary_mean': 'map boundary mean', 'map_p95': 'map 95th percentile'}
+               'map_boundary_mean': 'map boundary mean', 'map_p95': 'map 95th percentile',
+               'dice_with_f': 'Dice with the surrogate f', 'disagreement_mean': 'mean |mask - p_f|',
+               'disagreement_fg_mean': 'mean |mask - p_f| over the mask'}
+SCORE_NAMES.update({f'surrogate_{k}': f'surrogate {v}' for k, v in list(SCORE_NAMES.items())})
+SCORE_NAMES.update({f'own_{k}': f'own {v}' for k, v in list(SCORE_NAMES.items()) if k.startswith('map')})
+
+
+def segmenter_text(config) -> str:
+  """Whose segmentations a run judges, in words (tables, metrics.json)."""
+  if not config.external.predictions.strip():
+    return f'f ({METHOD_NAMES[config.method]})'
+  return (f'an outside model\'s, from {config.external.predictions} (surrogate f: '
+          f'{METHOD_NAMES[config.method]}; g\'s map channels: {config.external.map_channels})')
+
+
+def model_row(config, variant: str) -> str:
+  """A run's table row of quality model ``variant``: ``row_name``, or for an outside model's
+  segmentations a row that says what g saw (its map channels, not f's method)."""
+  if not config.external.predictions.strip():
+    return row_name(config.method, variant)
+  surrogate = METHOD_NAMES[config.method]
+  if variant == 'uncertainty':
+    return f'Outside model, g with maps [{config.external.map_channels}] (surrogate {surrogate})'
+  if variant == 'cheap_qc':
+    return f'Outside model, cheap QC (surrogate {surrogate})'
+  return f'Outside model, {BASELINE_NAMES[variant]}'
+
+
+def score_row(config, score: str) -> str:
+  """A run's table row of an image-level score used directly (``score_row_name``)."""
+  if not config.external.predictions.strip():
+    return score_row_name(config.method, score)
+  return f'Outside model: {SCORE_NAMES.get(score, score)}'
 
 
 def row_name(method: str, variant: str) -> str:

@@ -8,7 +8,10 @@ differ in its input:
   masked by the predicted segmentation.
 The map z is divided by a scale fixed on g's training split (its 99th
 percentile), because the methods' maps live on different scales (entropy <=
-ln 2, HCNN's sigma unbounded) and g should see inputs of order one.
+ln 2, HCNN's sigma unbounded) and g should see inputs of order one. z may have
+several channels (N, H, W, C) -- an outside model's segmentation with the
+surrogate's map and the disagreement map (``segmenter/external.py``) -- each
+with its own scale.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ NAMES = schema.CNN_QUALITY_MODELS
 
 
 def make_inputs(name: str, images: jax.Array, masks: jax.Array, maps: jax.Array) -> jax.Array:
-  """g's input for model ``name`` from float images (N, H, W, 3), f's masks and scaled maps (N, H, W)."""
+  """g's input for model ``name`` from float images (N, H, W, 3), the masks under review and
+  scaled maps (N, H, W) or (N, H, W, C)."""
   y = masks.astype(images.dtype)[..., None]
   if name == 'uncertainty':
-    return jnp.concatenate([images, y, maps.astype(images.dtype)[..., None]], -1)
+    z = maps if maps.ndim == 4 else maps[..., None]
+    return jnp.concatenate([images, y, z.astype(images.dtype)], -1)
   if name == 'no_uncertainty':
     return jnp.concatenate([images, y], -1)
   if name == 'qualitynet':
@@ -61,20 +66,24 @@ def create_regressor(quality_config) -> VGGRegressor:
   return VGGRegressor(widths=tuple(quality_config.widths), dense=quality_config.dense)
 
 
-def map_scale(maps) -> float:
-  """The 99th percentile of g's training maps: divides every map g sees to order one."""
+def map_scale(maps):
+  """The 99th percentile of g's training maps: divides every map g sees to order one. A float
+  for (N, H, W) maps, a list (one per channel) for (N, H, W, C)."""
+  if maps.ndim == 4:
+    return [float(v) for v in np.maximum(np.percentile(maps, 99, axis=(0, 1, 2)), 1e-6)]
   return float(max(np.percentile(maps, 99), 1e-6))
 
 
-def init_params(model: VGGRegressor, name: str, key: jax.Array, image_size: int):
+def init_params(model: VGGRegressor, name: str, key: jax.Array, image_size: int,
+                map_channels: int = 1):
   """Fresh parameters of g for model ``name`` (its input shape comes from ``make_inputs``)."""
   size = image_size
-  dummy = make_inputs(name, jnp.zeros((1, size, size, 3)), jnp.zeros((1, size, size)),
-                      jnp.zeros((1, size, size)))
+  maps = jnp.zeros((1, size, size) if map_channels == 1 else (1, size, size, map_channels))
+  dummy = make_inputs(name, jnp.zeros((1, size, size, 3)), jnp.zeros((1, size, size)), maps)
   return jax.jit(lambda k: model.init(k, dummy)['params'])(key)
 
 
-def model_state(z_scale: float) -> dict:
+def model_state(z_scale) -> dict:
   """g's state beside its parameters: the map scale (``map_scale`` of its training maps),
   fixed with g, checkpointed with it and recorded in its ``done.json``."""
   return {'z_scale': jnp.asarray(z_scale, jnp.float32)}

@@ -22,6 +22,7 @@ from segqual_jax.config import schema
 from segqual_jax.core import artifacts, checkpointing, errors, parallel, workdir as run_dirs
 from segqual_jax.data import pipeline
 from segqual_jax.quality import cheap_qc, cnn, rca
+from segqual_jax.segmenter import external
 
 NAMES = schema.QUALITY_MODELS
 
@@ -52,7 +53,8 @@ def kind(name: str) -> str:
 def load_cnn_params(config, workdir: str, name: str):
   """``(model, params, z_scale)`` of CNN quality model ``name``; parameters only."""
   model = cnn.create_regressor(config.quality)
-  target = jax.eval_shape(lambda: cnn.init_params(model, name, jax.random.key(0), config.data.image_size))
+  target = jax.eval_shape(lambda: cnn.init_params(model, name, jax.random.key(0), config.data.image_size,
+                                                  external.map_channels(config)))
   checkpointer = checkpointing.Checkpointer(
       os.path.join(run_dirs.quality_dir(workdir, name), 'checkpoints'), every_steps=1)
   params = checkpointer.restore_items({'params': target})['params']

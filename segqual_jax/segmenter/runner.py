@@ -49,6 +49,9 @@ class SegOutputs:
   jaccard: np.ndarray | None = None  # (N,) true Jaccard
   # (N, D) f's pooled encoder statistics (the applicability score's input), if computed
   features: np.ndarray | None = None
+  # (N, H, W) float32 p(lesion): resampled to a true mask's resolution for native-size labels,
+  # and the surrogate's probabilities when another model's segmentation is judged
+  probs: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.masks)
@@ -56,7 +59,7 @@ class SegOutputs:
   def save(self, path: str) -> None:
     """Writes an .npz atomically: a crash never leaves a file that looks complete."""
     arrays = {'masks': self.masks, 'maps': self.maps, 'dice': self.dice, 'jaccard': self.jaccard,
-              'features': self.features}
+              'features': self.features, 'probs': self.probs}
     arrays = {k: v for k, v in arrays.items() if v is not None}
     arrays.update({_SCORE_PREFIX + k: v for k, v in self.scores.items()})
     artifacts.write_atomic(path, lambda tmp: np.savez(tmp, **arrays), suffix='.tmp.npz')
@@ -67,13 +70,13 @@ class SegOutputs:
       get = lambda k: f[k] if k in f.files else None
       return cls(f['masks'], f['maps'],
                  {k[len(_SCORE_PREFIX):]: f[k] for k in f.files if k.startswith(_SCORE_PREFIX)},
-                 get('dice'), get('jaccard'), get('features'))
+                 get('dice'), get('jaccard'), get('features'), get('probs'))
 
   def take(self, idx: np.ndarray) -> 'SegOutputs':
     """The cases ``idx``."""
     pick = lambda a: None if a is None else a[idx]
     return SegOutputs(self.masks[idx], self.maps[idx], {k: v[idx] for k, v in self.scores.items()},
-                      pick(self.dice), pick(self.jaccard), pick(self.features))
+                      pick(self.dice), pick(self.jaccard), pick(self.features), pick(self.probs))
 
   @classmethod
   def concatenate(cls, parts: list['SegOutputs']) -> 'SegOutputs':
@@ -83,7 +86,8 @@ class SegOutputs:
     names = set.intersection(*[set(p.scores) for p in parts])
     return cls(cat(lambda p: p.masks), cat(lambda p: p.maps),
                {n: cat(lambda p, n=n: p.scores[n]) for n in sorted(names)},
-               cat(lambda p: p.dice), cat(lambda p: p.jaccard), cat(lambda p: p.features))
+               cat(lambda p: p.dice), cat(lambda p: p.jaccard), cat(lambda p: p.features),
+               cat(lambda p: p.probs))
 
   def summary(self, fail_dice: float) -> dict[str, float]:
     """Mean overlaps, the share of failures (Dice < ``fail_dice``) and mean uncertainty."""
@@ -179,7 +183,9 @@ def run_cases(run_batch: Callable, params, images: np.ndarray, case_ids, base_ke
   cat = lambda k: np.concatenate([o[k] for o in outs])
   image_scores = {k: np.concatenate([o['scores'][k] for o in outs]) for k in outs[0].get('scores', {})}
   features = cat('features').astype(np.float32) if 'features' in outs[0] else None
-  return SegOutputs(cat('masks'), cat('maps').astype(np.float32), image_scores, features=features)
+  probs = cat('probs').astype(np.float32) if 'probs' in outs[0] else None
+  return SegOutputs(cat('masks'), cat('maps').astype(np.float32), image_scores, features=features,
+                    probs=probs)
 
 
 def case_ids(split: pipeline.Split) -> tuple[str, ...]:
@@ -222,9 +228,9 @@ def load_f(config, workdir: str, seg_dir: str | None = None) -> tuple[Any, Any]:
 
 def outputs_of(config, workdir: str, split: pipeline.Split, seg_dir: str | None = None) -> SegOutputs:
   """The trained f's outputs on ``split``, with the image-level scores, the applicability
-  features and the true overlaps."""
+  features, p(lesion) and the true overlaps (at the model's size)."""
   method, params = load_f(config, workdir, seg_dir)
-  run_batch = batch_fn(method_case_fn(method, with_scores=True, with_features=True))
+  run_batch = batch_fn(method_case_fn(method, with_scores=True, with_features=True, with_probs=True))
   return run_split(run_batch, params, split, cases_key(config), config.seg.eval_batch_size)
 
 
@@ -236,9 +242,9 @@ def cached_outputs(config, workdir: str, split: pipeline.Split) -> SegOutputs:
   path = os.path.join(run_dirs.f_outputs_dir(workdir), f'{split.name}.npz')
   if os.path.exists(path):
     cached = SegOutputs.load(path)
-    if cached.features is not None:
+    if cached.features is not None and cached.probs is not None:
       return cached
-    log.info('%s predates the applicability features; running f again', path)
+    log.info('%s predates the applicability features or p(lesion); running f again', path)
   log.info('running f (%s) on the %s split (%d cases)', config.method, split.name, len(split))
   outputs = outputs_of(config, workdir, split)
   os.makedirs(run_dirs.f_outputs_dir(workdir), exist_ok=True)

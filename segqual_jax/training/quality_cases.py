@@ -8,8 +8,10 @@ Which cases (``config.quality.label_source``):
 * ``oof`` -- out-of-fold outputs on the training split: k extra copies of
   f, each trained without one fold, predict that fold (this module trains
   them, which is why it lives in ``training``).
-f's outputs are cached per split (``segmenter.runner.cached_outputs``), so
-reruns, every quality model and the evaluation reuse one pass of f. With ``calibration.fraction`` > 0 a seeded share of the quality split
+The cases come from ``segmenter.judged`` (f's segmentations or another
+model's, true overlaps at native resolution); f's outputs are cached per split
+(``segmenter.runner.cached_outputs``), so reruns, every quality model and the
+evaluation reuse one pass of f. With ``calibration.fraction`` > 0 a seeded share of the quality split
 is held out from every quality model to calibrate the auto-accept rule.
 """
 
@@ -24,7 +26,7 @@ import numpy as np
 from segqual_jax.core import keys, workdir as run_dirs
 from segqual_jax.data import corruptions, pipeline
 from segqual_jax.quality import auto_accept
-from segqual_jax.segmenter import runner
+from segqual_jax.segmenter import judged, runner
 from segqual_jax.training import train_seg
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,8 @@ def holdout_parts(config, workdir: str, quality: pipeline.Split):
   a seeded sample (``data.seed``: the same cases for every model seed) and
   f's outputs on the whole split are computed and cached once.
   """
-  outputs = runner.cached_outputs(config, workdir, quality)
+  cases = judged.judged(config, workdir, quality)
+  quality, outputs = cases.split, cases.outputs
   if config.calibration.fraction <= 0:
     return (quality, outputs), None
   cal, rest = auto_accept.calibration_indices(len(quality), config.calibration.fraction, config.data.seed)
@@ -77,9 +80,11 @@ def training_cases(config, workdir: str, splits: dict[str, pipeline.Split]):
   if source == 'holdout':
     split, outputs = holdout_parts(config, workdir, splits['quality'])[0]
   elif source == 'train':
-    split, outputs = splits['train'], runner.cached_outputs(config, workdir, splits['train'])
+    cases = judged.judged(config, workdir, splits['train'])
+    split, outputs = cases.split, cases.outputs
   else:
-    split, outputs = splits['train'], oof_outputs(config, workdir, splits['train'])
+    split = splits['train']
+    outputs = judged.with_labels(config, oof_outputs(config, workdir, split), split)
   return with_shifted_copies(config, workdir, split, outputs)
 
 
@@ -118,7 +123,9 @@ def with_shifted_copies(config, workdir: str, split: pipeline.Split, outputs: ru
   copies = shifted_copies(config, split) if config.quality.shift_corruptions.strip() else []
   if not copies:
     return split, outputs
-  parts = [outputs] + [runner.cached_outputs(config, workdir, c) for c in copies]
+  truth_ids = runner.case_ids(split)  # a copy's truth is its original's mask
+  parts = [outputs] + [judged.with_labels(config, runner.cached_outputs(config, workdir, c), c, truth_ids)
+                       for c in copies]
   log.info('shift-aware quality models: %d cases + %d corrupted copies (drawn from %s, severities %s); '
            'mean Dice of f on them %.3f vs %.3f', len(split), sum(len(c) for c in copies),
            config.quality.shift_corruptions, tuple(config.quality.shift_severities),

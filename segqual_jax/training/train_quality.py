@@ -30,7 +30,7 @@ from segqual_jax.core import artifacts, checkpointing, keys, parallel, workdir a
 from segqual_jax.data import loading, pipeline
 from segqual_jax.core.errors import ConfigError
 from segqual_jax.quality import applicability, auto_accept, cheap_qc, cnn, rca, registry
-from segqual_jax.segmenter import unet
+from segqual_jax.segmenter import external, unet
 from segqual_jax.training import loop, quality_cases
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,7 @@ def make_loss_fn(model, name: str):
   return loss_fn
 
 
-def _train_cnn(config, name: str, out_dir: str, split, outputs, targets: np.ndarray,
-               z_scale: float) -> dict:
+def _train_cnn(config, name: str, out_dir: str, split, outputs, targets: np.ndarray, z_scale) -> dict:
   """Trains (or resumes) one CNN g; returns its summary."""
   t_start = time.time()
   # Keyed by the model's fixed index, not its position in quality.models,
@@ -58,7 +57,8 @@ def _train_cnn(config, name: str, out_dir: str, split, outputs, targets: np.ndar
   model_key = jax.random.fold_in(keys.purpose_key(config.seed, keys.QUALITY), cnn.NAMES.index(name))
   model = cnn.create_regressor(config.quality)
   tx = optax.adam(config.quality.learning_rate)
-  params = cnn.init_params(model, name, jax.random.fold_in(model_key, 0), config.data.image_size)
+  params = cnn.init_params(model, name, jax.random.fold_in(model_key, 0), config.data.image_size,
+                           external.map_channels(config))
   checkpointer = checkpointing.Checkpointer(os.path.join(out_dir, 'checkpoints'),
                                             config.quality.checkpoint_every_steps)
   state = checkpointer.resume(loop.create_state(params, tx, cnn.model_state(z_scale)),

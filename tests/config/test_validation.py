@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_shipped_configs_are_valid():
   import importlib
-  with_args = ('__init__.py', 'isic2017.py', 'kvasir_seg.py', 'synthetic.py')
+  with_args = ('__init__.py', 'isic2017.py', 'kvasir_seg.py', 'synthetic.py', 'external.py')
   names = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, 'configs'))
                  if f.endswith('.py') and f not in with_args)
   assert {'msp', 'ensemble', 'tta', 'hierarchical', 'cheap_qc', 'rca', 'auto_accept'} <= set(names)
@@ -27,6 +27,13 @@ def test_shipped_configs_are_valid():
   for name in synthetic.VARIANTS:
     config_validation.validate(synthetic.get_config(name))
   config_validation.validate(bench.get_config('quick'))
+  from configs import external
+  for kind in ('masks', 'probabilities'):
+    config = external.get_config(kind)
+    with pytest.raises(config_validation.ConfigError, match='needs config.data.root'):
+      config_validation.validate(config)  # the user's folder is theirs to name
+    config.data.root = '/data/mine'
+    config_validation.validate(config)
 
 
 def test_synthetic_aliases_equal_their_variant():

@@ -31,3 +31,27 @@ def test_surrogate_features_on_a_tiny_case():
   empty = external.agreement_scores(jnp.zeros((1, 2, 2), jnp.uint8), f_probs)
   assert float(empty['disagreement_fg_mean'][0]) == 0.0  # an empty outside mask: no foreground
   assert float(empty['dice_with_f'][0]) == 0.0  # f sees a lesion the outside model missed
+
+
+def test_judge_builds_what_the_quality_models_see():
+  """The same 2x2 case through ``judge``: the channels in the configured order, the agreement
+  scores signed higher = better, f's own scores kept under ``surrogate_``, and the outside
+  probabilities' map scores under ``own_`` (0 for a mask: a mask states no doubt)."""
+  seg = np.asarray([[[0.9, 0.2], [0.7, 0.0]]], np.float32)  # mask (p > 0.5): the left column
+  f_probs = np.asarray([[[1.0, 0.75], [0.5, 0.0]]], np.float32)
+  f_maps = np.full((1, 2, 2), 0.3, np.float32)
+  seen = external.judge(('disagreement', 'msp', 'surrogate'), 1, seg, f_probs, f_maps,
+                        {'map_mean': np.asarray([-0.3], np.float32)})
+  np.testing.assert_array_equal(seen['masks'], [[[1, 0], [1, 0]]])
+  assert seen['maps'].shape == (1, 2, 2, 3)
+  np.testing.assert_allclose(seen['maps'][..., 0], [[[0.0, 0.75], [0.5, 0.0]]])
+  np.testing.assert_allclose(seen['maps'][..., 1], [[[0.1, 0.2], [0.3, 0.0]]], atol=1e-6)
+  np.testing.assert_allclose(seen['maps'][..., 2], f_maps)
+  s = seen['scores']
+  assert s['dice_with_f'][0] == pytest.approx(0.5)
+  assert s['disagreement_mean'][0] == pytest.approx(-0.3125)  # higher = better: negated
+  assert s['surrogate_map_mean'][0] == pytest.approx(-0.3)
+  assert s['own_map_mean'][0] == pytest.approx(-0.15)  # msp mean (0.1 + 0.2 + 0.3 + 0) / 4
+  as_mask = external.judge(('surrogate',), 1, (seg > 0.5).astype(np.float32), f_probs, f_maps, {})
+  assert as_mask['scores']['own_map_mean'][0] == 0.0
+  assert as_mask['maps'].shape == (1, 2, 2, 1)

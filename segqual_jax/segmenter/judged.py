@@ -1,0 +1,130 @@
+"""The cases every quality model judges: the segmentation under review, what g sees, the truth.
+
+Stage 2, the evaluation and the experiments get a split's cases here, never
+from f's cache directly, so one rule holds everywhere:
+
+* **Which segmentation.** f's own (``runner.cached_outputs``), or with
+  ``external.predictions`` another model's, read from that folder
+  (``<id>.png|.npy``, ``data/segmentations.py``) at its image's size. f still
+  runs on every case: it is the surrogate whose map, disagreement and scores
+  g and cheap QC may see (``external.judge``), and its encoder features feed
+  the applicability gate. A case without a readable segmentation is dropped
+  and named in the log and in ``Judged.dropped``: a training folder where some
+  images lack a prediction trains on the rest.
+* **Which truth.** With ``quality.label_resolution=native`` (default) the true
+  Dice/Jaccard are measured at each true mask file's own size -- the
+  segmentation resampled to it (``external.native_overlaps``) -- because the
+  user's bar is Dice > 0.8 of their masks, not of ``data.image_size`` copies.
+  Synthetic cases exist only at the model's size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+
+from segqual_jax.core.errors import DataError
+from segqual_jax.data import images as image_io
+from segqual_jax.data import loading, pipeline, segmentations
+from segqual_jax.segmenter import external, runner
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Judged:
+  """A split's judged cases: ``split`` and ``outputs`` in the same order, and the cases left out."""
+  split: pipeline.Split
+  outputs: runner.SegOutputs
+  dropped: dict[str, str]  # case id -> why it has no segmentation to judge
+
+
+def predictions_dir(config) -> str:
+  """The outside model's folder (``external.predictions``; a relative path is under ``data.root``)."""
+  path = os.path.expanduser(config.external.predictions.strip())
+  return path if os.path.isabs(path) else os.path.join(os.path.expanduser(config.data.root), path)
+
+
+
+def read_outside(config, ids, image_paths: dict[str, str], folder: str):
+  """``(kept indices, segmentations at their images' sizes, {id: why dropped})`` of ``ids``."""
+  available = segmentations.stems(folder)
+  size = config.data.image_size
+  kept, segs, dropped = [], [], {}
+  for i, case_id in enumerate(ids):
+    if case_id not in available:
+      dropped[case_id] = f'no segmentation {case_id}.png or .npy in {folder}'
+      continue
+    try:
+      image_wh = image_io.native_size(image_paths[case_id]) if case_id in image_paths else (size, size)
+      seg = segmentations.read(available[case_id], image_wh)
+    except (segmentations.SegmentationError, image_io.ImageError) as e:
+      dropped[case_id] = str(e)
+      continue
+    if external.needs_probabilities(config) and seg.kind == 'mask':
+      dropped[case_id] = (f'{available[case_id]}: a mask, but external.map_channels='
+                          f'{config.external.map_channels!r} needs the model\'s p(lesion)')
+      continue
+    kept.append(i)
+    segs.append(seg)
+  return np.asarray(kept, np.int64), segs, dropped
+
+
+def judged(config, workdir: str, split: pipeline.Split) -> Judged:
+  """The judged cases of ``split`` (module doc); f's pass over it is cached by the runner."""
+  f_out = runner.cached_outputs(config, workdir, split)
+  files = truth_files(config)
+  ids = runner.case_ids(split)
+  size = config.data.image_size
+  if not external.active(config):
+    segs = [segmentations.Segmentation(p, 'probabilities') for p in f_out.probs]
+    kept, dropped, outputs = np.arange(len(split)), {}, f_out
+  else:
+    folder = predictions_dir(config)
+    if not os.path.isdir(folder):
+      raise DataError(f'config.external.predictions: {folder} is not a folder')
+    image_paths = {k: v[0] for k, v in (files or loading.case_files(config.data)).items()}
+    kept, segs, dropped = read_outside(config, ids, image_paths, folder)
+    if dropped:
+      log.warning('%s split: %d of %d cases have no usable segmentation in %s and are left out: %s',
+                  split.name, len(dropped), len(ids), folder,
+                  '; '.join(f'{k} ({v})' for k, v in list(dropped.items())[:5])
+                  + (f' (+{len(dropped) - 5} more)' if len(dropped) > 5 else ''))
+    if not len(kept):
+      raise DataError(f'{split.name} split: none of its {len(ids)} cases has a usable segmentation '
+                      f'in {folder} (e.g. {next(iter(dropped.values()))})')
+    sub = f_out.take(kept)
+    at_model = np.stack([segmentations.to_shape(s, (size, size)).probs for s in segs])
+    seen = external.judge(external.channel_names(config), config.uncertainty.score_band_px, at_model,
+                          sub.probs, sub.maps, sub.scores)
+    outputs = runner.SegOutputs(seen['masks'], seen['maps'], seen['scores'], features=sub.features,
+                                probs=at_model)
+    split = split.take(kept, split.name)
+  return Judged(split, labelled(outputs, segs, split, files, runner.case_ids(split)), dropped)
+
+
+def truth_files(config) -> dict[str, tuple[str, str]]:
+  """``loading.case_files`` when labels are measured at native resolution, else ``{}``."""
+  return loading.case_files(config.data) if config.quality.label_resolution == 'native' else {}
+
+
+def labelled(outputs: runner.SegOutputs, segs, split: pipeline.Split,
+             files: dict[str, tuple[str, str]], truth_ids) -> runner.SegOutputs:
+  """``outputs`` with the true Dice/Jaccard of ``segs``: at the size of case ``truth_ids[i]``'s
+  true mask file when ``files`` has it, else against the split's model-size masks."""
+  dice, jaccard = np.zeros(len(segs), np.float32), np.zeros(len(segs), np.float32)
+  for i, (seg, case_id) in enumerate(zip(segs, truth_ids)):
+    truth = image_io.read_mask(files[case_id][1]) if case_id in files else split.masks[i]
+    dice[i], jaccard[i] = external.native_overlaps(seg, truth)
+  return dataclasses.replace(outputs, dice=dice, jaccard=jaccard)
+
+
+def with_labels(config, outputs: runner.SegOutputs, split: pipeline.Split,
+                truth_ids=None) -> runner.SegOutputs:
+  """f's own ``outputs`` on ``split`` with true overlaps at the configured resolution (out-of-fold
+  outputs, corrupted copies: ``truth_ids`` name the case whose truth each one has)."""
+  segs = [segmentations.Segmentation(p, 'probabilities') for p in outputs.probs]
+  return labelled(outputs, segs, split, truth_files(config), truth_ids or runner.case_ids(split))
