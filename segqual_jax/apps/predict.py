@@ -307,6 +307,17 @@ def check_segmentations(config, segmentations_dir: str | None) -> None:
     raise PredictError(f'--segmentations={segmentations_dir}: no such directory')
 
 
+def page_labels(config, segmentations_dir: str | None) -> tuple[str, str]:
+  """Whose segmentations the page shows, and which map (the HTML's wording)."""
+  if not segmentations_dir:
+    return "f's", "f's pixels"
+  first = external.channel_names(config)[0]
+  return ("the outside model's", {'msp': "the outside model's own 1 - max(p, 1 - p)",
+                                  'entropy': "the outside model's own entropy",
+                                  'surrogate': "the surrogate f's map of the image",
+                                  'disagreement': "|outside mask - surrogate f's p(lesion)|"}[first])
+
+
 def outside_reader(config, segmentations_dir: str):
   """``case -> the outside model's segmentation at the image's size`` (``<stem>.png|.npy`` in
   ``segmentations_dir``); raises ``SegmentationError`` naming the file and the problem."""
@@ -398,7 +409,7 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   title = f'segqual-jax: {config.method} on {os.path.basename(os.path.abspath(input_path))}'
   render.write_html(os.path.join(output_dir, 'index.html'), cases, decisions, names, title,
                     rule.description, warnings, with_truth, gate_text(gate), provenance_text(origin),
-                    rule.threshold, model.target, vmax)
+                    rule.threshold, model.target, vmax, *page_labels(config, segmentations_dir))
   summary = summarise(config, cases, decisions, rule, name, time.time() - t0, gate, origin, warnings)
   artifacts.write_json(os.path.join(output_dir, 'summary.json'), summary)
   log.info('predict: %d files, %d read, %d unreadable; %d pass, %d predicted to fail, %d to review '

@@ -169,7 +169,7 @@ def margin_text(case, threshold: float, target: str) -> str:
 def write_html(path: str, cases, decisions: dict, names: dict[str, str], title: str,
                rule_text: str, warnings: list[str], with_truth: bool, gate_text: str = '',
                provenance_text: str = '', threshold: float = math.nan, target: str = 'dice',
-               vmax: float = 1.0) -> None:
+               vmax: float = 1.0, whose: str = "f's", map_label: str = "f's pixels") -> None:
   """One page: unreadable files first, then cases not judged (review), predicted failures,
   and auto-accepted cases, each group worst predicted quality first.
 
@@ -178,11 +178,13 @@ def write_html(path: str, cases, decisions: dict, names: dict[str, str], title: 
   a suspended run, synthetic training data); the gate's verdict and the run's
   provenance follow. Each judged case shows its margin to the decision
   ``threshold`` (in ``target`` units); the map's colour bar runs 0 to ``vmax``.
+  ``whose`` names the segmentations judged ("f's", or an outside model's) and
+  ``map_label`` the map shown.
   """
   e = html.escape
   ordered = sorted(cases, key=lambda c: (c.ok, _ORDER[decisions[c.file].decision] if c.ok else 0,
                                          c.predicted_dice if c.ok else 0.0))
-  head = ('<th>file</th><th>image</th><th>f\'s segmentation</th><th>uncertainty</th>'
+  head = (f'<th>file</th><th>image</th><th>{e(whose)} segmentation</th><th>uncertainty</th>'
           '<th>predicted Dice</th><th>predicted Jaccard</th><th>decision</th>'
           '<th>mean uncertainty</th><th>applicability p</th>'
           + ('<th>true Dice</th><th>true Jaccard</th>' if with_truth else '') + '<th>status</th>')
@@ -201,7 +203,8 @@ def write_html(path: str, cases, decisions: dict, names: dict[str, str], title: 
       cells = '<td colspan="3">—</td>'
       numbers = '<td></td><td></td><td style="color:#c62828">unreadable</td><td></td><td></td>'
     truth = f'<td>{_fmt(c.true_dice, 3)}</td><td>{_fmt(c.true_jaccard, 3)}</td>' if with_truth else ''
-    body.append(f'<tr><td>{e(c.file)}</td>{cells}{numbers}{truth}<td>{e(c.status)}</td></tr>')
+    notes = ''.join(f'<br><small>{e(n)}</small>' for n in c.notes)
+    body.append(f'<tr><td>{e(c.file)}</td>{cells}{numbers}{truth}<td>{e(c.status)}{notes}</td></tr>')
   n_ok = sum(c.ok for c in cases)
   count = lambda d: sum(x.decision == d for x in decisions.values())
   note_html = ''.join(f'<p style="color:#c62828;font-weight:bold">{e(w)}</p>\n' for w in warnings)
@@ -217,9 +220,9 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:center}} td img{{width:2
 <b>{count('pass')} auto-accepted</b>, {count('fail')} predicted to fail and {count('review')} not judged
 (outside what this run can assess): {count('fail') + count('review')} need a human look.
 Decision rule: {e(rule_text)}.
-Overlay: f's mask outlined in yellow{' and the true mask in cyan' if with_truth else ''}, each
+Overlay: {e(whose)} mask outlined in yellow{' and the true mask in cyan' if with_truth else ''}, each
 edged in black, on the image at its own resolution (longer side at most {DISPLAY_MAX_SIDE} px).
-Uncertainty (f's pixels): brighter = less certain, one colour scale for the run:
+Uncertainty ({e(map_label)}): brighter = less certain, one colour scale for the run:
 0 <img src="{MAPS_DIR}/{SCALE_FILE}" style="width:256px;height:14px;vertical-align:middle"> {vmax:.3g}.</p>
 <table><tr>{head}</tr>
 {chr(10).join(body)}

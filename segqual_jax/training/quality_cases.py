@@ -36,7 +36,9 @@ def oof_outputs(config, workdir: str, train: pipeline.Split) -> runner.SegOutput
   """Out-of-fold outputs on ``train`` from k copies of f (cached as ``train_oof.npz``)."""
   path = os.path.join(run_dirs.f_outputs_dir(workdir), 'train_oof.npz')
   if os.path.exists(path):
-    return runner.SegOutputs.load(path)
+    cached = runner.SegOutputs.load(path)
+    if cached.probs is not None:  # older caches lack p(lesion), which native-size labels need
+      return cached
   k = config.quality.oof_folds
   folds = np.array_split(np.random.default_rng([config.seed, keys.OOF_FOLDS]).permutation(len(train)), k)
   parts = []

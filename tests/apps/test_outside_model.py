@@ -153,6 +153,8 @@ def test_predict_with_segmentations_gives_every_problem_its_own_row(runs, tmp_pa
   stray = rows[os.path.join(str(segs), 'stray.png')]
   assert 'without an image' in stray['status']
   assert summary['read'] == 4
+  page = (out / 'index.html').read_text()
+  assert "the outside model&#x27;s mask outlined" in page and 'resized from 64x64' in page
   written = np.asarray(Image.open(out / 'masks' / 'c0.png')) > 0  # the judged mask, not f's
   np.testing.assert_array_equal(written, test.masks[0] > 0)
 
