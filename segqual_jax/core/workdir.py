@@ -6,7 +6,7 @@ and the apps agree without importing each other::
   <workdir>/seg/                     stage 1: f (checkpoints/, log.jsonl, config.json)
   <workdir>/seg/metrics.json         ... present once f is complete
   <workdir>/seg_oof/fold<i>/         out-of-fold copies of f (quality.label_source=oof)
-  <workdir>/quality/f_outputs/       f's cached outputs on a split (<split>.npz)
+  <workdir>/quality/f_outputs/       f's cached outputs on a split (<split>.npz); <split>_left_out.json: cases without an outside segmentation
   <workdir>/quality/<model>/         stage 2: one quality model (config.json, done.json)
   <workdir>/quality/applicability/   the applicability score (stage 2: score.npz, done.json)
   <workdir>/quality/calibration.json the calibrated auto-accept rules (stage 2)

@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from segqual_jax.core import artifacts, workdir as run_dirs
 from segqual_jax.core.errors import DataError
 from segqual_jax.data import images as image_io
 from segqual_jax.data import loading, pipeline, segmentations
@@ -47,6 +48,10 @@ def predictions_dir(config) -> str:
   path = os.path.expanduser(config.external.predictions.strip())
   return path if os.path.isabs(path) else os.path.join(os.path.expanduser(config.data.root), path)
 
+
+def left_out_file(workdir: str, split_name: str) -> str:
+  """Where the ids of a split's cases without a usable segmentation are listed, with why."""
+  return os.path.join(run_dirs.f_outputs_dir(workdir), f'{split_name}_left_out.json')
 
 
 def read_outside(config, ids, image_paths: dict[str, str], folder: str):
@@ -89,8 +94,10 @@ def judged(config, workdir: str, split: pipeline.Split) -> Judged:
     image_paths = {k: v[0] for k, v in (files or loading.case_files(config.data)).items()}
     kept, segs, dropped = read_outside(config, ids, image_paths, folder)
     if dropped:
-      log.warning('%s split: %d of %d cases have no usable segmentation in %s and are left out: %s',
-                  split.name, len(dropped), len(ids), folder,
+      artifacts.write_json(left_out_file(workdir, split.name), dropped)
+      log.warning('%s split: %d of %d cases have no usable segmentation in %s and are left out '
+                  '(every id and why: %s): %s', split.name, len(dropped), len(ids), folder,
+                  left_out_file(workdir, split.name),
                   '; '.join(f'{k} ({v})' for k, v in list(dropped.items())[:5])
                   + (f' (+{len(dropped) - 5} more)' if len(dropped) > 5 else ''))
     if not len(kept):

@@ -75,6 +75,8 @@ def test_quality_models_learn_the_outside_segmentations_and_list_the_missing(run
   assert 'no segmentation' in cases.dropped[quality.ids[0]]
   assert 'aspect ratio differs' in cases.dropped[quality.ids[1]]
   assert quality.ids[0] in caplog.text and 'left out' in caplog.text
+  listed = artifacts.read_json(judged.left_out_file(workdir, 'quality'))
+  assert listed == cases.dropped
   assert cases.split.ids == quality.ids[2:]
   for j, i in enumerate(range(2, len(quality))):
     expected = _outside_mask(quality.masks[i], i)
