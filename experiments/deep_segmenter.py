@@ -24,13 +24,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # segmenter_files, when imported by path
 
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import otsu_segmenter  # noqa: E402  (the same file listing and Dice report)
+import segmenter_files  # noqa: E402  (the same file listing and Dice report as the Otsu script)
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run whose trained f (stage 1) segments.')
 _IMAGES = flags.DEFINE_string('images', None, 'Folder of images.')
@@ -51,7 +52,7 @@ def main(argv):
   runtime.configure(config)
   method, params = runner.load_f(config, _WORKDIR.value)
   run_batch = runner.batch_fn(runner.method_case_fn(method, with_scores=False, with_probs=True))
-  files = otsu_segmenter.image_files(_IMAGES.value, _IDS.value)
+  files = segmenter_files.image_files(_IMAGES.value, _IDS.value)
   size = config.data.image_size
   stems = sorted(files)
   images = np.stack([image_io.read_image(os.path.join(_IMAGES.value, files[s]), size) for s in stems])
@@ -65,7 +66,7 @@ def main(argv):
     Image.fromarray(np.round(native.probs * 65535).astype(np.uint16)).save(written[stem])
   print(f'{len(written)} probability maps written to {_OUT.value}')
   if _MASKS.value:
-    otsu_segmenter.print_dice(written, _MASKS.value)
+    segmenter_files.print_dice(written, _MASKS.value)
 
 
 if __name__ == '__main__':

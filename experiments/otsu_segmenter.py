@@ -22,11 +22,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # segmenter_files, when imported by path
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
+
+import segmenter_files  # noqa: E402  (listing the images, the Dice report)
 
 _IMAGES = flags.DEFINE_string('images', None, 'Folder of images.')
 _IDS = flags.DEFINE_string('ids', '', 'Optional file of image stems, one a line (else every image).')
@@ -63,40 +66,10 @@ def segment(rgb: np.ndarray, smooth: float = 0.01) -> np.ndarray:
   return (labels == 1 + int(np.argmax(sizes))).astype(np.uint8)
 
 
-def true_mask_path(masks_dir: str, stem: str) -> str | None:
-  """``<stem>.png`` or ``<stem>_segmentation.png`` (ISIC) in ``masks_dir``, if either exists."""
-  return next((os.path.join(masks_dir, stem + suffix + '.png') for suffix in ('', '_segmentation')
-               if os.path.exists(os.path.join(masks_dir, stem + suffix + '.png'))), None)
-
-
-def print_dice(written: dict[str, str], masks_dir: str) -> None:
-  """The Dice distribution of the written segmentations (``{stem: path}``) at the true masks' resolution."""
-  from segqual_jax.data import images as image_io  # pylint: disable=g-import-not-at-top
-  from segqual_jax.data import segmentations  # pylint: disable=g-import-not-at-top
-  from segqual_jax.segmenter import external  # pylint: disable=g-import-not-at-top
-  dice = [external.native_overlaps(segmentations.read(path), image_io.read_mask(truth))[0]
-          for stem, path in sorted(written.items()) if (truth := true_mask_path(masks_dir, stem))]
-  if dice:
-    d = np.asarray(dice)
-    print(f'Dice against {len(d)} true masks (their resolution): mean {d.mean():.3f}, median '
-          f'{np.median(d):.3f}, {100 * (d < 0.8).mean():.1f} % below 0.8')
-
-
-def image_files(images_dir: str, ids_file: str) -> dict[str, str]:
-  """``{stem: file name}`` of the images in ``images_dir``, only the ids of ``ids_file`` if given."""
-  from segqual_jax.data import images as image_io  # pylint: disable=g-import-not-at-top
-  files = {os.path.splitext(f)[0]: f for f in image_io.list_images(images_dir)}
-  if ids_file:
-    with open(ids_file) as f:
-      wanted = [line.strip() for line in f if line.strip()]
-    files = {s: files[s] for s in wanted if s in files}
-  return files
-
-
 def main(argv):
   del argv
   from segqual_jax.data import images as image_io  # pylint: disable=g-import-not-at-top
-  files = image_files(_IMAGES.value, _IDS.value)
+  files = segmenter_files.image_files(_IMAGES.value, _IDS.value)
   os.makedirs(_OUT.value, exist_ok=True)
   written = {}
   for stem, name in sorted(files.items()):
@@ -105,7 +78,7 @@ def main(argv):
     Image.fromarray(segment(rgb, _SMOOTH.value) * 255).save(written[stem])
   print(f'{len(files)} masks written to {_OUT.value}')
   if _MASKS.value:
-    print_dice(written, _MASKS.value)
+    segmenter_files.print_dice(written, _MASKS.value)
 
 
 if __name__ == '__main__':
