@@ -326,10 +326,7 @@ def outside_reader(config, segmentations_dir: str):
     if path is None:
       raise seg_io.SegmentationError(os.path.join(segmentations_dir, case.stem + '.png'),
                                      'missing: no segmentation <stem>.png or .npy for this image')
-    seg = seg_io.read(path, case.native_size)
-    if external.needs_probabilities(config) and seg.kind == 'mask':
-      raise seg_io.SegmentationError(path, 'a mask, but this run\'s g sees the model\'s own '
-                                     f'probability maps (external.map_channels={config.external.map_channels!r})')
+    seg = external.read(config, path, case.native_size)
     for note in seg.notes:
       log.warning('%s: %s', path, note)
     return seg

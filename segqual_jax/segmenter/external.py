@@ -97,6 +97,18 @@ def needs_probabilities(config) -> bool:
   return active(config) and any(c in OWN_MAP_CHANNELS for c in channel_names(config))
 
 
+def read(config, path: str, image_size: tuple[int, int]) -> segmentations.Segmentation:
+  """The outside model's segmentation in ``path`` at its image's ``(width, height)``, checked
+  against what g's channels need; raises ``SegmentationError`` naming the file and the problem.
+  Stage 2 and predict read every outside segmentation through here."""
+  seg = segmentations.read(path, image_size)
+  if needs_probabilities(config) and seg.kind == 'mask':
+    raise segmentations.SegmentationError(
+        path, f'a mask, but external.map_channels={config.external.map_channels!r} needs the '
+              'model\'s own p(lesion) (a probability map)')
+  return seg
+
+
 def judge(channels: tuple[str, ...], band_px: int, seg_probs: np.ndarray, f_probs: np.ndarray,
           f_maps: np.ndarray, f_scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """What the quality models see of one batch of outside segmentations, at the model's size.

@@ -65,13 +65,9 @@ def read_outside(config, ids, image_paths: dict[str, str], folder: str):
       continue
     try:
       image_wh = image_io.native_size(image_paths[case_id]) if case_id in image_paths else (size, size)
-      seg = segmentations.read(available[case_id], image_wh)
+      seg = external.read(config, available[case_id], image_wh)
     except (segmentations.SegmentationError, image_io.ImageError) as e:
       dropped[case_id] = str(e)
-      continue
-    if external.needs_probabilities(config) and seg.kind == 'mask':
-      dropped[case_id] = (f'{available[case_id]}: a mask, but external.map_channels='
-                          f'{config.external.map_channels!r} needs the model\'s p(lesion)')
       continue
     kept.append(i)
     segs.append(seg)

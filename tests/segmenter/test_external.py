@@ -55,3 +55,19 @@ def test_judge_builds_what_the_quality_models_see():
   as_mask = external.judge(('surrogate',), 1, (seg > 0.5).astype(np.float32), f_probs, f_maps, {})
   assert as_mask['scores']['own_map_mean'][0] == 0.0
   assert as_mask['maps'].shape == (1, 2, 2, 1)
+
+
+def test_a_mask_is_refused_where_g_needs_the_models_own_probabilities(tmp_path):
+  from PIL import Image
+  from configs import test as test_config
+  from segqual_jax.data import segmentations
+  config = test_config.get_config()
+  config.external.predictions = str(tmp_path)
+  config.external.map_channels = 'msp'
+  Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / 'm.png')
+  np.save(tmp_path / 'p.npy', np.full((8, 8), 0.7, np.float32))
+  with pytest.raises(segmentations.SegmentationError, match="m.png: a mask, but external.map_channels='msp'"):
+    external.read(config, str(tmp_path / 'm.png'), (8, 8))
+  assert external.read(config, str(tmp_path / 'p.npy'), (8, 8)).kind == 'probabilities'
+  config.external.map_channels = 'surrogate,disagreement'  # the surrogate's maps need no probabilities
+  assert external.read(config, str(tmp_path / 'm.png'), (16, 16)).probs.shape == (16, 16)
