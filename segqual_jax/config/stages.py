@@ -77,7 +77,7 @@ FIELD_ROLES = (
 )
 
 # Paths compared after resolving symlinks: the same data reached another way is the same data.
-PATH_FIELDS = ('data.root',)
+PATH_FIELDS = ('data.root', 'external.predictions')
 
 _F = (F_TRAIN, F_TEST)
 STAGES = {
