@@ -9,8 +9,8 @@ from f's cache directly, so one rule holds everywhere:
   runs on every case: it is the surrogate whose map, disagreement and scores
   g and cheap QC may see (``external.judge``), and its encoder features feed
   the applicability gate. A case without a readable segmentation is dropped
-  and named in the log and in ``Judged.dropped``: a training folder where some
-  images lack a prediction trains on the rest.
+  and named (the log, ``Judged.dropped``, ``left_out_file``): a training
+  folder where some images lack a prediction trains on the rest.
 * **Which truth.** With ``quality.label_resolution=native`` (default) the true
   Dice/Jaccard are measured at each true mask file's own size -- the
   segmentation resampled to it (``external.native_overlaps``) -- because the
