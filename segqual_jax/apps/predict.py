@@ -321,8 +321,10 @@ def page_labels(config, segmentations_dir: str | None) -> tuple[str, str]:
 def outside_reader(config, segmentations_dir: str):
   """``case -> the outside model's segmentation at the image's size`` (``<stem>.png|.npy`` in
   ``segmentations_dir``); raises ``SegmentationError`` naming the file and the problem."""
+  listing = seg_io.index(segmentations_dir)
+
   def read(case) -> seg_io.Segmentation:
-    path = seg_io.find(segmentations_dir, case.stem)
+    path = seg_io.path_of(listing, segmentations_dir, case.stem)
     if path is None:
       raise seg_io.SegmentationError(os.path.join(segmentations_dir, case.stem + '.png'),
                                      'missing: no segmentation <stem>.png or .npy for this image')
@@ -338,7 +340,8 @@ def extra_segmentations(segmentations_dir: str, cases) -> list:
   stems = {c.stem for c in cases}
   extra = [assess.Case(file=os.path.join(segmentations_dir, os.path.basename(path)),
                        status='error: segmentation without an image of that name in --input')
-           for stem, path in sorted(seg_io.stems(segmentations_dir).items()) if stem not in stems]
+           for stem, paths in sorted(seg_io.index(segmentations_dir).items()) if stem not in stems
+           for path in paths]
   if extra:
     log.warning('%d segmentation(s) in %s have no image in --input: %s', len(extra), segmentations_dir,
                 ', '.join(c.file for c in extra[:5]) + (' ...' if len(extra) > 5 else ''))

@@ -2,7 +2,7 @@
 
 segqual-jax judges segmentations that any model made (issue 16): per image,
 ``<stem>.png`` or ``<stem>.npy`` in a predictions folder. Every path that reads
-one goes through ``read_segmentation``, so each format and each odd file is
+one goes through ``read``, so each format and each odd file is
 handled once, with a ``SegmentationError`` (a ``ValueError``) that names the
 file and the problem, or a warning that says what was done:
 
@@ -68,31 +68,30 @@ class Segmentation:
     return (self.probs > 0.5).astype(np.uint8)
 
 
-def find(directory: str, stem: str) -> str | None:
-  """``<directory>/<stem>.png`` or ``.npy`` (extensions case-insensitive); None if neither.
-
-  Raises ``SegmentationError`` when both exist: which one is the model's is not ours to guess.
-  """
+def index(directory: str) -> dict[str, list[str]]:
+  """``{stem: its segmentation files}`` of ``directory`` (not recursive; extensions
+  case-insensitive), listed once: a folder of thousands is read once, not once per image."""
   if not os.path.isdir(directory):
-    return None
-  found = [os.path.join(directory, name) for name in sorted(os.listdir(directory))
-           if os.path.splitext(name)[0] == stem and os.path.splitext(name)[1].lower() in EXTENSIONS]
+    return {}
+  out: dict[str, list[str]] = {}
+  for name in sorted(os.listdir(directory)):
+    stem, ext = os.path.splitext(name)
+    if ext.lower() in EXTENSIONS and not name.startswith('.'):
+      out.setdefault(stem, []).append(os.path.join(directory, name))
+  return out
+
+
+def path_of(listing: dict[str, list[str]], directory: str, stem: str) -> str | None:
+  """The one segmentation of ``stem`` in an ``index`` of ``directory``; None if it has none.
+
+  Raises ``SegmentationError`` when it has two (``.png`` and ``.npy``): which one is the
+  model's is not ours to guess.
+  """
+  found = listing.get(stem, [])
   if len(found) > 1:
     raise SegmentationError(os.path.join(directory, stem + '.*'),
                             f'more than one segmentation for this image ({", ".join(found)})')
   return found[0] if found else None
-
-
-def stems(directory: str) -> dict[str, str]:
-  """``{stem: path}`` of every segmentation file in ``directory`` (not recursive)."""
-  if not os.path.isdir(directory):
-    return {}
-  out = {}
-  for name in sorted(os.listdir(directory)):
-    stem, ext = os.path.splitext(name)
-    if ext.lower() in EXTENSIONS and not name.startswith('.'):
-      out.setdefault(stem, os.path.join(directory, name))
-  return out
 
 
 def _from_png(path: str) -> tuple[np.ndarray, list[str]]:

@@ -56,16 +56,17 @@ def left_out_file(workdir: str, split_name: str) -> str:
 
 def read_outside(config, ids, image_paths: dict[str, str], folder: str):
   """``(kept indices, segmentations at their images' sizes, {id: why dropped})`` of ``ids``."""
-  available = segmentations.stems(folder)
+  listing = segmentations.index(folder)
   size = config.data.image_size
   kept, segs, dropped = [], [], {}
   for i, case_id in enumerate(ids):
-    if case_id not in available:
-      dropped[case_id] = f'no segmentation {case_id}.png or .npy in {folder}'
-      continue
     try:
+      path = segmentations.path_of(listing, folder, case_id)
+      if path is None:
+        dropped[case_id] = f'no segmentation {case_id}.png or .npy in {folder}'
+        continue
       image_wh = image_io.native_size(image_paths[case_id]) if case_id in image_paths else (size, size)
-      seg = external.read(config, available[case_id], image_wh)
+      seg = external.read(config, path, image_wh)
     except (segmentations.SegmentationError, image_io.ImageError) as e:
       dropped[case_id] = str(e)
       continue

@@ -95,16 +95,17 @@ def test_size_is_fitted_to_the_image_or_refused(tmp_path):
     segmentations.read(path, image_size=(64, 48))
 
 
-def test_find_and_stems(tmp_path):
+def test_index_and_path_of(tmp_path):
+  find = lambda stem: segmentations.path_of(segmentations.index(str(tmp_path)), str(tmp_path), stem)
   np.save(tmp_path / 'a.npy', np.zeros((16, 16), np.float32))
   _png(tmp_path / 'b.PNG', np.zeros((16, 16), np.uint8))
-  assert segmentations.find(str(tmp_path), 'a').endswith('a.npy')
-  assert segmentations.find(str(tmp_path), 'b').endswith('b.PNG')
-  assert segmentations.find(str(tmp_path), 'c') is None
-  assert set(segmentations.stems(str(tmp_path))) == {'a', 'b'}
+  assert find('a').endswith('a.npy')
+  assert find('b').endswith('b.PNG')
+  assert find('c') is None
+  assert set(segmentations.index(str(tmp_path))) == {'a', 'b'}
   _png(tmp_path / 'a.png', np.zeros((16, 16), np.uint8))
   with pytest.raises(segmentations.SegmentationError, match='more than one'):
-    segmentations.find(str(tmp_path), 'a')
+    find('a')
 
 
 def test_native_resolution_dice_by_hand(tmp_path):
