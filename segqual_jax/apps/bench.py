@@ -46,10 +46,14 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class Compiled:
   """A compiled program with its compile time and XLA's peak buffer memory (FLOPs come from
-  ``program_flops``)."""
+  ``program_flops``); ``memory_bytes`` is None where the backend reports none."""
   run: Callable
   compile_s: float
-  memory_bytes: int
+  memory_bytes: int | None
+
+  @property
+  def memory_mb(self) -> float | None:
+    return None if self.memory_bytes is None else self.memory_bytes / 2**20
 
 
 def compile_fn(fn: Callable, *args) -> Compiled:
@@ -59,7 +63,7 @@ def compile_fn(fn: Callable, *args) -> Compiled:
   # XLA's buffer assignment: everything live at the program's peak. (Its own
   # peak_memory_in_bytes leaves the temporaries out on CPU.)
   mem = compiled.memory_analysis()
-  memory = 0 if mem is None else int(mem.argument_size_in_bytes + mem.output_size_in_bytes
+  memory = None if mem is None else int(mem.argument_size_in_bytes + mem.output_size_in_bytes
                                      + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
   return Compiled(compiled, compile_s, memory)
 
@@ -223,7 +227,7 @@ def bench_method(config, method_name: str, image_size: int, batch: int, samples_
         'engine_gflop': flops / 1e9, 'gflop_per_s': gflops,
         'loop_gflop_per_s': loop_s and naive_flops * len(sample_rows) / loop_s / 1e9,
         'fraction_of_matmul_peak': gflops / peak, 'fraction_of_conv_ceiling': gflops / ceiling,
-        'compile_s': engine.compile_s, 'peak_memory_mb': engine.memory_bytes / 2**20,
+        'compile_s': engine.compile_s, 'peak_memory_mb': engine.memory_mb,
     })
     log.info('bench %s %dpx x%d w%d %s T=%d chunk=%d: engine %.3f s, loop %s s, det %.3f s, '
              '%.0f GFLOP/s', method_name, image_size, batch, config.seg.base_width, dtype,
@@ -254,7 +258,7 @@ def chunk_sweep(config, methods, image_size: int, batch: int, chunks, repeats: i
                                   num_samples)
       rows.append({'method': name, 'samples': num_samples, 'setting': chunk, 'chunk': resolved,
                    'engine_s': median_time(lambda: engine.run(params, images, key), repeats),
-                   'peak_memory_mb': engine.memory_bytes / 2**20})
+                   'peak_memory_mb': engine.memory_mb})
       log.info('chunk sweep %s T=%d %s -> %d: %.3f s', name, num_samples, chunk, resolved,
                rows[-1]['engine_s'])
   return rows
@@ -279,7 +283,7 @@ def targets(rows: list[dict], default_case: tuple[int, int]) -> dict[str, Any]:
     out['mc_dropout_T20_fraction_of_matmul_peak'] = {
         'value': mc20['fraction_of_matmul_peak'], 'target': '>= 0.6',
         'met': mc20['fraction_of_matmul_peak'] >= 0.6}
-  if mc20 and mc100:
+  if mc20 and mc100 and mc20['peak_memory_mb'] and mc100['peak_memory_mb'] is not None:
     growth = mc100['peak_memory_mb'] / mc20['peak_memory_mb']
     out['mc_dropout_memory_T100_over_T20'] = {'value': growth, 'target': '<= 1.2',
                                               'met': growth <= 1.2}
@@ -317,14 +321,14 @@ def markdown(result: dict) -> str:
         f"{r['images_per_s']:.1f} | {r['samples_per_s']:.0f} | "
         f"{r['gflop_per_s']:.0f} | {r['fraction_of_matmul_peak']:.0%} | "
         f"{r['fraction_of_conv_ceiling']:.0%} | {r['compile_s']:.1f} | "
-        f"{r['peak_memory_mb']:.0f} |")
+        f"{_fmt(r['peak_memory_mb'], '.0f')} |")
   if result['chunk_sweep']:
     size, batch = result['default_case']
     lines += ['', f'Chunk sweep at {size} px x {batch} (each method at its configured T):', '',
               '| method | T | chunk setting | chunk | engine s | memory MB |',
               '|---|---|---|---|---|---|']
     lines += [f"| {r['method']} | {r['samples']} | {r['setting']} | {r['chunk']} | "
-              f"{r['engine_s']:.3f} | {r['peak_memory_mb']:.0f} |" for r in result['chunk_sweep']]
+              f"{r['engine_s']:.3f} | {_fmt(r['peak_memory_mb'], '.0f')} |" for r in result['chunk_sweep']]
   lines += ['', 'Targets at the default case:', '', '| target | value | goal | met |',
             '|---|---|---|---|']
   lines += [f"| {name} | {t['value']:.3g} | {t['target']} | {'yes' if t['met'] else 'no'} |"
