@@ -68,6 +68,11 @@ class Checkpointer:
     log.info('resuming %s from step %d', what, int(state['step']))
     return state
 
+  def due(self, step: int) -> bool:
+    """Whether ``save(step, ...)`` would save (orbax's own interval decision): the training
+    loop checks the state is finite before every save, not only on log steps."""
+    return self._manager.should_save(step)
+
   def save(self, step: int, state: Any, force: bool = False) -> bool:
     """Saves at ``step`` if the interval says so (or ``force``); returns whether it did.
 

@@ -4,9 +4,14 @@ A stage supplies a ``loss_fn`` (made into a jitted, state-donating step by
 ``make_train_step``), a ``batch_fn(step)`` that is a pure function of the step
 (so resume is exact), and an ``epoch_end_fn``; this module owns the rest:
 
-* progress lines with steps/s and ETA every ``log_every_steps``;
+* progress lines with steps/s and ETA every ``log_every_steps`` (the mean of
+  the steps since the last line); step metrics stay on the device between
+  fetches, which happen only on log steps, epoch ends and before a checkpoint
+  (as the Flax examples do: a per-step fetch stalls the device every step);
 * an orbax checkpoint every ``checkpoint_every_steps`` and at the end;
-* a hard stop naming the step on a non-finite loss;
+* a hard stop naming the step (or the steps since the last fetch) on a
+  non-finite loss, and on non-finite parameters before any save, so no
+  checkpoint holds a diverged state;
 * Ctrl-C (SIGINT) finishes the current step, saves, and raises
   ``TrainingInterrupted``; rerunning the same command resumes. (SIGKILL cannot
   be caught: the rerun resumes from the last periodic checkpoint.)
@@ -61,6 +66,17 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Call
     return {'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
             'opt_state': opt_state, 'model_state': model_state}, metrics
   return jax.jit(step, donate_argnums=0)
+
+
+@jax.jit
+def _add(a: dict, b: dict) -> dict:
+  """Running sums of step metrics, on the device (one small dispatch, no host sync)."""
+  return jax.tree.map(jnp.add, a, b)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 TrainingInterrupted = errors.TrainingInterrupted
@@ -136,26 +152,42 @@ def run(*, name: str, state: Any, train_step: Callable, batch_fn: Callable[[int]
   step = int(state['step'])
   state = parallel.replicate(state)  # batches are split over the devices, the state is not
   progress = Progress(name, step, num_steps)
-  sums: dict[str, float] = {}
+  sums: dict[str, float] = {}  # host sums of this epoch's metrics
   count = 0
+  window, first = None, step + 1  # device sums of the steps since the last fetch, from step `first`
   with _sigint_as_flag() as sigint:
     while step < num_steps:
       batch, base_key = batch_fn(step)
       state, metrics = train_step(state, parallel.shard_batch(batch), base_key)
       step += 1
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not math.isfinite(metrics['loss']):
-        raise errors.NonFiniteLoss(f'{name}: loss is {metrics["loss"]} at step {step} '
-                            f'(the update of step {step - 1} -> {step}); stopping. The last '
-                            f'good checkpoint is step {checkpointer.latest_step()}.')
+      window = metrics if window is None else _add(window, metrics)  # stays on the device
       progress.step_done(step)
-      for k, v in metrics.items():
-        sums[k] = sums.get(k, 0.0) + v
-      count += 1
-      if step % log_every_steps == 0 or step == num_steps:
-        log.info(progress.update(step, metrics))
+      log_now = step % log_every_steps == 0 or step == num_steps
+      epoch_end = step % steps_per_epoch == 0 or step == num_steps
+      save_now = step == num_steps or checkpointer.due(step) or bool(STEP_HOOKS) or sigint['stop']
+      if save_now and not bool(_all_finite(state['params'])):
+        # A finite loss at step N was computed before update N: the parameters it left
+        # are checked too, so no checkpoint ever holds a diverged state.
+        raise errors.NonFiniteLoss(f'{name}: the parameters are not finite after step {step}; '
+                                   f'stopping. The last good checkpoint is step '
+                                   f'{checkpointer.latest_step()}.')
+      if log_now or epoch_end or save_now:
+        # Fetch (a device sync) only where the host needs the numbers: a log line, an
+        # epoch's means, and before any checkpoint, so a saved state is never non-finite.
+        fetched = {k: float(v) for k, v in jax.device_get(window).items()}
+        if not math.isfinite(fetched['loss']):
+          where = f'at step {step}' if first == step else f'in steps {first}-{step}'
+          raise errors.NonFiniteLoss(f'{name}: loss is {fetched["loss"]} {where} (an update '
+                                     f'after step {first - 1}); stopping. The last good '
+                                     f'checkpoint is step {checkpointer.latest_step()}.')
+        for k, v in fetched.items():
+          sums[k] = sums.get(k, 0.0) + v
+        count += step - first + 1
+        if log_now:
+          log.info(progress.update(step, {k: v / (step - first + 1) for k, v in fetched.items()}))
+        window, first = None, step + 1
       checkpointer.save(step, state, force=step == num_steps)
-      if step % steps_per_epoch == 0 or step == num_steps:
+      if epoch_end:
         epoch_end_fn(state, math.ceil(step / steps_per_epoch), {k: v / count for k, v in sums.items()})
         sums, count = {}, 0
       if STEP_HOOKS:
