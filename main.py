@@ -2,25 +2,37 @@
 
   python main.py --config=configs/lce.py --workdir=runs/lce             # both stages + evaluation
   python main.py --config=configs/lce.py --workdir=runs/lce --mode=train_seg
-  python main.py --config=configs/lce.py --workdir=runs/lce --mode=predict --input=DIR --output=OUT
+  python main.py --workdir=runs/lce --mode=predict --input=DIR --output=OUT  # the run's own config
   python main.py --config=configs/bench.py --workdir=runs/bench --mode=bench  # sampling speed
+
+Training and the benchmark need ``--config``. ``predict`` and ``evaluate`` use
+a trained run, and the run's recorded config *is* their config
+(``stages.for_run``): ``--config`` (optional) and ``--config.x=y`` overrides
+set only what a trained run does not fix (``predict.*``, batch sizes, ...);
+an override of a field that shaped the run's models is refused by name.
 
 Only absl, ml_collections and ``segqual_jax.config`` load before the config
 is validated; JAX, TFDS and the stages load after, so a bad config costs a
 second.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from segqual_jax.config import validation
+from segqual_jax.config import stages, validation
 from segqual_jax.core import errors
 
 MODES = ('all', 'train_seg', 'train_quality', 'evaluate', 'predict', 'bench')
+RUN_MODES = ('evaluate', 'predict')  # modes that use a trained run: its recorded config is theirs
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'default.py')
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', _DEFAULT_CONFIG, 'Config file. Needed to train and to bench; predict and evaluate '
+    'read the trained run\'s own config (this file and --config.x=y then set only what the run '
+    'does not fix).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and outputs.')
 _MODE = flags.DEFINE_enum('mode', 'all', MODES,
                           'all: train_seg, train_quality and evaluate in order, each skipped '
@@ -36,7 +48,7 @@ _SEGMENTATIONS = flags.DEFINE_string(
     'images (<stem>.png or .npy: masks or p(lesion)), for a run trained with config.external.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'predict: replace this tool\'s files in a '
                                'non-empty --output.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 
 def _config_args(argv) -> str:
@@ -44,13 +56,26 @@ def _config_args(argv) -> str:
   return ' '.join(a for a in argv[1:] if a.startswith('--config')) or '--config=<config>'
 
 
+def overridden_fields(argv) -> set[str]:
+  """The flattened config fields the command line overrides (``--config.x.y=v``, ``--config.x.y v``)."""
+  return {a.split('=', 1)[0][len('--config.'):] for a in argv[1:] if a.startswith('--config.')}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _MODE.value == 'predict' and not (_INPUT.value and _OUTPUT.value):
     raise app.UsageError('--mode=predict needs --input=FILE_OR_DIR and --output=DIR')
+  from_file = flags.FLAGS['config'].present
+  if not from_file and _MODE.value not in RUN_MODES:
+    raise app.UsageError(f'--mode={_MODE.value} needs --config=FILE (only {" and ".join(RUN_MODES)} '
+                         'read a trained run\'s own config)')
   try:
     config = _CONFIG.value  # the config file is loaded lazily, here
+    if _MODE.value in RUN_MODES:
+      config, notes = stages.for_run(_WORKDIR.value, config, from_file, overridden_fields(sys.argv))
+      for note in notes:
+        logging.warning(note)
     validation.validate(config)
   except errors.ConfigError as e:
     sys.exit(f'error: {e}')
@@ -64,7 +89,7 @@ def main(argv):
   from segqual_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   from segqual_jax.training import train_quality, train_seg  # pylint: disable=g-import-not-at-top
   runtime.setup_logging()
-  stages = {'train_seg': train_seg.train_and_evaluate,
+  run_stage = {'train_seg': train_seg.train_and_evaluate,
             'train_quality': train_quality.train_quality,
             'evaluate': evaluate.evaluate,
             'predict': lambda c, w: predict.predict(c, w, _INPUT.value, _OUTPUT.value,
@@ -75,7 +100,7 @@ def main(argv):
   try:
     runtime.configure(config)  # once per process, before anything is traced
     for name in todo:
-      stages[name](config, _WORKDIR.value)
+      run_stage[name](config, _WORKDIR.value)
   except errors.TrainingInterrupted as e:
     sys.exit(f'{e}')  # exit status 1; the message says how to resume
   except errors.NotTrained as e:

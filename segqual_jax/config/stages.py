@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 
 from segqual_jax.config import schema
-from segqual_jax.core import artifacts
+from segqual_jax.core import artifacts, values
 from segqual_jax.core.errors import ConfigError
 
 F_TRAIN, F_TEST, G_SHARED, CALIBRATION, FREE = 'f_train', 'f_test', 'g_shared', 'calibration', 'free'
@@ -128,17 +128,16 @@ def differences(before: dict[str, Any], now: dict[str, Any], roles) -> list[str]
   is unchanged; a data path reached through a symlink is the same path.
   """
   defaults = as_flat(schema.get_config())
-  same = lambda a, b: a == b or (a is not None and b is not None and str(a) == str(b))
   out = []
   for k in sorted(set(before) | set(now)):
     if k not in defaults or role(k) not in roles:
       continue
-    if k not in before and now.get(k) == defaults[k]:
+    if k not in before and values.same(now.get(k), defaults[k]):
       continue
     a, b = before.get(k), now.get(k)
     if k in PATH_FIELDS and isinstance(a, str) and isinstance(b, str) and a and b:
       a, b = os.path.realpath(a), os.path.realpath(b)
-    if not same(a, b):
+    if not values.same(a, b):
       out.append(k)
   return out
 
@@ -203,3 +202,86 @@ def applicability_settings(config) -> dict:
   a = config.applicability
   return {'score': a.score, 'knn_k': a.knn_k, 'reference_fraction': a.reference_fraction,
           'calibration_fraction': config.calibration.fraction}
+
+
+# What a trained run fixes: a field of these roles shapes f, the cases and targets the
+# quality models learned, or the fitted applicability score. Everything else -- what
+# predict decides and how (predict.*, the rules' alpha, eval.*), batch sizes, logging,
+# paths -- may be set anew when the run is used.
+TRAINED_ROLES = _F + (EXTERNAL, G_SHARED, APPLICABILITY, *G_KIND.values())
+
+
+def recorded_config_path(workdir: str, quality_model: str | None = None) -> str | None:
+  """The ``config.json`` that describes a trained run best: ``quality_model``'s own stage-2
+  record when given and present, else the newest stage-2 record, else stage 1's."""
+  quality_root = os.path.join(workdir, 'quality')
+  if quality_model:
+    own = os.path.join(quality_root, quality_model, 'config.json')
+    if os.path.exists(own):
+      return own
+  records = []
+  if os.path.isdir(quality_root):
+    records = [os.path.join(quality_root, d, 'config.json') for d in sorted(os.listdir(quality_root))]
+    records = [p for p in records if os.path.exists(p)]
+  if records:
+    return max(records, key=os.path.getmtime)
+  seg = os.path.join(workdir, 'seg', 'config.json')
+  return seg if os.path.exists(seg) else None
+
+
+def from_flat(flat: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A schema config with ``flat``'s values (JSON lists become the schema's tuples; a field
+  the schema no longer has is dropped; one it gained keeps its default)."""
+  config = schema.get_config()
+  defaults = flatten(config)
+  for key, value in flat.items():
+    if key not in defaults:
+      continue
+    if isinstance(defaults[key], tuple) and isinstance(value, list):
+      value = tuple(value)
+    node = config
+    *parents, leaf = key.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def for_run(workdir: str, given, from_file: bool, overridden: set[str]) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """The config to use a trained run with (predict, evaluate): the run's own recorded one.
+
+  ``given`` is the command line's config: the ``--config`` file with its
+  overrides when ``from_file``, else the schema's defaults with the overrides
+  (``overridden``: the flattened names given as ``--config.x=y``). From it
+  come only the fields a trained run does not fix (``TRAINED_ROLES``): the
+  file's and the overrides' when there is a file, the overrides' alone when
+  there is none. A trained field the file sets otherwise keeps the run's value
+  (listed in the returned notes); one an override sets otherwise is refused by
+  name -- the user asked for a model the run does not have.
+
+  Returns ``(config, notes)``. A workdir without a record returns ``given``
+  unchanged, so the stage's own check says what is not trained.
+  """
+  now = as_flat(given)
+  quality_model = now.get('predict.quality_model') if (from_file or 'predict.quality_model' in overridden) else None
+  path = recorded_config_path(workdir, quality_model)
+  if path is None:
+    return given, []
+  recorded = read_recorded(path)
+  differ = differences(recorded, now, TRAINED_ROLES)
+  refused = [k for k in differ if k in overridden]
+  if refused:
+    details = '; '.join(f'--config.{k}={now.get(k)!r}, the run has {recorded.get(k, as_flat(schema.get_config()).get(k))!r}'
+                        for k in refused)
+    raise ConfigError(f'{details}: the trained run in {workdir} was made with other values of '
+                      f'{"this field" if len(refused) == 1 else "these fields"}, which shape its '
+                      'models (recorded in ' + path + '). Drop the override, or train a run with it.')
+  merged = dict(recorded)
+  for key in as_flat(schema.get_config()):
+    if role(key) not in TRAINED_ROLES and (from_file or key in overridden):
+      merged[key] = now.get(key)
+  notes = [f'config.{k}: the --config file says {now.get(k)!r}, the run was trained with '
+           f'{recorded.get(k)!r}; the run\'s value is used' for k in differ] if from_file else []
+  config = from_flat(merged)
+  config.lock()
+  return config, notes
