@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from segqual_jax.core import artifacts  # noqa: E402
 from segqual_jax.evaluation import report  # noqa: E402
-from segqual_jax.quality import auto_accept  # noqa: E402
+from segqual_jax.quality import auto_accept, policy  # noqa: E402
 
 _WORKDIRS = flags.DEFINE_multi_string('workdir', [], 'Evaluated calibrated runs (metrics.json with auto_accept, predictions.csv).')
 _METADATA = flags.DEFINE_string('metadata', None, 'CSV with an `id` column and --column.')
@@ -67,13 +67,13 @@ def main(argv):
         raise ValueError(f'{workdir}: the rules use Dice < {entry["fail_dice"]}, not 0.8')
       scores = np.array([float(c[f'predicted[{entry["row"]}]']) for c in cases])
       for alpha, rule in entry['rules'].items():
-        whole = auto_accept.realised(scores, failed, rule['threshold'])
+        whole = policy.realised(scores, failed, rule['threshold'])
         if whole['accepted'] != rule['test']['accepted']:  # the CSV rounds scores to 5 digits
           raise ValueError(f'{workdir}: {entry["row"]} at alpha {alpha} accepts {whole["accepted"]} '
                            f'test cases from predictions.csv, {rule["test"]["accepted"]} in metrics.json')
         for name in sorted(set(part)):
           rules.setdefault((f'{entry["row"]} [{_COLUMN.value}={name}]', alpha), []).append(
-              {'test': auto_accept.realised(scores[part == name], failed[part == name],
+              {'test': policy.realised(scores[part == name], failed[part == name],
                                             rule['threshold'])})
   print('Share of cases with Dice < 0.8 (mean over the runs):',
         ', '.join(f'{name} {100 * np.mean(v):.1f} % ({len(v)} runs)' for name, v in base.items()))

@@ -37,12 +37,11 @@ from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from segqual_jax.apps import predict  # noqa: E402
 from segqual_jax.config import stages  # noqa: E402
 from segqual_jax.core import artifacts, runtime, workdir as run_dirs  # noqa: E402
 from segqual_jax.data import corruptions, loading, pipeline, synthetic  # noqa: E402
 from segqual_jax.metrics import quality as quality_metrics  # noqa: E402
-from segqual_jax.quality import applicability, auto_accept, registry  # noqa: E402
+from segqual_jax.quality import applicability, policy, registry  # noqa: E402
 from segqual_jax.segmenter import runner, unet  # noqa: E402
 from segqual_jax.training import quality_cases  # noqa: E402
 
@@ -135,7 +134,7 @@ def evaluate_set(config, workdir, name, split, has_truth, run_batch, f_params, m
     outputs.save(cache)
   values = score.score(outputs.features)
   pvalues = score.pvalues(values)
-  flagged = pvalues < config.predict.ood_alpha
+  flagged = policy.flagged(pvalues, config.predict.ood_alpha)
   batch = applicability.batch_test(values, score.reference_scores)
   failed = outputs.dice < config.eval.fail_dice if has_truth else np.ones(len(split), bool)
   row = {'set': name, 'n': int(len(split)), 'has_truth': has_truth,
@@ -149,10 +148,9 @@ def evaluate_set(config, workdir, name, split, has_truth, run_batch, f_params, m
                                               auroc(cand_score['clean'], cand_score['score'].score(outputs.features)))
   for mname, model in models.items():
     pred = registry.predict_cases(model, split.images, outputs, config.quality.eval_batch_size)
-    rule = predict.decision_rule(config, model)  # predict's own rule (inf: accept nothing)
-    gated = auto_accept.realised(auto_accept.gated(pred, pvalues, config.predict.ood_alpha), failed,
-                                 rule.threshold)
-    bare = auto_accept.realised(pred, failed, rule.threshold)
+    rule = policy.decision_rule(config, model)  # predict's own rule (inf: accept nothing)
+    gated = policy.realised(pred, failed, rule.threshold, pvalues, config.predict.ood_alpha)
+    bare = policy.realised(pred, failed, rule.threshold)
     suspended = row['batch_rejected']  # the set sent as one run: predict.on_shift=suspend
     row['models'][mname] = {
         'rule': rule.description, 'automation': gated['automation_rate'],

@@ -1,7 +1,9 @@
 """Assess image files: read them, run f and the quality model, one batch at a time.
 
 The numbers half of ``--mode=predict`` (``render.py`` draws, ``predict.py``
-decides and writes). For the CNN quality models f and g run as **one jitted
+orchestrates and writes, ``quality/policy.py`` decides), and the records
+they share: a ``Case`` per file (what was assessed of it and its decision)
+and one frozen ``PredictRun`` (what is the same for every case of a run). For the CNN quality models f and g run as **one jitted
 pass** per batch: the images are normalised once, f's mask and map go
 straight into g on the device, and only the results come back. Cheap QC and
 RCA take f's outputs on the host. Each case is keyed by its file stem
@@ -25,7 +27,7 @@ from segqual_jax.core import keys, parallel, runtime
 from segqual_jax.data import images as image_io
 from segqual_jax.data import pipeline, segmentations
 from segqual_jax.metrics import overlap
-from segqual_jax.quality import registry
+from segqual_jax.quality import policy, registry
 from segqual_jax.segmenter import external, runner
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class Case:
   applicability_p: float | None = None  # its conformal p-value against the reference cases
   # another model's segmentation under review, at the image's size (None: f's own is judged)
   segmentation: segmentations.Segmentation | None = None
+  decision: policy.Decision | None = None  # set by predict once the run's gate has been applied
+  name: str | None = None  # the stem of its output files (maps/, masks/), unique in the run
 
   @property
   def ok(self) -> bool:
@@ -59,6 +63,10 @@ class Case:
   def stem(self) -> str:
     """The case id: the file's name without folder or extension."""
     return os.path.splitext(os.path.basename(self.file))[0]
+
+  def predicted(self, target: str) -> float | None:
+    """The predicted quality in ``target`` units (what the rule's threshold is in)."""
+    return self.predicted_jaccard if target == 'jaccard' else self.predicted_dice
 
   @property
   def mean_uncertainty(self) -> float | None:
@@ -89,17 +97,51 @@ class Case:
     return self.mask_at((height, width))
 
 
-def both_units(quality: float, target: str) -> tuple[float, float]:
-  """``(Dice, Jaccard)`` of a quality predicted in ``target`` units (they determine each other)."""
-  if target == 'jaccard':
-    return float(overlap.dice_from_jaccard(quality)), float(quality)
-  return float(quality), float(overlap.jaccard_from_dice(quality))
+@dataclasses.dataclass(frozen=True)
+class PredictRun:
+  """What is the same for every case of one predict run: how it was decided, by what, and
+  how it is shown. Built once by predict; the CSV, the HTML and the summary read it."""
+  title: str  # the page's title
+  rule: policy.DecisionRule  # the auto-accept rule that decided
+  gate: policy.Gate  # the applicability gate and the batch test's verdict
+  provenance: dict  # what judged the cases (predict.provenance)
+  provenance_text: str  # the same in one line (every CSV row, the page)
+  warnings: tuple[str, ...]  # shown above everything: suspension, no calibration, synthetic data
+  quality_model: str  # the quality model's name
+  target: str  # the quality model's units (dice | jaccard): the rule's threshold is in them
+  vmax: float  # the top of the run's one colour scale for the maps
+  whose: str  # whose segmentations were judged ("f's", "the outside model's")
+  map_label: str  # which map is shown
+  with_truth: bool  # true masks were given (--masks)
 
 
-def make_pass(method, f_params, model: registry.QualityModel) -> Callable:
-  """``(uint8 images, case hashes, base key, None) -> {'masks', 'maps', 'features', 'quality'}``
-  (numpy) for one padded batch: f and a CNN g fused in one jit, or f jitted and then the host
-  quality model."""
+@dataclasses.dataclass(frozen=True)
+class Reader:
+  """How predict reads its files: from where, at which model size, in which batches, and
+  with which true masks and outside segmentations."""
+  root: str  # the folder the file paths are relative to
+  size: int  # the model's image side
+  batch_size: int  # cases per pass (padded; any size gives the same numbers)
+  # case -> its true mask at the mask file's own size, or None (--masks): the true
+  # Dice/Jaccard compare the judged mask resampled to it
+  truth: Callable[[Case], np.ndarray | None] = lambda case: None
+  # with another model's segmentations, case -> its segmentation at the image's size;
+  # a SegmentationError makes the case a row naming the problem
+  outside: Callable[[Case], segmentations.Segmentation] | None = None
+
+
+def _with_units(out: dict, target: str) -> dict:
+  """The pass's outputs with the predicted quality in both units (``dice``, ``jaccard``)."""
+  quality = np.asarray(out['quality'], np.float64)
+  dice = quality if target == 'dice' else np.asarray(overlap.dice_from_jaccard(quality))
+  jaccard = quality if target == 'jaccard' else np.asarray(overlap.jaccard_from_dice(quality))
+  return {**out, 'dice': dice, 'jaccard': jaccard}
+
+
+def make_pass(method, f_params, model: registry.QualityModel, base_key: jax.Array) -> Callable:
+  """``(uint8 images, case hashes, None) -> {'masks', 'maps', 'features', 'dice', 'jaccard', ...}``
+  (numpy) for one padded batch, each case keyed from ``base_key`` by its hash: f and a CNN g
+  fused in one jit, or f jitted and then the host quality model."""
   f_fn = runner.method_case_fn(method, with_scores=model.needs_scores, with_features=True,
                                with_probs=True)
   f_params = parallel.replicate(f_params)
@@ -112,64 +154,55 @@ def make_pass(method, f_params, model: registry.QualityModel) -> Callable:
       out = f_fn(f_p, x, keys.case_keys(base_key, hashes))
       return {**out, 'quality': model.device_fn(g_p, x, out['masks'], out['maps'])}
 
-    def run(images, hashes, base_key, seg_probs=None):
+    def run(images, hashes, seg_probs=None):
       del seg_probs  # f's own segmentation is judged
-      return parallel.fetch(fused(f_params, g_params, *parallel.shard_batch((images, hashes)), base_key))
+      out = parallel.fetch(fused(f_params, g_params, *parallel.shard_batch((images, hashes)), base_key))
+      return _with_units(out, model.target)
     return run
 
   f_batch = runner.batch_fn(f_fn)
 
-  def run_host(images, hashes, base_key, seg_probs=None):
+  def run_host(images, hashes, seg_probs=None):
     del seg_probs
     out = parallel.fetch(f_batch(f_params, *parallel.shard_batch((images, hashes)), base_key))
-    return {**out, 'quality': model.predict(images, out)}
+    return _with_units({**out, 'quality': model.predict(images, out)}, model.target)
   return run_host
 
 
 def make_outside_pass(method, f_params, model: registry.QualityModel, channels: tuple[str, ...],
-                      band_px: int) -> Callable:
-  """``(uint8 images, case hashes, base key, seg_probs (B, S, S)) -> {...}`` for another model's
+                      band_px: int, base_key: jax.Array) -> Callable:
+  """``(uint8 images, case hashes, seg_probs (B, S, S)) -> {...}`` for another model's
   segmentations: f (the surrogate) jitted, then what the quality model sees of each
   segmentation (``external.judge``, as in stage 2), then the quality model."""
   f_batch = runner.batch_fn(runner.method_case_fn(method, with_scores=True, with_features=True,
                                                   with_probs=True))
   f_params = parallel.replicate(f_params)
 
-  def run(images, hashes, base_key, seg_probs):
+  def run(images, hashes, seg_probs):
     out = parallel.fetch(f_batch(f_params, *parallel.shard_batch((images, hashes)), base_key))
     out = jax.tree.map(np.asarray, out)
     seen = external.judge(channels, band_px, seg_probs, out['probs'], out['maps'], out['scores'])
-    return {**out, **seen, 'quality': model.predict(images, seen)}
+    return _with_units({**out, **seen, 'quality': model.predict(images, seen)}, model.target)
   return run
 
 
-def assess(files: list[str], input_root: str, size: int, batch_size: int, run_pass: Callable,
-           base_key: jax.Array, target: str, truth: Callable[[Case], np.ndarray | None],
-           outside: Callable[[Case], segmentations.Segmentation] | None = None) -> list[Case]:
+def assess(files: list[str], reader: Reader, run_pass: Callable) -> list[Case]:
   """Every file assessed in order; an unreadable file becomes a row with its reason.
 
   Args:
-    files: paths relative to ``input_root`` (or ``[basename]`` for one file).
-    input_root: the folder the paths are relative to.
-    size: the model's image side.
-    batch_size: cases per pass (padded; any size gives the same numbers).
-    run_pass: from ``make_pass``.
-    base_key: ``runner.cases_key(config)``.
-    target: the quality model's units (``quality.target``).
-    truth: ``case -> true mask or None`` (``--masks``), at the mask file's own
-      size: the true Dice/Jaccard compare the judged mask resampled to it.
-    outside: with another model's segmentations, ``case -> its segmentation at
-      the image's size``; a ``SegmentationError`` makes the case a row naming
-      the problem (``run_pass`` from ``make_outside_pass``).
+    files: paths relative to ``reader.root`` (or ``[basename]`` for one file).
+    reader: where and how the files, true masks and outside segmentations are read.
+    run_pass: from ``make_pass`` (or ``make_outside_pass`` with ``reader.outside``).
   """
   cases = [Case(file=f) for f in files]
+  size, batch_size, outside = reader.size, reader.batch_size, reader.outside
   t0, done = time.time(), 0
   for start in range(0, len(cases), batch_size):
     chunk = cases[start:start + batch_size]
     loaded = []
     for case in chunk:
       try:
-        path = os.path.join(input_root, case.file)
+        path = os.path.join(reader.root, case.file)
         case.image = image_io.read_image(path, size)
         case.native_size = image_io.native_size(path)
         if outside is not None:
@@ -184,21 +217,21 @@ def assess(files: list[str], input_root: str, size: int, batch_size: int, run_pa
     if loaded:
       images = np.zeros((batch_size, size, size, 3), np.uint8)
       images[:len(loaded)] = np.stack([c.image for c in loaded])
-      hashes = np.zeros(batch_size, np.uint32)
+      hashes = np.zeros((batch_size, keys.HASH_WORDS), np.uint32)
       hashes[:len(loaded)] = keys.case_hashes([c.stem for c in loaded])
       seg_probs = None
       if outside is not None:
         seg_probs = np.zeros((batch_size, size, size), np.float32)
         seg_probs[:len(loaded)] = [segmentations.to_shape(c.segmentation, (size, size)).probs
                                    for c in loaded]
-      out = run_pass(images, hashes, base_key, seg_probs)
+      out = run_pass(images, hashes, seg_probs)
       for i, case in enumerate(loaded):
         maps = np.asarray(out['maps'][i], np.float32)
         case.mask, case.map = np.asarray(out['masks'][i]), maps if maps.ndim == 2 else maps[..., 0]
         case.probs = np.asarray(out['probs'][i], np.float32)
         case.features = np.asarray(out['features'][i], np.float32)
-        case.predicted_dice, case.predicted_jaccard = both_units(float(out['quality'][i]), target)
-        true_mask = truth(case)
+        case.predicted_dice, case.predicted_jaccard = float(out['dice'][i]), float(out['jaccard'][i])
+        true_mask = reader.truth(case)
         if true_mask is not None:  # at the truth's resolution: the user's bar is Dice of their masks
           case.true_dice, case.true_jaccard = external.native_overlaps(case.reviewed, true_mask)
     done += len(chunk)
@@ -206,4 +239,3 @@ def assess(files: list[str], input_root: str, size: int, batch_size: int, run_pa
     log.info('predict %d/%d files | %.1f files/s | ETA %s', done, len(cases), rate,
              runtime.format_duration((len(cases) - done) / rate))
   return cases
-

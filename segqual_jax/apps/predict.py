@@ -7,7 +7,8 @@ rule that made it, the mean uncertainty, the applicability score and its
 p-value, the run that judged it, and a status that is ``ok`` or names what
 was wrong with the file.
 
-Three decisions (``decide``), in this order:
+Three decisions (``quality/policy.decide``, the policy calibration and the
+evaluation apply too), in this order:
 
 * ``review`` -- the case is outside what the run can judge: its applicability
   p-value is below ``predict.ood_alpha`` (another modality, a corrupted or odd
@@ -25,17 +26,17 @@ CSV and the paper's metrics are printed and saved to ``summary.json``.
 The path from ``main`` to a CSV row: ``predict`` checks everything (input,
 output, the trained run and that the config agrees with it) before it
 creates ``--output``; ``assess.assess`` reads each batch and runs f and g in
-one pass; ``decision_rule`` decides; ``render`` draws; ``write_csv`` writes.
+one pass; ``policy`` decides each case; one frozen ``assess.PredictRun``
+(rule, gate, provenance, warnings, units, colour scale, labels) is what
+``render`` draws and ``write_csv`` and ``summarise`` write beside the cases.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import io
 import logging
-import math
 import os
 import shutil
 import time
@@ -49,96 +50,29 @@ from segqual_jax.core.errors import PredictError  # noqa: F401  (raised here; te
 from segqual_jax.data import images as image_io
 from segqual_jax.data import segmentations as seg_io
 from segqual_jax.evaluation import report
-from segqual_jax.metrics import overlap
 from segqual_jax.metrics import quality as quality_metrics
-from segqual_jax.quality import applicability, registry
+from segqual_jax.quality import applicability, policy, registry
 from segqual_jax.segmenter import external, runner
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ('file', 'predicted_dice', 'predicted_jaccard', 'decision', 'reason', 'decision_rule',
            'mean_uncertainty', 'applicability_score', 'applicability_p', 'status', 'notes', 'run')
-DECISIONS = ('pass', 'fail', 'review')
 TRUE_COLUMNS = ('true_dice', 'true_jaccard')
 OWN_FILES = ('predictions.csv', 'index.html', 'summary.json', render.MAPS_DIR, render.MASKS_DIR)
 
 
-@dataclasses.dataclass(frozen=True)
-class DecisionRule:
-  """Pass when the quality model's output (in ``quality.target`` units) is >= ``threshold``.
-
-  ``warning`` is set when the run promised more than this rule keeps (a
-  calibrated run without a usable rule); predict says it in the log, the
-  summary and the HTML.
-  """
-  threshold: float
-  description: str
-  warning: str | None = None
-
-  def decide(self, quality: float) -> str:
-    return 'pass' if quality >= self.threshold else 'fail'
-
-
-@dataclasses.dataclass(frozen=True)
-class Decision:
-  """One case's decision (``pass`` | ``fail`` | ``review``) and why, in words."""
-  decision: str
-  reason: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Gate:
-  """The applicability gate of a run: the per-case rule and the batch test's verdict."""
-  ood_alpha: float  # review a case whose p-value is below this (0: gate off)
-  batch: dict | None  # batch_test's result with 'rejected' and 'action', or None (not run)
-
-  @property
-  def suspended(self) -> bool:
-    return bool(self.batch and self.batch['action'] == 'suspend')
-
-
-def apply_gate(config, score: applicability.Applicability | None, cases) -> Gate:
-  """Scores every readable case (``case.applicability``, ``case.applicability_p``) and runs
-  the batch test when there are at least ``predict.shift_min_cases`` of them."""
+def apply_gate(config, score: applicability.Applicability | None, cases) -> policy.Gate:
+  """Scores every readable case (``case.applicability``, ``case.applicability_p``) and
+  returns the run's gate with the batch test's verdict (``policy.batch_verdict``)."""
   if score is None:
-    return Gate(0.0, None)
+    return policy.Gate(0.0)
   ok = [c for c in cases if c.ok]
   values = score.score(np.stack([c.features for c in ok])) if ok else np.zeros(0)
   for case, value, p in zip(ok, values, score.pvalues(values)):
     case.applicability, case.applicability_p = float(value), float(p)
-  p = config.predict
-  if len(ok) < p.shift_min_cases:
-    return Gate(p.ood_alpha, None)
-  batch = applicability.batch_test(values, score.reference_scores)
-  batch['rejected'] = batch['pvalue'] < p.shift_alpha
-  batch['alpha'] = p.shift_alpha
-  batch['action'] = p.on_shift if batch['rejected'] else 'none'
-  return Gate(p.ood_alpha, batch)
-
-
-def shift_text(batch: dict) -> str:
-  """The batch test's verdict in words."""
-  what = (f'the {batch["cases"]} cases of this run as a whole look unlike the cases the run was '
-          f'calibrated and fitted on (one-sided two-sample KS of their applicability scores: '
-          f'D = {batch["statistic"]:.3f}, p = {batch["pvalue"]:.2g} < {batch["alpha"]})')
-  if batch['action'] == 'suspend':
-    return (f'AUTO-ACCEPT SUSPENDED: {what}, so no promise about them holds; every case goes '
-            'to review (predict.on_shift=suspend).')
-  return (f'SHIFT WARNING: {what}; the decisions below were made anyway (predict.on_shift=warn) '
-          'and the calibrated failure rate does not hold for them.')
-
-
-def decide(case, rule: DecisionRule, gate: Gate, target: str) -> Decision:
-  """A readable case's decision: review (outside what the run can judge), pass or fail."""
-  if gate.ood_alpha > 0 and case.applicability_p is not None and case.applicability_p < gate.ood_alpha:
-    return Decision('review', f'outside the training distribution (applicability p = '
-                              f'{case.applicability_p:.3g} < {gate.ood_alpha}): not judged')
-  if gate.suspended:
-    return Decision('review', 'auto-accept suspended for this run (batch unlike the calibration cases)')
-  quality = case.predicted_jaccard if target == 'jaccard' else case.predicted_dice
-  if rule.decide(quality) == 'pass':
-    return Decision('pass', 'predicted quality at or above the rule\'s threshold')
-  return Decision('fail', 'predicted failure: predicted quality below the rule\'s threshold')
+  return policy.Gate(config.predict.ood_alpha,
+                     policy.batch_verdict(values, score.reference_scores, config.predict))
 
 
 def provenance(config, workdir: str, quality_model: str) -> dict:
@@ -171,36 +105,6 @@ def synthetic_warning(config) -> str | None:
   return ('TRAINED ON SYNTHETIC DATA: this run learnt from the embedded synthetic generator, not '
           'from real images; its predicted quality of real images is not validated (the '
           'applicability gate sends images unlike the synthetic ones to review).')
-
-
-def decision_rule(config, model: registry.QualityModel) -> DecisionRule:
-  """The calibrated auto-accept rule of ``model`` at ``predict.alpha`` when the run has one,
-  else the fixed rule "predicted Dice >= eval.fail_dice" (loudly, if calibration was configured)."""
-  fail_dice, alpha = config.eval.fail_dice, config.predict.alpha
-  fixed_threshold = overlap.jaccard_from_dice(fail_dice) if model.target == 'jaccard' else fail_dice
-  fixed = f'fixed: pass if predicted Dice >= {fail_dice}'
-  entry = model.rules
-  usable = (entry and entry['fail_dice'] == fail_dice
-            and entry.get('ood_alpha', 0.0) == config.predict.ood_alpha)
-  rule = entry['rules'].get(str(alpha)) if usable else None
-  if rule is None:
-    if config.calibration.fraction <= 0:
-      return DecisionRule(fixed_threshold, fixed)
-    warning = (f'NOT CALIBRATED: this run is configured for calibration (calibration.fraction='
-               f'{config.calibration.fraction}) but has no calibrated rule for quality model '
-               f'{model.name!r} at predict.alpha={alpha}, eval.fail_dice={fail_dice}, '
-               f'predict.ood_alpha={config.predict.ood_alpha} '
-               f'(the run\'s quality/calibration.json is missing or made for other settings). '
-               'The fixed rule decides instead; its failure rate among accepted cases is not bounded. '
-               'Rerun --mode=train_quality to calibrate.')
-    return DecisionRule(fixed_threshold, fixed, warning)
-  promise = (f'calibrated: accepted-failure rate (Dice < {fail_dice}) <= {alpha} '
-             f'with {100 * (1 - entry["delta"]):g} % confidence; ')
-  if rule['threshold'] is None:
-    return DecisionRule(math.inf, promise + 'the calibration cases cannot support accepting '
-                        'any case, so every case goes to review')
-  return DecisionRule(rule['threshold'], promise + f'pass if predicted {model.target} >= '
-                      f'{rule["threshold"]:.4f}')
 
 
 def resolve_inputs(input_path: str) -> tuple[str, list[str]]:
@@ -276,17 +180,18 @@ def _fmt(value, digits=4) -> str:
   return '' if value is None else f'{value:.{digits}f}'
 
 
-def write_csv(path: str, cases, decisions: dict[str, Decision], rule: DecisionRule, with_truth: bool,
-              run: str) -> None:
+def write_csv(path: str, cases, run: assess.PredictRun) -> None:
+  """``predictions.csv``: a row per file (``COLUMNS``, and the true overlaps with --masks)."""
   buf = io.StringIO()
   writer = csv.writer(buf)
-  writer.writerow(COLUMNS + (TRUE_COLUMNS if with_truth else ()))
+  writer.writerow(COLUMNS + (TRUE_COLUMNS if run.with_truth else ()))
   for c in cases:
-    d = decisions.get(c.file)
+    d = c.decision
     line = [c.file, _fmt(c.predicted_dice), _fmt(c.predicted_jaccard), d.decision if d else '',
-            d.reason if d else '', rule.description if c.ok else '', _fmt(c.mean_uncertainty),
-            _fmt(c.applicability), _fmt(c.applicability_p), c.status, '; '.join(c.notes), run]
-    if with_truth:
+            d.reason if d else '', run.rule.description if c.ok else '', _fmt(c.mean_uncertainty),
+            _fmt(c.applicability), _fmt(c.applicability_p), c.status, '; '.join(c.notes),
+            run.provenance_text]
+    if run.with_truth:
       line += [_fmt(c.true_dice), _fmt(c.true_jaccard)]
     writer.writerow(line)
   artifacts.write_text(path, buf.getvalue())
@@ -372,7 +277,7 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   method, f_params = runner.load_f(config, workdir)
   model = registry.load(config, workdir, name)
   score = applicability.load(config, workdir)
-  rule = decision_rule(config, model)
+  rule = policy.decision_rule(config, model)
   origin = provenance(config, workdir, name)
   powerless = None if score is None else applicability.powerless_warning(
       len(score.reference_scores), config.predict.ood_alpha)
@@ -383,34 +288,38 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   prepare_output(output_dir)
 
   t0 = time.time()
-  size = config.data.image_size
+  base_key = runner.cases_key(config)
   if segmentations_dir:
     run_pass = assess.make_outside_pass(method, f_params, model, external.channel_names(config),
-                                        config.uncertainty.score_band_px)
+                                        config.uncertainty.score_band_px, base_key)
   else:
-    run_pass = assess.make_pass(method, f_params, model)
-  cases = assess.assess(files, root, size, config.seg.eval_batch_size, run_pass,
-                        runner.cases_key(config), model.target, _truth_reader(masks_dir),
-                        outside_reader(config, segmentations_dir) if segmentations_dir else None)
+    run_pass = assess.make_pass(method, f_params, model, base_key)
+  reader = assess.Reader(root, config.data.image_size, config.seg.eval_batch_size,
+                         truth=_truth_reader(masks_dir),
+                         outside=outside_reader(config, segmentations_dir) if segmentations_dir else None)
+  cases = assess.assess(files, reader, run_pass)
   if segmentations_dir:
     cases += extra_segmentations(segmentations_dir, cases)
   gate = apply_gate(config, score, cases)
   if gate.batch and gate.batch['rejected']:
-    warnings.insert(0, shift_text(gate.batch))
+    warnings.insert(0, policy.shift_text(gate.batch))
     log.warning(warnings[0])
-  decisions = {c.file: decide(c, rule, gate, model.target) for c in cases if c.ok}
-  vmax = render.map_scale([c.map for c in cases if c.ok])
-  truth = _truth_reader(masks_dir, warn=False) if masks_dir else None
-  names = render.write_maps(output_dir, cases, vmax, root, truth)
-  render.write_masks(output_dir, cases, names)
-  with_truth = bool(masks_dir)
-  write_csv(os.path.join(output_dir, 'predictions.csv'), cases, decisions, rule, with_truth,
-            provenance_text(origin))
-  title = f'segqual-jax: {config.method} on {os.path.basename(os.path.abspath(input_path))}'
-  render.write_html(os.path.join(output_dir, 'index.html'), cases, decisions, names, title,
-                    rule.description, warnings, with_truth, gate_text(gate), provenance_text(origin),
-                    rule.threshold, model.target, vmax, *page_labels(config, segmentations_dir))
-  summary = summarise(config, cases, decisions, rule, name, time.time() - t0, gate, origin, warnings)
+  for case in cases:
+    if case.ok:
+      case.decision = policy.decide(case.predicted(model.target), case.applicability_p, rule, gate)
+  whose, map_label = page_labels(config, segmentations_dir)
+  run = assess.PredictRun(
+      title=f'segqual-jax: {config.method} on {os.path.basename(os.path.abspath(input_path))}',
+      rule=rule, gate=gate, provenance=origin, provenance_text=provenance_text(origin),
+      warnings=tuple(warnings), quality_model=name, target=model.target,
+      vmax=render.map_scale([c.map for c in cases if c.ok]), whose=whose, map_label=map_label,
+      with_truth=bool(masks_dir))
+  render.name_cases(cases)
+  render.write_maps(output_dir, cases, run.vmax, root, _truth_reader(masks_dir, warn=False))
+  render.write_masks(output_dir, cases)
+  write_csv(os.path.join(output_dir, 'predictions.csv'), cases, run)
+  render.write_html(os.path.join(output_dir, 'index.html'), cases, run)
+  summary = summarise(config, cases, run, time.time() - t0)
   artifacts.write_json(os.path.join(output_dir, 'summary.json'), summary)
   log.info('predict: %d files, %d read, %d unreadable; %d pass, %d predicted to fail, %d to review '
            '(%s); outputs in %s', summary['files'], summary['read'], summary['unreadable'],
@@ -432,45 +341,29 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   return summary
 
 
-def gate_text(gate: Gate) -> str:
-  """The gate's settings and the batch test's verdict, in words (HTML)."""
-  if gate.ood_alpha <= 0:
-    return 'Applicability gate off (predict.ood_alpha=0): every case is judged, however unlike the training cases.'
-  text = (f'Applicability gate: a case whose applicability p-value is below {gate.ood_alpha} is '
-          'unlike the cases the run can judge and goes to review, whatever its predicted quality.')
-  if gate.batch is None:
-    return text + ' Too few cases for the batch test; only the per-case gate applied.'
-  b = gate.batch
-  return text + (f' Batch test (one-sided two-sample KS of the applicability scores, {b["cases"]} cases): '
-                 f'D = {b["statistic"]:.3f}, p = {b["pvalue"]:.2g}: '
-                 + ('the run looks unlike the calibration cases.' if b['rejected']
-                    else 'no evidence that the run differs from the calibration cases.'))
-
-
-def summarise(config, cases, decisions: dict[str, Decision], rule: DecisionRule, name: str,
-              wall_time_s: float, gate: Gate, origin: dict, warnings: list[str]) -> dict:
+def summarise(config, cases, run: assess.PredictRun, wall_time_s: float) -> dict:
   """``summary.json``: counts per decision, the rule, the gate and the batch test, the run's
   provenance, every warning, and with masks the paper's metrics."""
   n_ok = sum(c.ok for c in cases)
-  counts = {d: sum(x.decision == d for x in decisions.values()) for d in DECISIONS}
+  decided = [c for c in cases if c.ok]
+  counts = {d: sum(c.decision.decision == d for c in decided) for d in policy.DECISIONS}
   summary = {'files': len(cases), 'read': n_ok, 'unreadable': len(cases) - n_ok,
              'decisions': counts, 'predicted_fail': counts['fail'],
-             'threshold_dice': config.eval.fail_dice, 'decision_rule': rule.description,
-             'quality_model': name, 'warnings': warnings,
-             'applicability': {'ood_alpha': gate.ood_alpha, 'score': config.applicability.score,
-                               'flagged': sum(d.reason.startswith('outside') for d in decisions.values()),
-                               'batch_test': gate.batch},
-             'provenance': origin, 'wall_time_s': round(wall_time_s, 1)}
-  truth = [c for c in cases if c.true_dice is not None]
+             'threshold_dice': config.eval.fail_dice, 'decision_rule': run.rule.description,
+             'quality_model': run.quality_model, 'warnings': list(run.warnings),
+             'applicability': {'ood_alpha': run.gate.ood_alpha, 'score': config.applicability.score,
+                               'flagged': sum(c.decision.flagged for c in decided),
+                               'batch_test': run.gate.batch},
+             'provenance': run.provenance, 'wall_time_s': round(wall_time_s, 1)}
+  truth = [c for c in decided if c.true_dice is not None]
   if truth:
-    pred = np.array([c.predicted_jaccard if config.quality.target == 'jaccard' else c.predicted_dice
-                     for c in truth])
+    pred = np.array([c.predicted(run.target) for c in truth])
     true_dice = np.array([c.true_dice for c in truth])
     summary['metrics'] = quality_metrics.all_metrics(
         pred, true_dice, np.array([c.true_jaccard for c in truth]),
-        config.quality.target, config.eval.fail_dice, config.eval.fail_jaccard)
+        run.target, config.eval.fail_dice, config.eval.fail_jaccard)
     summary['cases_with_truth'] = len(truth)
-    accepted = np.array([decisions[c.file].decision == 'pass' for c in truth])
+    accepted = np.array([c.decision.decision == 'pass' for c in truth])
     failed = true_dice < config.eval.fail_dice
     summary['decisions_against_truth'] = {
         'true_fail_rate': float(failed.mean()), 'automation_rate': float(accepted.mean()),

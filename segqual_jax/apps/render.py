@@ -1,7 +1,8 @@
 """What a person looks at after predict: per-case PNGs and one HTML page.
 
-Pure drawing of already-assessed cases (``assess.Case``); nothing here runs
-a model or decides anything. One colour scale serves the whole run
+Pure drawing of already-assessed and decided cases (``assess.Case``, each with
+its ``name`` and ``decision``) and the run's record (``assess.PredictRun``);
+nothing here runs a model or decides anything. One colour scale serves the whole run
 (``map_scale`` over every case's map), so two cases' maps can be compared by
 eye whatever batch they were in.
 """
@@ -19,6 +20,7 @@ from PIL import Image
 from segqual_jax.core import artifacts
 from segqual_jax.data import images as image_io
 from segqual_jax.data import segmentations
+from segqual_jax.quality import policy
 
 matplotlib.use('Agg')
 from matplotlib import colormaps  # noqa: E402
@@ -93,19 +95,20 @@ def _resize(array: np.ndarray, shape: tuple[int, int], nearest: bool = True) -> 
   return np.asarray(Image.fromarray(array).resize((shape[1], shape[0]), resample))
 
 
-def map_names(cases) -> dict[str, str]:
-  """PNG name stem per case: the relative path without extension (``sub/x.png`` ->
-  ``sub__x``); where two files share it (``x.png`` and ``x.jpg``), the extension
-  too (``x_png``, ``x_jpg``), so no two cases overwrite each other's maps."""
-  bare = {c.file: os.path.splitext(c.file)[0].replace('/', '__') for c in cases}
+def name_cases(cases) -> None:
+  """Sets each case's ``name``, the stem of its output files: the relative path without
+  extension (``sub/x.png`` -> ``sub__x``); where two files share it (``x.png`` and
+  ``x.jpg``), the extension too (``x_png``, ``x_jpg``), so no two cases overwrite each
+  other's maps."""
+  bare = [os.path.splitext(c.file)[0].replace('/', '__') for c in cases]
   counts = {}
-  for b in bare.values():
+  for b in bare:
     counts[b] = counts.get(b, 0) + 1
-  return {f: (b if counts[b] == 1 else f.replace('/', '__').replace('.', '_')) for f, b in bare.items()}
+  for case, b in zip(cases, bare):
+    case.name = b if counts[b] == 1 else case.file.replace('/', '__').replace('.', '_')
 
 
-def write_maps(output_dir: str, cases, vmax: float, input_root: str,
-               truth=None) -> dict[str, str]:
+def write_maps(output_dir: str, cases, vmax: float, input_root: str, truth=None) -> None:
   """``<name>_image.png``, ``_overlay.png`` and ``_uncertainty.png`` of every readable case,
   at the input's own resolution (longer side capped at ``DISPLAY_MAX_SIDE``), and the run's
   colour bar.
@@ -115,7 +118,6 @@ def write_maps(output_dir: str, cases, vmax: float, input_root: str,
   outline beside it. The map keeps the model's pixels (enlarged by nearest
   neighbour), so what f saw is what is shown.
   """
-  names = map_names(cases)
   folder = os.path.join(output_dir, MAPS_DIR)
   os.makedirs(folder, exist_ok=True)
   _save_png(os.path.join(folder, SCALE_FILE), colour_scale())
@@ -132,21 +134,20 @@ def write_maps(output_dir: str, cases, vmax: float, input_root: str,
     if true_mask is not None:
       layers.append((segmentations.to_shape(segmentations.Segmentation(
           true_mask.astype(np.float32), 'mask'), shape).mask, TRUE))
-    base = os.path.join(folder, names[case.file])
+    base = os.path.join(folder, case.name)
     _save_png(base + '_image.png', shown)
     _save_png(base + '_overlay.png', outline(shown, layers))
     _save_png(base + '_uncertainty.png', _resize(heat(case.map, vmax, 1), shape))
-  return names
 
 
-def write_masks(output_dir: str, cases, names: dict[str, str]) -> None:
+def write_masks(output_dir: str, cases) -> None:
   """``masks/<name>.png``: f's segmentation of every readable case at the input's own size
   (p(lesion) upsampled bilinearly, then > 0.5), 0 = background, 255 = lesion."""
   folder = os.path.join(output_dir, MASKS_DIR)
   os.makedirs(folder, exist_ok=True)
   for case in cases:
     if case.ok:
-      _save_png(os.path.join(folder, names[case.file] + '.png'), case.native_mask * 255)
+      _save_png(os.path.join(folder, case.name + '.png'), case.native_mask * 255)
 
 
 def _fmt(value, digits: int) -> str:
@@ -162,68 +163,62 @@ def margin_text(case, threshold: float, target: str) -> str:
   """How far the predicted quality lies from the decision threshold, in its units."""
   if not math.isfinite(threshold):
     return 'no threshold accepts'
-  value = case.predicted_jaccard if target == 'jaccard' else case.predicted_dice
-  return f'{value - threshold:+.3f} vs the bar {threshold:.3f} ({target})'
+  return f'{case.predicted(target) - threshold:+.3f} vs the bar {threshold:.3f} ({target})'
 
 
-def write_html(path: str, cases, decisions: dict, names: dict[str, str], title: str,
-               rule_text: str, warnings: list[str], with_truth: bool, gate_text: str = '',
-               provenance_text: str = '', threshold: float = math.nan, target: str = 'dice',
-               vmax: float = 1.0, whose: str = "f's", map_label: str = "f's pixels") -> None:
+def write_html(path: str, cases, run) -> None:
   """One page: unreadable files first, then cases not judged (review), predicted failures,
   and auto-accepted cases, each group worst predicted quality first.
 
-  ``decisions`` maps a file to its ``predict.Decision`` (decision and reason).
-  ``warnings`` are shown above everything in bold red (a missing calibration,
-  a suspended run, synthetic training data); the gate's verdict and the run's
-  provenance follow. Each judged case shows its margin to the decision
-  ``threshold`` (in ``target`` units); the map's colour bar runs 0 to ``vmax``.
-  ``whose`` names the segmentations judged ("f's", or an outside model's) and
-  ``map_label`` the map shown.
+  ``run`` (``assess.PredictRun``) gives the rule, the gate, the provenance and
+  the warnings, shown above everything in bold red (a missing calibration, a
+  suspended run, synthetic training data); each judged case shows its
+  decision and reason and its margin to the rule's threshold (in the quality
+  model's units); the map's colour bar runs 0 to the run's ``vmax``.
   """
   e = html.escape
-  ordered = sorted(cases, key=lambda c: (c.ok, _ORDER[decisions[c.file].decision] if c.ok else 0,
+  threshold, target, whose = run.rule.threshold, run.target, run.whose
+  ordered = sorted(cases, key=lambda c: (c.ok, _ORDER[c.decision.decision] if c.ok else 0,
                                          c.predicted_dice if c.ok else 0.0))
   head = (f'<th>file</th><th>image</th><th>{e(whose)} segmentation</th><th>uncertainty</th>'
           '<th>predicted Dice</th><th>predicted Jaccard</th><th>decision</th>'
           '<th>mean uncertainty</th><th>applicability p</th>'
-          + ('<th>true Dice</th><th>true Jaccard</th>' if with_truth else '') + '<th>status</th>')
+          + ('<th>true Dice</th><th>true Jaccard</th>' if run.with_truth else '') + '<th>status</th>')
   body = []
   for c in ordered:
     if c.ok:
-      cells = ''.join(f'<td><img src="{MAPS_DIR}/{e(names[c.file])}_{kind}.png" loading="lazy"></td>'
+      cells = ''.join(f'<td><img src="{MAPS_DIR}/{e(c.name)}_{kind}.png" loading="lazy"></td>'
                       for kind in ('image', 'overlay', 'uncertainty'))
-      decision = decisions[c.file]
-      label, colour = DECISION_LABELS[decision.decision]
-      margin = '' if math.isnan(threshold) else f'<br><small>{e(margin_text(c, threshold, target))}</small>'
+      label, colour = DECISION_LABELS[c.decision.decision]
+      margin = f'<br><small>{e(margin_text(c, threshold, target))}</small>'
       numbers = (f'<td>{_fmt(c.predicted_dice, 3)}{margin}</td><td>{_fmt(c.predicted_jaccard, 3)}</td>'
-                 f'<td style="color:{colour}"><b>{e(label)}</b><br><small>{e(decision.reason)}</small></td>'
+                 f'<td style="color:{colour}"><b>{e(label)}</b><br><small>{e(c.decision.reason)}</small></td>'
                  f'<td>{_fmt(c.mean_uncertainty, 4)}</td><td>{_fmt(c.applicability_p, 3)}</td>')
     else:
       cells = '<td colspan="3">—</td>'
       numbers = '<td></td><td></td><td style="color:#c62828">unreadable</td><td></td><td></td>'
-    truth = f'<td>{_fmt(c.true_dice, 3)}</td><td>{_fmt(c.true_jaccard, 3)}</td>' if with_truth else ''
+    truth = f'<td>{_fmt(c.true_dice, 3)}</td><td>{_fmt(c.true_jaccard, 3)}</td>' if run.with_truth else ''
     notes = ''.join(f'<br><small>{e(n)}</small>' for n in c.notes)
     body.append(f'<tr><td>{e(c.file)}</td>{cells}{numbers}{truth}<td>{e(c.status)}{notes}</td></tr>')
   n_ok = sum(c.ok for c in cases)
-  count = lambda d: sum(x.decision == d for x in decisions.values())
-  note_html = ''.join(f'<p style="color:#c62828;font-weight:bold">{e(w)}</p>\n' for w in warnings)
-  note_html += f'<p>{e(gate_text)}</p>\n' if gate_text else ''
-  note_html += f'<p><small>Judged by: {e(provenance_text)}</small></p>\n' if provenance_text else ''
+  count = lambda d: sum(c.ok and c.decision.decision == d for c in cases)
+  note_html = ''.join(f'<p style="color:#c62828;font-weight:bold">{e(w)}</p>\n' for w in run.warnings)
+  note_html += f'<p>{e(policy.gate_text(run.gate))}</p>\n'
+  note_html += f'<p><small>Judged by: {e(run.provenance_text)}</small></p>\n'
   page = f'''<!doctype html>
-<html><head><meta charset="utf-8"><title>{e(title)}</title>
+<html><head><meta charset="utf-8"><title>{e(run.title)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:center}} td img{{width:240px;height:auto;image-rendering:pixelated}}</style>
 </head><body>
-<h1>{e(title)}</h1>
+<h1>{e(run.title)}</h1>
 {note_html}<p>{len(cases)} files: {n_ok} read, {len(cases) - n_ok} unreadable;
 <b>{count('pass')} auto-accepted</b>, {count('fail')} predicted to fail and {count('review')} not judged
 (outside what this run can assess): {count('fail') + count('review')} need a human look.
-Decision rule: {e(rule_text)}.
-Overlay: {e(whose)} mask outlined in yellow{' and the true mask in cyan' if with_truth else ''}, each
+Decision rule: {e(run.rule.description)}.
+Overlay: {e(whose)} mask outlined in yellow{' and the true mask in cyan' if run.with_truth else ''}, each
 edged in black, on the image at its own resolution (longer side at most {DISPLAY_MAX_SIDE} px).
-Uncertainty ({e(map_label)}): brighter = less certain, one colour scale for the run:
-0 <img src="{MAPS_DIR}/{SCALE_FILE}" style="width:256px;height:14px;vertical-align:middle"> {vmax:.3g}.</p>
+Uncertainty ({e(run.map_label)}): brighter = less certain, one colour scale for the run:
+0 <img src="{MAPS_DIR}/{SCALE_FILE}" style="width:256px;height:14px;vertical-align:middle"> {run.vmax:.3g}.</p>
 <table><tr>{head}</tr>
 {chr(10).join(body)}
 </table></body></html>

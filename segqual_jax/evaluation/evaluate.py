@@ -25,12 +25,12 @@ import os
 import numpy as np
 
 from segqual_jax.config import stages
-from segqual_jax.core import artifacts, errors, parallel, workdir as run_dirs
+from segqual_jax.core import artifacts, errors, parallel, values, workdir as run_dirs
 from segqual_jax.data import loading
 from segqual_jax.evaluation import figures, report
 from segqual_jax.metrics import overlap
 from segqual_jax.metrics import quality as quality_metrics
-from segqual_jax.quality import applicability, auto_accept, registry
+from segqual_jax.quality import applicability, policy, registry
 from segqual_jax.segmenter import judged, runner
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def stored_rules(config, workdir: str) -> dict:
   """
   path = run_dirs.calibration_file(workdir)
   stored = artifacts.read_json(path) if os.path.exists(path) else None
-  if (stored is None or stored['settings'] != stages.calibration_settings(config)
+  if (stored is None or not values.same(stored['settings'], stages.calibration_settings(config))
       or not set(stages.quality_model_names(config)) <= set(stored['models'])):
     raise errors.ConfigError(f'{path}: no auto-accept rules for the configured quality models and '
                              'calibration settings; '
@@ -79,10 +79,10 @@ def auto_accept_on_test(config, stored: dict, predicted_test: dict[str, np.ndarr
   for name in stages.quality_model_names(config):
     entry = stored['models'][name]
     row = report.model_row(config, name)
-    behind_gate = auto_accept.gated(predicted_test[row], pvalues, config.predict.ood_alpha)
-    rules = {alpha: {**rule, 'test': auto_accept.realised(behind_gate, failed, rule['threshold']),
-                     'test_without_gate': auto_accept.realised(predicted_test[row], failed,
-                                                               rule['threshold'])}
+    rules = {alpha: {**rule, 'test': policy.realised(predicted_test[row], failed, rule['threshold'],
+                                                     pvalues, config.predict.ood_alpha),
+                     'test_without_gate': policy.realised(predicted_test[row], failed,
+                                                          rule['threshold'])}
              for alpha, rule in entry['rules'].items()}
     out[name] = {'row': row, 'delta': entry['delta'], 'fail_dice': entry['fail_dice'], 'rules': rules}
   return out
@@ -93,7 +93,7 @@ def applicability_on_test(config, score: applicability.Applicability, outputs) -
   the share it sends to review, those cases' failure rate and the batch test."""
   scores = score.score(outputs.features)
   pvalues = score.pvalues(scores)
-  flagged = pvalues < config.predict.ood_alpha
+  flagged = policy.flagged(pvalues, config.predict.ood_alpha)
   failed = outputs.dice < config.eval.fail_dice
   return {'score': config.applicability.score, 'ood_alpha': config.predict.ood_alpha,
           'reference_cases': int(len(score.reference_scores)),

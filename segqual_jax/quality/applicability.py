@@ -46,7 +46,7 @@ import numpy as np
 from scipy import stats
 
 from segqual_jax.config import stages
-from segqual_jax.core import artifacts, errors, keys, workdir as run_dirs
+from segqual_jax.core import artifacts, errors, keys, values, workdir as run_dirs
 
 _STD_FLOOR = 1e-6
 _LOG_OFFSET = 1e-3  # features are means and deviations of ReLU outputs (>= 0): log(x + this)
@@ -243,7 +243,7 @@ def load(config, workdir: str) -> Applicability | None:
   run_dirs.require_applicability(workdir)
   out_dir = run_dirs.applicability_dir(workdir)
   done = artifacts.read_json(os.path.join(out_dir, run_dirs.DONE))
-  if done['settings'] != stages.applicability_settings(config):
+  if not values.same(done['settings'], stages.applicability_settings(config)):
     raise errors.ConfigError(
         f'{out_dir} was fitted with applicability settings {done["settings"]}, the config asks for '
         f'{stages.applicability_settings(config)}; run --mode=train_quality to refit it (nothing '

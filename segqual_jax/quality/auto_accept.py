@@ -31,7 +31,8 @@ algorithms to achieve risk control", arXiv:2110.01052):
 
 The guarantee is on the population rate; a finite test split shows a
 realised rate scattered around it. tests/test_auto_accept.py checks the
-guarantee over many synthetic calibration draws with a known R.
+guarantee over many synthetic calibration draws with a known R. How a rule
+is applied to a case (behind the applicability gate) is ``policy.py``'s.
 """
 
 from __future__ import annotations
@@ -112,25 +113,3 @@ def calibrate(scores: np.ndarray, failed: np.ndarray, grid: np.ndarray, alpha: f
   return {'threshold': float(grid[j]), 'calibration_cases': int(len(scores)),
           'calibration_accepted_share': float(n[j] / max(len(scores), 1)),
           'calibration_accepted_failure_rate': float(k[j] / max(n[j], 1))}
-
-
-def realised(scores: np.ndarray, failed: np.ndarray, threshold: float | None) -> dict:
-  """What the rule does on another split: the share accepted and the failures among them."""
-  scores = np.asarray(scores, float)
-  accepted = scores >= threshold if threshold is not None else np.zeros(len(scores), bool)
-  failed = np.asarray(failed, bool)
-  n = int(accepted.sum())
-  return {'cases': int(len(accepted)), 'accepted': n,
-          'automation_rate': float(n / max(len(accepted), 1)),
-          'accepted_failures': int((accepted & failed).sum()),
-          'accepted_failure_rate': float((accepted & failed).sum() / n) if n else None}
-
-
-def gated(predicted: np.ndarray, pvalues: np.ndarray | None, ood_alpha: float) -> np.ndarray:
-  """Predicted quality with every case the applicability gate sends to review
-  (conformal p-value below ``ood_alpha``) set to -inf: no threshold accepts it.
-  Calibration, evaluation and predict apply the gate through this one function."""
-  predicted = np.asarray(predicted, float)
-  if pvalues is None:
-    return predicted
-  return np.where(np.asarray(pvalues) < ood_alpha, -np.inf, predicted)

@@ -26,10 +26,10 @@ import numpy as np
 import optax
 
 from segqual_jax.config import stages
-from segqual_jax.core import artifacts, checkpointing, keys, parallel, workdir as run_dirs
+from segqual_jax.core import artifacts, checkpointing, keys, parallel, values, workdir as run_dirs
 from segqual_jax.data import loading, pipeline
 from segqual_jax.core.errors import ConfigError
-from segqual_jax.quality import applicability, auto_accept, cheap_qc, cnn, rca, registry
+from segqual_jax.quality import applicability, auto_accept, cheap_qc, cnn, policy, rca, registry
 from segqual_jax.segmenter import external, unet
 from segqual_jax.training import loop, quality_cases
 
@@ -104,7 +104,7 @@ def fit_applicability(config, workdir: str) -> applicability.Applicability | Non
   settings = stages.applicability_settings(config)
   path = applicability.score_path(out_dir)
   if run_dirs.completed(os.path.join(out_dir, run_dirs.DONE), 'applicability score',
-                        lambda d: d['settings'] == settings) is not None:
+                        lambda d: values.same(d['settings'], settings)) is not None:
     return applicability.Applicability.load(path)
   quality = loading.load_splits(config.data, names=('quality',))['quality']
   if len(quality) < 3:
@@ -142,7 +142,7 @@ def calibrate(config, workdir: str) -> dict | None:
   path = run_dirs.calibration_file(workdir)
   settings = stages.calibration_settings(config)
   names = stages.quality_model_names(config)
-  done = run_dirs.completed(path, 'calibration', lambda c: c['settings'] == settings
+  done = run_dirs.completed(path, 'calibration', lambda c: values.same(c['settings'], settings)
                             and set(names) <= set(c['models']))
   if done is not None:
     return done
@@ -153,14 +153,14 @@ def calibrate(config, workdir: str) -> dict | None:
   score = fit_applicability(config, workdir)
   cal_p = None if score is None else score.pvalues(score.score(cal_out.features))
   result = {'settings': settings, 'models': {},
-            'gated_calibration_cases': 0 if cal_p is None else int(np.sum(cal_p < config.predict.ood_alpha))}
+            'gated_calibration_cases': 0 if cal_p is None else int(np.sum(policy.flagged(cal_p, config.predict.ood_alpha)))}
   for name in names:
     model = registry.load(config, workdir, name)
     batch = config.quality.eval_batch_size
     grid = auto_accept.threshold_grid(registry.predict_cases(model, fit_split.images, fit_out, batch),
                                       cal.grid_size)
-    cal_pred = auto_accept.gated(registry.predict_cases(model, cal_split.images, cal_out, batch), cal_p,
-                     config.predict.ood_alpha)
+    cal_pred = policy.gated(registry.predict_cases(model, cal_split.images, cal_out, batch), cal_p,
+                            config.predict.ood_alpha)
     rules = {str(alpha): auto_accept.calibrate(cal_pred, failed, grid, alpha, cal.delta, cal.starts)
              for alpha in cal.alphas}
     result['models'][name] = {'delta': cal.delta, 'fail_dice': config.eval.fail_dice,

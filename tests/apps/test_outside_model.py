@@ -19,6 +19,7 @@ from segqual_jax.apps import predict
 from segqual_jax.core import artifacts, errors
 from segqual_jax.data import loading, pipeline, segmentations
 from segqual_jax.evaluation import evaluate
+from segqual_jax.quality import policy
 from segqual_jax.segmenter import judged, runner
 from segqual_jax.training import train_quality, train_seg
 
@@ -142,7 +143,7 @@ def test_predict_with_segmentations_gives_every_problem_its_own_row(runs, tmp_pa
   rows = _rows(out / 'predictions.csv')
   assert len(rows) == 9
   for ok in ('c0.png', 'c1.png', 'c6.png', 'c7.png'):
-    assert rows[ok]['status'] == 'ok' and rows[ok]['decision'] in predict.DECISIONS
+    assert rows[ok]['status'] == 'ok' and rows[ok]['decision'] in policy.DECISIONS
   assert float(rows['c0.png']['true_dice']) == 1.0
   assert 'missing' in rows['c2.png']['status']
   assert 'aspect ratio differs' in rows['c3.png']['status']

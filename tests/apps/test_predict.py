@@ -11,13 +11,14 @@ from PIL import Image
 
 from segqual_jax.apps import predict
 from segqual_jax.core import errors
+from segqual_jax.quality import policy
 from segqual_jax.training import train_quality, train_seg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory, data_dir):
+def trained_once(tmp_path_factory, data_dir):
   from configs import test as test_config
   config = test_config.get_config()
   config.data.data_dir = data_dir
@@ -27,6 +28,13 @@ def trained(tmp_path_factory, data_dir):
   train_seg.train_and_evaluate(config, workdir)
   train_quality.train_quality(config, workdir)
   return config, workdir
+
+
+@pytest.fixture
+def trained(trained_once):
+  """The module's run with a config of its own: a test may change it, the next gets the original."""
+  config, workdir = trained_once
+  return config.copy_and_resolve_references(), workdir
 
 
 def _inputs(folder, masks_folder=None):
@@ -66,21 +74,29 @@ def _rows(path):
     return {r['file']: r for r in csv.DictReader(f)}
 
 
-def test_predict_folder_every_row_and_page(trained, tmp_path, capsys):
+def test_predict_folder_every_row_and_page(trained, tmp_path, capsys, monkeypatch):
+  real_write_csv = predict.write_csv
   config, workdir = trained
   expected = _inputs(str(tmp_path / 'in'), str(tmp_path / 'masks'))
   out = str(tmp_path / 'out')
+  written = []  # the cases as decided, with their unrounded numbers
+  monkeypatch.setattr(predict, 'write_csv', lambda path, cases, run: (
+      written.extend(cases), real_write_csv(path, cases, run))[1])
   summary = predict.predict(config, workdir, str(tmp_path / 'in'), out,
                                    masks_dir=str(tmp_path / 'masks'))
   rows = _rows(os.path.join(out, 'predictions.csv'))
+  judged = [c for c in written if c.ok]
+  assert len(judged) == 5
+  for case in judged:  # the fixed rule on the unrounded prediction (the CSV's 4 decimals can flip it)
+    assert case.decision.decision == ('pass' if case.predicted_dice >= config.eval.fail_dice else 'fail')
+    assert rows[case.file]['decision'] == case.decision.decision
   assert set(rows) == set(expected)  # one row per image file, readme.txt ignored
   for name, status in expected.items():
     r = rows[name]
     assert r['status'].startswith(status), (name, r['status'])
     if status == 'ok':
       d, j = float(r['predicted_dice']), float(r['predicted_jaccard'])
-      assert 0 <= j <= d <= 1 and abs(d - 2 * j / (1 + j)) < 1e-3
-      assert r['decision'] == ('pass' if d >= config.eval.fail_dice else 'fail')
+      assert abs(d - 2 * j / (1 + j)) < 1e-3  # one prediction in both units
       assert r['decision_rule'] == 'fixed: pass if predicted Dice >= 0.8'
       assert float(r['mean_uncertainty']) >= 0
       stem = os.path.splitext(name)[0]
@@ -152,9 +168,8 @@ def test_a_case_gets_the_same_numbers_alone_in_any_folder_and_batch(trained, tmp
   os.makedirs(nested)
   for name in ('good1.jpg', 'good2.bmp', 'cut.png'):
     os.link(tmp_path / 'in' / name, nested / name)
-  config.seg.eval_batch_size = 2  # other batches, other neighbours
+  config.seg.eval_batch_size = 2  # other batches, other neighbours (a copy: the fixture's is kept)
   deep = _numbers_of(config, workdir, str(tmp_path / 'nested'), tmp_path / 'deep')
-  config.seg.eval_batch_size = 8
   assert deep['good1.jpg'] == folder['good1.jpg'] and deep['good2.bmp'] == folder['good2.bmp']
   rows = _rows(tmp_path / 'deep' / 'predictions.csv')
   assert set(rows) == {'sub/good1.jpg', 'sub/good2.bmp', 'sub/cut.png'}  # named by relative path
@@ -210,10 +225,10 @@ def test_calibrated_run_without_rules_says_so_loudly(trained, tmp_path):
     predict.predict(config, workdir, str(tmp_path / 'in'), str(tmp_path / 'out'))
   from segqual_jax.quality import registry
   model = registry.load(config, workdir, 'uncertainty')  # a calibrated config, no calibration.json
-  rule = predict.decision_rule(config, model)
+  rule = policy.decision_rule(config, model)
   assert rule.description.startswith('fixed') and 'NOT CALIBRATED' in rule.warning
   config.calibration.fraction = 0.0
-  assert predict.decision_rule(config, model).warning is None
+  assert policy.decision_rule(config, model).warning is None
 
 
 def test_masks_are_written_at_native_size_and_truth_is_judged_at_its_own(trained, tmp_path):

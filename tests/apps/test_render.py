@@ -3,6 +3,7 @@
 import numpy as np
 
 from segqual_jax.apps import assess, render
+from segqual_jax.quality import policy
 
 
 def test_one_colour_scale_from_every_case():
@@ -18,8 +19,8 @@ def test_one_colour_scale_from_every_case():
 
 def test_map_names_never_collide():
   cases = [assess.Case(file=f) for f in ('x.png', 'x.jpg', 'sub/x.png', 'y.png')]
-  names = render.map_names(cases)
-  assert names == {'x.png': 'x_png', 'x.jpg': 'x_jpg', 'sub/x.png': 'sub__x', 'y.png': 'y'}
+  render.name_cases(cases)
+  assert [c.name for c in cases] == ['x_png', 'x_jpg', 'sub__x', 'y']
   assert cases[2].stem == 'x'  # the case id (its key) is the stem, whatever the folder
 
 
@@ -55,18 +56,25 @@ def test_maps_and_page_at_the_inputs_own_resolution(tmp_path):
                              map=rng.random((16, 16)).astype(np.float32), predicted_dice=0.85,
                              predicted_jaccard=0.74))
   out = tmp_path / 'out'
-  names = render.write_maps(str(out), cases, 1.0, str(tmp_path),
-                            truth=lambda c: np.ones(c.native_size[::-1], np.uint8))
+  render.name_cases(cases)
+  render.write_maps(str(out), cases, 1.0, str(tmp_path),
+                    truth=lambda c: np.ones(c.native_size[::-1], np.uint8))
+  names = {c.file: c.name for c in cases}
   shown = lambda name, kind: Image.open(out / 'maps' / f'{names[name]}_{kind}.png').size
   for kind in ('image', 'overlay', 'uncertainty'):
     assert shown('wide.png', kind) == (300, 120)
     assert shown('big.png', kind) == (256, render.DISPLAY_MAX_SIDE)
   assert (out / 'maps' / render.SCALE_FILE).exists()
-  from segqual_jax.apps import predict
-  decisions = {c.file: predict.Decision('pass', 'predicted Dice 0.850 >= 0.800') for c in cases}
-  render.write_html(str(out / 'index.html'), cases, decisions, names, 'run', 'fixed', [], True,
-                    threshold=0.8, target='dice', vmax=0.69)
+  for c in cases:
+    c.decision = policy.Decision('pass', 'predicted Dice 0.850 >= 0.800')
+  run = assess.PredictRun(title='run', rule=policy.DecisionRule(0.8, 'fixed'), gate=policy.Gate(0.0),
+                          provenance={}, provenance_text='method=msp', warnings=('LOUD',),
+                          quality_model='uncertainty', target='dice', vmax=0.69, whose="f's",
+                          map_label="f's pixels", with_truth=True)
+  render.write_html(str(out / 'index.html'), cases, run)
   page = (out / 'index.html').read_text()
+  assert 'font-weight:bold">LOUD</p>' in page and 'Judged by: method=msp' in page
+  assert 'Applicability gate off' in page and page.count('auto-accept</b>') == 2
   assert '+0.050 vs the bar 0.800 (dice)' in page
   assert f'maps/{render.SCALE_FILE}' in page and '0.69' in page and 'true mask in cyan' in page
   assert render.margin_text(cases[0], float('inf'), 'dice') == 'no threshold accepts'

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from segqual_jax.core import parallel
+from segqual_jax.core import errors, parallel
 from segqual_jax.segmenter import runner
 from segqual_jax.training import train_seg
 
@@ -48,6 +48,6 @@ def test_four_device_run_equals_one_device_run(config, tmp_path):
 
 def test_batch_that_does_not_split_is_a_config_error(monkeypatch):
   monkeypatch.setattr(parallel, 'num_devices', lambda: 4)
-  with pytest.raises(Exception, match=r'config\.seg\.batch_size=6 does not split over 4 devices'):
+  with pytest.raises(errors.ConfigError, match=r'config\.seg\.batch_size=6 does not split over 4 devices'):
     parallel.check_batch_size(6, 'config.seg.batch_size')
   parallel.check_batch_size(8, 'config.seg.batch_size')

@@ -87,17 +87,20 @@ def test_lce_loss_uses_hints_on_half_and_updates_lambda(config):
   conf_loss = float(metrics['confidence_loss'])
   expected = 0.1 / 1.01 if 0.3 > conf_loss else 0.1 / 0.99
   assert float(new_state['lmbda']) == pytest.approx(expected)
-  np.testing.assert_allclose(float(loss), float(metrics['nll']) + 0.1 * conf_loss, rtol=1e-5)
-  # Reference NLL with hints on exactly the images the permutation picks.
+  # Reference NLL with hints on exactly the images the permutation picks, and the
+  # confidence penalty -mean(log c) over every image, computed here from the raw heads.
   out = jax.jit(m.apply)(params, images, base.purpose_keys(jax.random.key(2))['dropout'])
   hinted = np.asarray(jax.random.permutation(base.purpose_keys(jax.random.key(2))['hints'], 4) < 2)
   assert hinted.sum() == 2
   p = np.clip(np.asarray(jax.nn.softmax(out['logits'])), base.EPS, 1 - base.EPS)
-  c = np.clip(np.asarray(out['confidence']), base.EPS, 1 - base.EPS)
-  c = np.where(hinted[:, None, None], c, 1.0)[..., None]
+  conf = np.clip(np.asarray(out['confidence']), base.EPS, 1 - base.EPS)
+  c = np.where(hinted[:, None, None], conf, 1.0)[..., None]
   onehot = np.eye(2)[np.asarray(masks)]
   nll = -np.mean(np.sum(onehot * np.log(c * p + (1 - c) * onehot), -1))
+  penalty = -np.mean(np.log(conf))
   np.testing.assert_allclose(float(metrics['nll']), nll, rtol=1e-4)
+  np.testing.assert_allclose(conf_loss, penalty, rtol=1e-4)
+  np.testing.assert_allclose(float(loss), nll + 0.1 * penalty, rtol=1e-4)  # lambda's initial 0.1
 
 
 def test_hcnn_loss_with_zero_noise_is_cross_entropy(config):
