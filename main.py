@@ -25,8 +25,8 @@ from ml_collections import config_flags
 from segqual_jax.config import stages, validation
 from segqual_jax.core import errors
 
-MODES = ('all', 'train_seg', 'train_quality', 'evaluate', 'predict', 'bench')
-RUN_MODES = ('evaluate', 'predict')  # modes that use a trained run: its recorded config is theirs
+MODES = ('all', 'train_seg', 'train_quality', 'evaluate', 'predict', 'monitor', 'bench')
+RUN_MODES = ('evaluate', 'predict', 'monitor')  # modes that use a trained run: its recorded config is theirs
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'default.py')
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -46,6 +46,13 @@ _MASKS = flags.DEFINE_string('masks', None, 'predict: optional folder of true ma
 _SEGMENTATIONS = flags.DEFINE_string(
     'segmentations', None, 'predict: folder of another model\'s segmentations of the --input '
     'images (<stem>.png or .npy: masks or p(lesion)), for a run trained with config.external.')
+_MONITOR = flags.DEFINE_string(
+    'monitor', None, 'predict: the stream monitor\'s state file (made by --mode=monitor '
+    '--monitor_action=start); the cases of every predict given it form one stream, tested for a '
+    'change with an anytime-valid alarm. --mode=monitor: the file to act on.')
+_MONITOR_ACTION = flags.DEFINE_enum('monitor_action', 'show', ('start', 'show', 'reset'),
+                                    '--mode=monitor: start a new monitor, show its state, or reset '
+                                    'it (clears an alarm and the stream history).')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'predict: replace this tool\'s files in a '
                                'non-empty --output.')
 flags.mark_flags_as_required(['workdir'])
@@ -66,6 +73,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _MODE.value == 'predict' and not (_INPUT.value and _OUTPUT.value):
     raise app.UsageError('--mode=predict needs --input=FILE_OR_DIR and --output=DIR')
+  if _MODE.value == 'monitor' and not _MONITOR.value:
+    raise app.UsageError('--mode=monitor needs --monitor=FILE')
   from_file = flags.FLAGS['config'].present
   if not from_file and _MODE.value not in RUN_MODES:
     raise app.UsageError(f'--mode={_MODE.value} needs --config=FILE (only {" and ".join(RUN_MODES)} '
@@ -84,7 +93,7 @@ def main(argv):
     sys.exit(f'error: --config: cannot load the config file ({detail[-1] if detail else e})')
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported after validation: a bad config fails before JAX/TFDS load.
-  from segqual_jax.apps import bench, predict  # pylint: disable=g-import-not-at-top
+  from segqual_jax.apps import bench, monitor, predict  # pylint: disable=g-import-not-at-top
   from segqual_jax.core import runtime  # pylint: disable=g-import-not-at-top
   from segqual_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   from segqual_jax.training import train_quality, train_seg  # pylint: disable=g-import-not-at-top
@@ -94,7 +103,8 @@ def main(argv):
             'evaluate': evaluate.evaluate,
             'predict': lambda c, w: predict.predict(c, w, _INPUT.value, _OUTPUT.value,
                                                     _MASKS.value, _OVERWRITE.value,
-                                                    _SEGMENTATIONS.value),
+                                                    _SEGMENTATIONS.value, _MONITOR.value),
+               'monitor': lambda c, w: monitor.run(c, w, _MONITOR.value, _MONITOR_ACTION.value),
             'bench': bench.run}
   todo = ['train_seg', 'train_quality', 'evaluate'] if _MODE.value == 'all' else [_MODE.value]
   try:

@@ -50,6 +50,7 @@ class Case:
   features: np.ndarray | None = None  # (D,) f's pooled encoder statistics (applicability)
   applicability: float | None = None  # the applicability score (higher = less like f's cases)
   applicability_p: float | None = None  # its conformal p-value against the reference cases
+  stream_p: float | None = None  # the stream monitor's online p-value of it (--monitor)
   # another model's segmentation under review, at the image's size (None: f's own is judged)
   segmentation: segmentations.Segmentation | None = None
   decision: policy.Decision | None = None  # set by predict once the run's gate has been applied

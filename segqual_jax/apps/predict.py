@@ -34,6 +34,7 @@ one pass; ``policy`` decides each case; one frozen ``assess.PredictRun``
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import logging
@@ -51,13 +52,14 @@ from segqual_jax.data import images as image_io
 from segqual_jax.data import segmentations as seg_io
 from segqual_jax.evaluation import report
 from segqual_jax.metrics import quality as quality_metrics
-from segqual_jax.quality import applicability, policy, registry
+from segqual_jax.quality import applicability, monitor, policy, registry
 from segqual_jax.segmenter import external, runner
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ('file', 'predicted_dice', 'predicted_jaccard', 'decision', 'reason', 'decision_rule',
-           'mean_uncertainty', 'applicability_score', 'applicability_p', 'status', 'notes', 'run')
+           'mean_uncertainty', 'applicability_score', 'applicability_p', 'stream_p', 'status', 'notes',
+           'run')
 TRUE_COLUMNS = ('true_dice', 'true_jaccard')
 OWN_FILES = ('predictions.csv', 'index.html', 'summary.json', render.MAPS_DIR, render.MASKS_DIR)
 
@@ -189,7 +191,8 @@ def write_csv(path: str, cases, run: assess.PredictRun) -> None:
     d = c.decision
     line = [c.file, _fmt(c.predicted_dice), _fmt(c.predicted_jaccard), d.decision if d else '',
             d.reason if d else '', run.rule.description if c.ok else '', _fmt(c.mean_uncertainty),
-            _fmt(c.applicability), _fmt(c.applicability_p), c.status, '; '.join(c.notes),
+            _fmt(c.applicability), _fmt(c.applicability_p), _fmt(c.stream_p), c.status,
+            '; '.join(c.notes),
             run.provenance_text]
     if run.with_truth:
       line += [_fmt(c.true_dice), _fmt(c.true_jaccard)]
@@ -253,15 +256,40 @@ def extra_segmentations(segmentations_dir: str, cases) -> list:
   return extra
 
 
+def open_monitor(path: str, score: applicability.Applicability | None, origin: dict) -> monitor.Monitor:
+  """The stream monitor's state in ``path``, checked to watch this run (``PredictError``
+  naming the file otherwise: a missing or broken state never restarts silently)."""
+  if score is None:
+    raise PredictError(f'--monitor={path}: the stream monitor tests the applicability scores, and '
+                       'this run has the gate off (predict.ood_alpha=0)')
+  try:
+    return monitor.Monitor.load(path, score.reference_scores, origin['trained_config_sha256'])
+  except monitor.MonitorError as e:
+    raise PredictError(f'--monitor={e}') from None
+
+
+def watch(state: monitor.Monitor, path: str, score: applicability.Applicability, cases,
+          gate: policy.Gate) -> policy.Gate:
+  """Feeds every readable case, in order, to the stream monitor (``case.stream_p``), saves
+  its state, and returns the gate with the monitor's verdict: once it has alarmed -- in an
+  earlier call or in this one -- no case of this call is auto-accepted."""
+  for case in cases:
+    if case.ok:
+      case.stream_p = state.update(score.reference_scores, case.applicability, case.stem)
+  state.save(path)
+  return dataclasses.replace(gate, monitor=state.status_text(), monitor_alarm=state.alarmed)
+
+
 def predict(config, workdir: str, input_path: str, output_dir: str,
             masks_dir: str | None = None, overwrite: bool = False,
-            segmentations_dir: str | None = None) -> dict:
+            segmentations_dir: str | None = None, monitor_path: str | None = None) -> dict:
   """Assesses every image of ``input_path``; writes ``output_dir``. Returns the summary.
 
   With ``segmentations_dir``, the segmentations judged are another model's
-  (``<stem>.png|.npy`` beside each image's stem); f is the surrogate. Every
-  check runs before ``output_dir`` is touched, so a refused run leaves
-  nothing behind to refuse the retry.
+  (``<stem>.png|.npy`` beside each image's stem); f is the surrogate. With
+  ``monitor_path``, the cases also feed the stream monitor kept there
+  (``quality/monitor.py``). Every check runs before ``output_dir`` is
+  touched, so a refused run leaves nothing behind to refuse the retry.
   """
   root, files = resolve_inputs(input_path)
   if masks_dir and not os.path.isdir(masks_dir):
@@ -279,6 +307,7 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   score = applicability.load(config, workdir)
   rule = policy.decision_rule(config, model)
   origin = provenance(config, workdir, name)
+  stream = open_monitor(monitor_path, score, origin) if monitor_path else None
   powerless = None if score is None else applicability.powerless_warning(
       len(score.reference_scores), config.predict.ood_alpha)
   warnings = [w for w in (rule.warning, powerless, synthetic_warning(config)) if w]
@@ -304,6 +333,11 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   if gate.batch and gate.batch['rejected']:
     warnings.insert(0, policy.shift_text(gate.batch))
     log.warning(warnings[0])
+  if stream is not None:
+    gate = watch(stream, monitor_path, score, cases, gate)
+    if gate.monitor_alarm:
+      warnings.insert(0, gate.monitor)
+    (log.warning if gate.monitor_alarm else log.info)(gate.monitor)
   for case in cases:
     if case.ok:
       case.decision = policy.decide(case.predicted(model.target), case.applicability_p, rule, gate)
@@ -354,6 +388,7 @@ def summarise(config, cases, run: assess.PredictRun, wall_time_s: float) -> dict
              'applicability': {'ood_alpha': run.gate.ood_alpha, 'score': config.applicability.score,
                                'flagged': sum(c.decision.flagged for c in decided),
                                'batch_test': run.gate.batch},
+             'monitor': run.gate.monitor,
              'provenance': run.provenance, 'wall_time_s': round(wall_time_s, 1)}
   truth = [c for c in decided if c.true_dice is not None]
   if truth:

@@ -126,6 +126,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.predict.on_shift = 'suspend'  # when a run's cases as a whole look unlike the in-distribution cases: suspend (every case to review) | warn
   config.predict.shift_alpha = 0.001  # level of that batch test (one-sided two-sample KS of applicability scores)
   config.predict.shift_min_cases = 20  # fewer readable cases than this: no batch test, only the per-case gate
+  config.predict.monitor_delta = 0.01  # stream monitor (--monitor): chance an exchangeable stream ever alarms; set when a monitor starts
 
   config.eval = ml_collections.ConfigDict()
   config.eval.fail_dice = 0.8  # a case fails when its true Dice is below this (the user's bar)

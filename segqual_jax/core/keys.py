@@ -39,6 +39,7 @@ CALIBRATION_SPLIT = 0xCA1  # calibration cases held out from the quality split
 RCA_REFERENCES = 0x4CA  # RCA's reference cases
 APPLICABILITY_SPLIT = 0xA99  # the applicability score's fitting and reference cases
 CORRUPTIONS = 0xC0E  # corrupted copies of cases (then the case hash, corruption, severity)
+MONITOR = 0x3017  # the stream monitor's tie-breaking uniform of a case (then the case hash)
 
 
 def purpose_key(seed: int, purpose: int) -> jax.Array:

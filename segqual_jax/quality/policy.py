@@ -13,8 +13,9 @@ suite -- so "accepted" means the same thing in each:
   the fixed rule "predicted Dice >= eval.fail_dice" (with a loud warning
   when calibration was configured).
 * ``decide``: one case's ``review`` / ``pass`` / ``fail`` and why, in words:
-  ``review`` when the gate flags it or the run is suspended (the batch test),
-  else what ``accepted`` says.
+  ``review`` when the gate flags it, the stream monitor has alarmed
+  (``monitor.py``) or the run is suspended (the batch test), else what
+  ``accepted`` says.
 
 The numbers of the calibration itself (Learn then Test) are
 ``auto_accept.py``'s; the gate's score and p-values ``applicability.py``'s.
@@ -68,6 +69,8 @@ class Gate:
   """The applicability gate of a run: the per-case level and the batch test's verdict."""
   ood_alpha: float  # review a case whose p-value is below this (0: gate off)
   batch: dict | None = None  # batch_verdict's result, or None (not run)
+  monitor: str | None = None  # the stream monitor's status in words (None: no --monitor)
+  monitor_alarm: bool = False  # the stream monitor has alarmed: no case is auto-accepted
 
   @property
   def suspended(self) -> bool:
@@ -171,6 +174,9 @@ def decide(quality: float, pvalue: float | None, rule: DecisionRule, gate: Gate)
   if flagged(np.array([pvalue], object), gate.ood_alpha)[0]:
     return Decision('review', f'{FLAGGED} (applicability p = {pvalue:.3g} < {gate.ood_alpha}): '
                               'not judged')
+  if gate.monitor_alarm:
+    return Decision('review', 'auto-accept stopped: the stream monitor has alarmed (the stream no longer '
+                              'looks like the run\'s cases) and has not been reset')
   if gate.suspended:
     return Decision('review', 'auto-accept suspended for this run (batch unlike the calibration cases)')
   if accepted(np.array([quality]), rule.threshold)[0]:
@@ -191,7 +197,11 @@ def shift_text(batch: dict) -> str:
 
 
 def gate_text(gate: Gate) -> str:
-  """The gate's settings and the batch test's verdict, in words (the HTML)."""
+  """The gate's settings, the batch test's verdict and the stream monitor, in words (the HTML)."""
+  return _gate_only_text(gate) + (f' {gate.monitor}' if gate.monitor else '')
+
+
+def _gate_only_text(gate: Gate) -> str:
   if gate.ood_alpha <= 0:
     return 'Applicability gate off (predict.ood_alpha=0): every case is judged, however unlike the training cases.'
   text = (f'Applicability gate: a case whose applicability p-value is below {gate.ood_alpha} is '

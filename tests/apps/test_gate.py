@@ -144,3 +144,53 @@ def test_the_shift_suite_reports_every_set(gated_run, tmp_path):
   assert flat['set'] == 'far: flat colour' and flat['flagged'] == 1.0
   assert flat['models']['uncertainty']['automation'] == 0.0
   assert '| far: flat colour | 3 |' in open(out.replace('.json', '.md')).read()
+
+
+def test_the_stream_monitor_alarms_across_calls_and_holds_until_reset(gated_run, tmp_path):
+  """Small folders fed one call after another share one monitor: calm cases leave
+  auto-accept on; a run of unlike images alarms it, and from then on every case of every
+  call goes to review -- also calm ones -- until a person resets it."""
+  from segqual_jax.apps import monitor as monitor_app
+  from segqual_jax.core import errors
+  config, workdir = gated_run
+  config = config.copy_and_resolve_references()
+  config.predict.shift_min_cases = 1000  # small folders: no batch test, the monitor alone
+  state = str(tmp_path / 'stream.json')
+  with pytest.raises(errors.PredictError, match='no monitor state here'):  # never a silent start
+    predict.predict(config, workdir, _calm(tmp_path, 'never', 0), str(tmp_path / 'o0'), monitor_path=state)
+  assert not (tmp_path / 'o0').exists()
+  monitor_app.run(config, workdir, state, 'start')
+  with pytest.raises(errors.PredictError, match='exists'):
+    monitor_app.run(config, workdir, state, 'start')
+  calm = predict.predict(config, workdir, _calm(tmp_path, 'calm', 300), str(tmp_path / 'o1'),
+                         monitor_path=state)
+  assert 'Stream monitor: 3 cases' in calm['monitor'] and calm['decisions']['review'] < 3
+  assert all(0 < float(r['stream_p']) <= 1 for r in _rows(str(tmp_path / 'o1' / 'predictions.csv')).values())
+  far = str(tmp_path / 'far')
+  os.makedirs(far)
+  rng = np.random.default_rng(0)
+  for i in range(12):  # noise images of every strength: unlike anything the run knows
+    Image.fromarray(rng.integers(0, 256 - 10 * i, (40, 40, 3), dtype=np.uint8)).save(f'{far}/noise{i}.png')
+  alarmed = predict.predict(config, workdir, far, str(tmp_path / 'o2'), monitor_path=state)
+  assert alarmed['warnings'][0].startswith('STREAM MONITOR ALARM') and 'noise' in alarmed['warnings'][0]
+  assert alarmed['decisions']['pass'] == 0
+  after = predict.predict(config, workdir, _calm(tmp_path, 'after', 300), str(tmp_path / 'o3'),
+                          monitor_path=state)
+  rows = _rows(str(tmp_path / 'o3' / 'predictions.csv'))
+  assert after['decisions'] == {'pass': 0, 'fail': 0, 'review': 3}
+  assert all('stream monitor has alarmed' in r['reason'] for r in rows.values())
+  assert 'STREAM MONITOR ALARM' in open(tmp_path / 'o3' / 'index.html').read()
+  said = monitor_app.run(config, workdir, state, 'reset')
+  assert 'cleared the alarm' in said and 'dropped the stream history of 18 cases' in said
+  again = predict.predict(config, workdir, _calm(tmp_path, 'again', 300), str(tmp_path / 'o4'),
+                          monitor_path=state)
+  assert again['decisions'] == calm['decisions'] and 'Stream monitor: 3 cases' in again['monitor']
+  open(state, 'w').write('{')  # a torn state file: a clear error, not a fresh start
+  with pytest.raises(errors.PredictError, match='unreadable monitor state'):
+    predict.predict(config, workdir, _calm(tmp_path, 'torn', 300), str(tmp_path / 'o5'), monitor_path=state)
+
+
+def _calm(tmp_path, name, start):
+  folder = str(tmp_path / name)
+  _synthetic_images(folder, 3, start=start)
+  return folder
