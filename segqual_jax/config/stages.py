@@ -201,7 +201,10 @@ def applicability_settings(config) -> dict:
   other settings is refitted by stage 2."""
   a = config.applicability
   return {'score': a.score, 'knn_k': a.knn_k, 'reference_fraction': a.reference_fraction,
-          'calibration_fraction': config.calibration.fraction}
+          'calibration_fraction': config.calibration.fraction,
+          # the views the score is fitted on (a score fitted before the image statistics joined
+          # f's encoder statistics has other features: refitted, never applied to these)
+          'views': 'encoder+image_statistics'}
 
 
 # What a trained run fixes: a field of these roles shapes f, the cases and targets the

@@ -159,7 +159,8 @@ def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
   """Fits the score on ``fit_features`` (F, D) and scores ``reference_features`` (M, D).
 
   Args:
-    levels: feature count per encoder level (``unet.feature_levels``); None = one block.
+    levels: feature count per block (``runner.feature_levels``: f's encoder levels, then the
+      image statistics); None = one block.
     seed: the cross-fitting folds' seed.
   """
   x = _transform(fit_features)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from segqual_jax.core import artifacts, checkpointing, errors, keys, parallel, workdir as run_dirs
-from segqual_jax.data import pipeline
+from segqual_jax.data import image_statistics, pipeline
 from segqual_jax.metrics import overlap
 from segqual_jax.segmenter import methods, sampling, scores, unet
 
@@ -107,6 +107,13 @@ def with_truth(outputs: SegOutputs, truth: np.ndarray) -> SegOutputs:
                              jaccard=np.asarray(overlap.jaccard(masks, truth)))
 
 
+def feature_levels(seg_config) -> tuple[int, ...]:
+  """The blocks of a case's ``'features'``: each encoder level of f (``unet.feature_levels``),
+  then each block of the image's own statistics (``image_statistics.BLOCKS``). The gate
+  fits one shrunk Gaussian per block."""
+  return unet.feature_levels(seg_config) + image_statistics.BLOCKS
+
+
 def case_fn(predict: Callable, score_band_px: int | None = None,
             features: Callable | None = None, with_probs: bool = False) -> Callable:
   """``(params, float images (N,H,W,3), keys (N,)) -> {'masks', 'maps'[, 'scores'][, 'features']
@@ -119,7 +126,9 @@ def case_fn(predict: Callable, score_band_px: int | None = None,
       image-level scores are computed too (on device: the per-sample label
       maps never leave it).
     features: if given, ``(params, images) -> (N, D)`` features (a method's
-      ``features``), returned as ``'features'``.
+      ``features``), returned as ``'features'`` with each image's own
+      statistics after them (``data/image_statistics.py``): the applicability
+      gate's views, blocks of ``feature_levels``.
     with_probs: also return p(lesion) (N, H, W) as ``'probs'`` (what a mask at
       another resolution is resampled from).
 
@@ -129,7 +138,8 @@ def case_fn(predict: Callable, score_band_px: int | None = None,
     out = predict(params, image[None], key)
     probs, umap = out[0][0], out[1][0]
     samples = out[2][:, 0] if len(out) > 2 and out[2] is not None else None
-    feats = None if features is None else features(params, image[None])[0]
+    feats = (None if features is None else
+             jnp.concatenate([features(params, image[None])[0], image_statistics.statistics(image)]))
     return jnp.argmax(probs, -1).astype(jnp.uint8), umap, samples, feats, probs[..., 1]
 
   def run(params, images, case_keys):
@@ -242,9 +252,11 @@ def cached_outputs(config, workdir: str, split: pipeline.Split) -> SegOutputs:
   path = os.path.join(run_dirs.f_outputs_dir(workdir), f'{split.name}.npz')
   if os.path.exists(path):
     cached = SegOutputs.load(path)
-    if cached.features is not None and cached.probs is not None:
+    if (cached.features is not None and cached.probs is not None
+        and cached.features.shape[1] == sum(feature_levels(config.seg))):
       return cached
-    log.info('%s predates the applicability features or p(lesion); running f again', path)
+    log.info('%s predates the applicability features (or their image statistics) or p(lesion); '
+             'running f again', path)
   log.info('running f (%s) on the %s split (%d cases)', config.method, split.name, len(split))
   outputs = outputs_of(config, workdir, split)
   os.makedirs(run_dirs.f_outputs_dir(workdir), exist_ok=True)

@@ -30,7 +30,7 @@ from segqual_jax.core import artifacts, checkpointing, keys, parallel, values, w
 from segqual_jax.data import loading, pipeline
 from segqual_jax.core.errors import ConfigError
 from segqual_jax.quality import applicability, auto_accept, cheap_qc, cnn, policy, rca, registry
-from segqual_jax.segmenter import external, unet
+from segqual_jax.segmenter import external, runner
 from segqual_jax.training import loop, quality_cases
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def fit_applicability(config, workdir: str) -> applicability.Applicability | Non
   a = config.applicability
   fit_idx, ref_idx = applicability.split_indices(len(outputs), a.reference_fraction, config.data.seed)
   score = applicability.fit(a.score, outputs.features[fit_idx], outputs.features[ref_idx], a.knn_k,
-                            unet.feature_levels(config.seg), config.data.seed)
+                            runner.feature_levels(config.seg), config.data.seed)
   os.makedirs(out_dir, exist_ok=True)
   score.save(path)
   done = {'settings': settings, 'fitting_cases': int(len(fit_idx)),

@@ -1,0 +1,46 @@
+"""What an image looks like apart from f: colour, frequency content, edges.
+
+The applicability gate's second view (``quality/applicability.py``; the first
+is f's own encoder statistics). f's pooled features see what f was trained to
+see; an image of another modality can land among them -- Kvasir-SEG's
+colonoscopy frames passed a dermoscopy run's gate one by one -- while its
+colours and textures are plainly unlike. These statistics are computed on the
+image as f sees it (``data.image_size``), on the device beside f's pass, so
+stage 2's reference cases and predict's new ones are described alike whatever
+the input's own resolution (statistics of the native files would flag every
+image of a resolution the references do not have -- a harmless difference).
+
+Each block gets its own shrunk Gaussian in the gate (``BLOCKS``):
+
+* ``colour``: per RGB channel, the share of pixels in each of 8 intensity bins.
+* ``texture``: the share of the grey image's spectral power (DC left out) in
+  6 radial frequency bands (blur moves it down, noise and JPEG up), and the
+  mean and deviation of the gradient magnitude.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+COLOUR_BINS = 8
+FREQUENCY_BANDS = 6
+BLOCKS = (3 * COLOUR_BINS, FREQUENCY_BANDS + 2)  # feature count of each block, in order
+
+
+def statistics(image: jax.Array) -> jax.Array:
+  """(sum(BLOCKS),) statistics of one (H, W, 3) image with values in [0, 1]; all >= 0."""
+  image = image.astype(jnp.float32)
+  bins = jnp.clip(jnp.floor(image * COLOUR_BINS), 0, COLOUR_BINS - 1).astype(jnp.int32)
+  colour = jax.nn.one_hot(bins, COLOUR_BINS).mean((0, 1)).reshape(-1)  # (3 * bins,)
+  grey = image.mean(-1)
+  h, w = grey.shape
+  power = jnp.abs(jnp.fft.fft2(grey - grey.mean())) ** 2
+  fy, fx = jnp.meshgrid(jnp.fft.fftfreq(h), jnp.fft.fftfreq(w), indexing='ij')
+  radius = jnp.sqrt(fy ** 2 + fx ** 2) / jnp.sqrt(0.5)  # 0 (DC) .. 1 (the corner frequency)
+  band = jnp.clip(jnp.floor(radius * FREQUENCY_BANDS), 0, FREQUENCY_BANDS - 1).astype(jnp.int32)
+  per_band = jnp.sum(jax.nn.one_hot(band, FREQUENCY_BANDS) * power[..., None], (0, 1))
+  spectrum = per_band / jnp.maximum(per_band.sum(), 1e-12)
+  gy, gx = grey[1:, :-1] - grey[:-1, :-1], grey[:-1, 1:] - grey[:-1, :-1]
+  gradient = jnp.sqrt(gy ** 2 + gx ** 2)
+  return jnp.concatenate([colour, spectrum, jnp.stack([gradient.mean(), gradient.std()])])
