@@ -185,7 +185,8 @@ def run_suite(config, workdir: str) -> dict:
     for kind, k in CANDIDATES:
       candidates[f'{kind}' + (f' k={k}' if kind == 'knn' else '')] = {
           'score': applicability.fit(kind, fit_out.features[fit_idx], fit_out.features[ref_idx], k,
-                                     runner.feature_levels(config.seg), config.data.seed)}
+                                     runner.feature_levels(config.seg), config.data.seed,
+                                     runner.feature_blocks(config.seg, config.applicability.views))}
   base = base_split(config, workdir)
   size = config.data.image_size
   t0 = time.time()

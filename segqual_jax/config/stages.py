@@ -202,9 +202,9 @@ def applicability_settings(config) -> dict:
   a = config.applicability
   return {'score': a.score, 'knn_k': a.knn_k, 'reference_fraction': a.reference_fraction,
           'calibration_fraction': config.calibration.fraction,
-          # the views the score is fitted on (a score fitted before the image statistics joined
-          # f's encoder statistics has other features: refitted, never applied to these)
-          'views': 'encoder+image_statistics'}
+          # the feature blocks the score is fitted on (a score stored before they were named
+          # was fitted on other features: refitted, never applied to these)
+          'views': [v.strip() for v in a.views.split(',') if v.strip()]}
 
 
 # What a trained run fixes: a field of these roles shapes f, the cases and targets the

@@ -22,6 +22,11 @@ def _is_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _names(value: str) -> list[str]:
+  """The names of a comma-separated list field (blanks dropped)."""
+  return [v.strip() for v in value.split(',') if v.strip()]
+
+
 def _positive_int(v) -> bool:
   return _is_int(v) and v >= 1
 
@@ -149,6 +154,9 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('applicability.score', lambda v: v in schema.APPLICABILITY_SCORES,
        f'must be one of {", ".join(schema.APPLICABILITY_SCORES)}'),
       ('applicability.knn_k', _positive_int, 'must be >= 1'),
+      ('applicability.views', lambda v: isinstance(v, str) and bool(_names(v))
+       and set(_names(v)) <= set(schema.APPLICABILITY_VIEWS),
+       f'must be a comma-separated subset of {", ".join(schema.APPLICABILITY_VIEWS)}'),
       ('applicability.reference_fraction', lambda v: isinstance(v, (int, float)) and 0 < v < 1,
        'must be in (0, 1)'),
       ('cheap_qc.regressor', lambda v: v in ('gradient_boosting', 'random_forest', 'lasso'),

@@ -109,12 +109,16 @@ class Applicability:
   matrix: np.ndarray  # knn: (F, D) standardised fitting features; mahalanobis: empty
   k: int  # knn's neighbour
   reference_scores: np.ndarray  # (M,) scores of the held-out in-distribution cases
+  columns: np.ndarray | None = None  # the feature columns of the views it uses (None: all)
 
   def score(self, features: np.ndarray) -> np.ndarray:
     """(N,) distance of each case from the in-distribution cases (higher = less like them).
 
     A non-finite feature (an image that broke f's arithmetic) scores +inf.
     """
+    features = np.asarray(features)
+    if self.columns is not None:
+      features = features[:, self.columns]
     x = _transform(features)
     finite = np.isfinite(x).all(1)
     x = np.where(finite[:, None], x, 0.0)
@@ -141,6 +145,8 @@ class Applicability:
     arrays = {'kind': np.array(self.kind), 'levels': np.array(self.levels), 'k': np.array(self.k),
               'level_stats': self.level_stats, 'matrix': self.matrix,
               'reference_scores': self.reference_scores}
+    if self.columns is not None:
+      arrays['columns'] = self.columns
     for i, g in enumerate(self.gaussians):
       arrays.update({f'center_{i}': g.center, f'scale_{i}': g.scale, f'precision_{i}': g.precision})
     artifacts.write_atomic(path, lambda tmp: np.savez(tmp, **arrays), suffix='.tmp.npz')
@@ -151,18 +157,29 @@ class Applicability:
       n = sum(k.startswith('center_') for k in f.files)
       gaussians = tuple(_Gaussian(f[f'center_{i}'], f[f'scale_{i}'], f[f'precision_{i}']) for i in range(n))
       return cls(str(f['kind']), tuple(int(v) for v in f['levels']), gaussians, f['level_stats'],
-                 f['matrix'], int(f['k']), f['reference_scores'])
+                 f['matrix'], int(f['k']), f['reference_scores'],
+                 f['columns'] if 'columns' in f.files else None)
 
 
 def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
-        k: int = 10, levels: tuple[int, ...] | None = None, seed: int = 0) -> Applicability:
+        k: int = 10, levels: tuple[int, ...] | None = None, seed: int = 0,
+        blocks: tuple[int, ...] | None = None) -> Applicability:
   """Fits the score on ``fit_features`` (F, D) and scores ``reference_features`` (M, D).
 
   Args:
     levels: feature count per block (``runner.feature_levels``: f's encoder levels, then the
       image statistics); None = one block.
     seed: the cross-fitting folds' seed.
+    blocks: the indices of the blocks of ``levels`` the score uses (its views); None = all.
   """
+  columns = None
+  if blocks is not None:
+    if not levels:
+      raise ValueError('choosing blocks needs the feature levels')
+    bounds = np.cumsum((0,) + tuple(levels))
+    columns = np.concatenate([np.arange(bounds[b], bounds[b + 1]) for b in blocks])
+    fit_features, reference_features = fit_features[:, columns], reference_features[:, columns]
+    levels = tuple(levels[b] for b in blocks)
   x = _transform(fit_features)
   if len(x) < 2 or len(reference_features) < 1:
     raise ValueError(f'the applicability score needs >= 2 fitting and >= 1 reference cases '
@@ -192,7 +209,8 @@ def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
                              np.zeros((0, 2)), (x - center) / scale, k, np.zeros(0))
   else:
     raise ValueError(f'unknown applicability score {kind!r}')
-  return dataclasses.replace(unscored, reference_scores=unscored.score(reference_features))
+  unscored = dataclasses.replace(unscored, reference_scores=unscored.score(reference_features))
+  return dataclasses.replace(unscored, columns=columns)
 
 
 def split_indices(num_cases: int, reference_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

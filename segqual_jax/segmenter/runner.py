@@ -114,6 +114,14 @@ def feature_levels(seg_config) -> tuple[int, ...]:
   return unet.feature_levels(seg_config) + image_statistics.BLOCKS
 
 
+def feature_blocks(seg_config, views: str) -> tuple[int, ...]:
+  """The indices of ``feature_levels``' blocks that make up the comma-separated ``views``:
+  ``encoder`` (every level of f), ``colour`` and ``texture`` (the image statistics)."""
+  encoder = len(unet.feature_levels(seg_config))
+  index = {'encoder': tuple(range(encoder)), 'colour': (encoder,), 'texture': (encoder + 1,)}
+  return tuple(b for v in views.split(',') if v.strip() for b in index[v.strip()])
+
+
 def case_fn(predict: Callable, score_band_px: int | None = None,
             features: Callable | None = None, with_probs: bool = False) -> Callable:
   """``(params, float images (N,H,W,3), keys (N,)) -> {'masks', 'maps'[, 'scores'][, 'features']

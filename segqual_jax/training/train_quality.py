@@ -114,7 +114,8 @@ def fit_applicability(config, workdir: str) -> applicability.Applicability | Non
   a = config.applicability
   fit_idx, ref_idx = applicability.split_indices(len(outputs), a.reference_fraction, config.data.seed)
   score = applicability.fit(a.score, outputs.features[fit_idx], outputs.features[ref_idx], a.knn_k,
-                            runner.feature_levels(config.seg), config.data.seed)
+                            runner.feature_levels(config.seg), config.data.seed,
+                            runner.feature_blocks(config.seg, a.views))
   os.makedirs(out_dir, exist_ok=True)
   score.save(path)
   done = {'settings': settings, 'fitting_cases': int(len(fit_idx)),

@@ -112,3 +112,40 @@ def test_the_gate_says_when_it_cannot_flag_anything():
   assert applicability.powerless_warning(99, 0.01) is not None  # smallest p = 1/100, not < 0.01
   assert applicability.powerless_warning(100, 0.01) is None
   assert applicability.powerless_warning(5, 0.0) is None  # gate off: nothing to warn about
+
+
+def test_a_score_uses_only_its_views_blocks():
+  """With blocks chosen, the columns of the other blocks never change a score."""
+  rng = np.random.default_rng(0)
+  levels = (4, 3, 5)
+  fit_x, ref_x = rng.random((60, 12)) + 0.5, rng.random((20, 12)) + 0.5
+  score = applicability.fit('mahalanobis', fit_x, ref_x, levels=levels, blocks=(0, 2))
+  new = rng.random((5, 12)) + 0.5
+  changed = new.copy()
+  changed[:, 4:7] = 50.0  # block 1: not a view of this score
+  np.testing.assert_array_equal(score.score(new), score.score(changed))
+  changed[:, 0] = 50.0  # block 0 is
+  assert np.all(score.score(changed) > score.score(new))
+  changed = new.copy()
+  changed[:, 4:7] = 50.0
+  all_blocks = applicability.fit('mahalanobis', fit_x, ref_x, levels=levels)  # every block a view
+  assert np.all(all_blocks.score(changed) > all_blocks.score(new))
+
+
+def test_image_statistics_see_colour_and_texture():
+  import jax.numpy as jnp
+  from scipy import ndimage
+  from segqual_jax.data import image_statistics as stats
+  rng = np.random.default_rng(0)
+  noise = rng.random((64, 64, 3)).astype(np.float32)
+  blurred = ndimage.gaussian_filter(noise, (2, 2, 0))
+  s_noise, s_blur = (np.asarray(stats.statistics(jnp.asarray(x))) for x in (noise, blurred))
+  colour = slice(0, stats.BLOCKS[0])
+  bands = slice(stats.BLOCKS[0], stats.BLOCKS[0] + stats.FREQUENCY_BANDS)
+  assert s_noise.shape == (sum(stats.BLOCKS),) and np.all(s_noise >= 0)
+  np.testing.assert_allclose(s_noise[colour].reshape(3, -1).sum(1), 1.0, rtol=1e-5)  # shares per channel
+  np.testing.assert_allclose(s_noise[bands].sum(), 1.0, rtol=1e-5)
+  low = lambda s: s[bands][:2].sum()
+  assert low(s_blur) > 0.9 and low(s_noise) < 0.3  # blur moves the power to low frequencies
+  flat = np.asarray(stats.statistics(jnp.full((64, 64, 3), 0.55)))
+  assert flat[colour].reshape(3, -1)[:, 4].tolist() == [1.0, 1.0, 1.0]  # all in the bin of 0.55
