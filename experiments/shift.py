@@ -146,9 +146,11 @@ def evaluate_set(config, workdir, name, split, has_truth, run_batch, f_params, m
   for cand, cand_score in candidates.items():
     row.setdefault('candidates', {})[cand] = (None if clean_scores is None else
                                               auroc(cand_score['clean'], cand_score['score'].score(outputs.features)))
+  per_case = {'scores': values, 'pvalues': pvalues, 'failed': failed, 'has_truth': np.array(has_truth)}
   for mname, model in models.items():
     pred = registry.predict_cases(model, split.images, outputs, config.quality.eval_batch_size)
     rule = policy.decision_rule(config, model)  # predict's own rule (inf: accept nothing)
+    per_case[f'pred__{mname}'], per_case[f'threshold__{mname}'] = pred, np.array(rule.threshold)
     gated = policy.realised(pred, failed, rule.threshold, pvalues, config.predict.ood_alpha)
     bare = policy.realised(pred, failed, rule.threshold)
     suspended = row['batch_rejected']  # the set sent as one run: predict.on_shift=suspend
@@ -164,6 +166,9 @@ def evaluate_set(config, workdir, name, split, has_truth, run_batch, f_params, m
                           else None)}
   if has_truth:
     row['mean_dice'] = float(outputs.dice.mean())
+  # every case's numbers, for the stream and mixed-folder scenarios (experiments/mixed_folders.py)
+  artifacts.write_atomic(cache[:-len('.npz')] + '__cases.npz',
+                         lambda tmp: np.savez(tmp, **per_case), suffix='.tmp.npz')
   return row, values
 
 

@@ -13,7 +13,9 @@ evaluation apply too), in this order:
 * ``review`` -- the case is outside what the run can judge: its applicability
   p-value is below ``predict.ood_alpha`` (another modality, a corrupted or odd
   image), or the batch test found the run's cases as a whole unlike the
-  in-distribution cases and ``predict.on_shift`` is ``suspend``. Never
+  in-distribution cases and ``predict.on_shift`` is ``suspend`` (with
+  ``review_unusual`` only the run's cases Benjamini-Hochberg picks), or the
+  stream monitor (``--monitor``) has alarmed. Never
   auto-accepted, whatever its predicted quality.
 * ``pass`` -- predicted quality at or above the rule's threshold: auto-accept.
 * ``fail`` -- predicted quality below it: a predicted failure, to a human.
@@ -338,9 +340,12 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
     if gate.monitor_alarm:
       warnings.insert(0, gate.monitor)
     (log.warning if gate.monitor_alarm else log.info)(gate.monitor)
-  for case in cases:
-    if case.ok:
-      case.decision = policy.decide(case.predicted(model.target), case.applicability_p, rule, gate)
+  judged = [c for c in cases if c.ok]
+  picked = policy.unusual(np.array([c.applicability_p if c.applicability_p is not None else 1.0
+                                    for c in judged]), gate)
+  for case, is_unusual in zip(judged, picked):
+    case.decision = policy.decide(case.predicted(model.target), case.applicability_p, rule, gate,
+                                  bool(is_unusual))
   whose, map_label = page_labels(config, segmentations_dir)
   run = assess.PredictRun(
       title=f'segqual-jax: {config.method} on {os.path.basename(os.path.abspath(input_path))}',

@@ -91,6 +91,17 @@ def test_a_batch_unlike_the_calibration_cases_suspends_auto_accept(gated_run, tm
   assert summary['applicability']['flagged'] < 16  # the batch test caught what the gate alone did not
   assert summary['warnings'][0].startswith('AUTO-ACCEPT SUSPENDED')
   assert 'AUTO-ACCEPT SUSPENDED' in open(os.path.join(out, 'index.html')).read()
+  # on_shift=review_unusual: only the cases Benjamini-Hochberg picks go to review
+  config_bh = config.copy_and_resolve_references()
+  config_bh.predict.on_shift = 'review_unusual'
+  picked = predict.predict(config_bh, workdir, folder, str(tmp_path / 'bh'))
+  rows = _rows(str(tmp_path / 'bh' / 'predictions.csv'))
+  unusual = [r for r in rows.values() if 'Benjamini-Hochberg' in r['reason']]
+  assert picked['warnings'][0].startswith('SHIFTED RUN') and picked['decisions']['review'] < 16
+  assert picked['decisions']['review'] == len(unusual) + picked['applicability']['flagged']
+  reviewed = [float(r['applicability_p']) for r in rows.values() if r['decision'] == 'review']
+  judged = [float(r['applicability_p']) for r in rows.values() if r['decision'] != 'review']
+  assert judged and (not reviewed or max(reviewed) <= min(judged))  # the most unusual ones, no others
   # on_shift=warn: the verdict is stated, the decisions are made anyway
   config_warn = config.copy_and_resolve_references()
   config_warn.predict.on_shift = 'warn'

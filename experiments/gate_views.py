@@ -1,0 +1,60 @@
+"""Which views should the applicability gate use? Flagged shares per view, on the dev suite.
+
+  python experiments/gate_views.py --workdir=runs/clinical/seed0 --out=experiments/shift/gate_views_dev_seed0.md
+
+Reads the run's dev shift suite (``experiments/shift.py --suite=dev``: the
+calibration cases, their corruptions, the far sets -- never the test split),
+fits the gate exactly as stage 2 does (same fitting and reference cases) on
+each candidate set of feature blocks (``runner.feature_blocks``), and prints
+the share of each set sent to review at ``predict.ood_alpha``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from segqual_jax.config import schema, stages  # noqa: E402
+from segqual_jax.core import artifacts  # noqa: E402
+from segqual_jax.quality import applicability, auto_accept  # noqa: E402
+from segqual_jax.segmenter import runner  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A trained run with its dev shift suite.')
+_OUT = flags.DEFINE_string('out', None, 'Markdown table.')
+SETS = ('clean', 'blur_3', 'noise_1', 'noise_3', 'brightness_1', 'contrast_3', 'jpeg_3',
+        'far__kvasir_seg', 'far__synthetic_generator', 'far__uniform_noise', 'far__flat_colour')
+VIEWS = ('encoder', 'encoder,colour', 'encoder,texture', 'encoder,colour,texture', 'colour', 'texture')
+
+
+def main(argv):
+  del argv
+  workdir = _WORKDIR.value
+  config, _ = stages.for_run(workdir, schema.get_config(), from_file=False, overridden=set())
+  quality = np.load(os.path.join(workdir, 'quality', 'f_outputs', 'quality.npz'))['features']
+  _, rest = auto_accept.calibration_indices(len(quality), config.calibration.fraction, config.data.seed)
+  features = quality[rest]  # stage 2's non-calibration cases, split as it splits them
+  a = config.applicability
+  fit_idx, ref_idx = applicability.split_indices(len(features), a.reference_fraction, config.data.seed)
+  sets = {n: np.load(os.path.join(workdir, 'shift', f'dev__{n}.npz'))['features'] for n in SETS}
+  lines = [f'Gate views on the dev suite of {workdir}: % sent to review at p < {config.predict.ood_alpha} '
+           f'({len(fit_idx)} fitting, {len(ref_idx)} reference cases).', '',
+           '| views | ' + ' | '.join(SETS) + ' |', '|---|' + '---|' * len(SETS)]
+  for views in VIEWS:
+    score = applicability.fit(a.score, features[fit_idx], features[ref_idx], a.knn_k,
+                              runner.feature_levels(config.seg), config.data.seed,
+                              runner.feature_blocks(config.seg, views))
+    shares = [100 * np.mean(score.pvalues(score.score(sets[n])) < config.predict.ood_alpha) for n in SETS]
+    lines.append(f'| {views} | ' + ' | '.join(f'{s:.1f}' for s in shares) + ' |')
+  text = '\n'.join(lines) + '\n'
+  artifacts.write_text(_OUT.value, text)
+  print(text)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir', 'out'])
+  app.run(main)
