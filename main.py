@@ -63,9 +63,10 @@ def _config_args(argv) -> str:
   return ' '.join(a for a in argv[1:] if a.startswith('--config')) or '--config=<config>'
 
 
-def overridden_fields(argv) -> set[str]:
-  """The flattened config fields the command line overrides (``--config.x.y=v``, ``--config.x.y v``)."""
-  return {a.split('=', 1)[0][len('--config.'):] for a in argv[1:] if a.startswith('--config.')}
+def overridden_fields() -> set[str]:
+  """The flattened config fields the command line overrides, as the config flag parsed them
+  (``--config.x.y=v``, ``--config.x.y v``, a bool's ``--config.nox``, a ``--flagfile``)."""
+  return set(config_flags.get_override_values(flags.FLAGS['config']))
 
 
 def main(argv):
@@ -82,7 +83,7 @@ def main(argv):
   try:
     config = _CONFIG.value  # the config file is loaded lazily, here
     if _MODE.value in RUN_MODES:
-      config, notes = stages.for_run(_WORKDIR.value, config, from_file, overridden_fields(sys.argv))
+      config, notes = stages.for_run(_WORKDIR.value, config, from_file, overridden_fields())
       for note in notes:
         logging.warning(note)
     validation.validate(config)

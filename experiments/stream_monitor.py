@@ -54,7 +54,7 @@ def scores_of(workdir: str, suite: str, name: str, score: applicability.Applicab
 
 def run_stream(scores: np.ndarray, references: np.ndarray, delta: float, tag: str) -> int | None:
   """The 1-based index at which the monitor alarms on ``scores``, or None."""
-  state = monitor.Monitor.start(references, 'experiment', delta)
+  state = monitor.Monitor.start(references, delta)
   for i, s in enumerate(scores):
     state.update(references, float(s), f'{tag}-{i}')
     if state.alarmed:

@@ -144,6 +144,10 @@ def prepare_output(output_dir: str) -> None:
       shutil.rmtree(path)
     elif os.path.exists(path):
       os.remove(path)
+  if os.path.isdir(output_dir):  # temporary files of a write killed midway (artifacts.write_atomic)
+    for name in os.listdir(output_dir):
+      if any(name.startswith(own + '.') and '.tmp' in name for own in OWN_FILES):
+        os.remove(os.path.join(output_dir, name))
   os.makedirs(os.path.join(output_dir, render.MAPS_DIR), exist_ok=True)
 
 
@@ -258,27 +262,30 @@ def extra_segmentations(segmentations_dir: str, cases) -> list:
   return extra
 
 
-def open_monitor(path: str, score: applicability.Applicability | None, origin: dict) -> monitor.Monitor:
-  """The stream monitor's state in ``path``, checked to watch this run (``PredictError``
+def open_monitor(path: str, score: applicability.Applicability | None) -> monitor.Monitor:
+  """The stream monitor's state in ``path``, checked to watch this run's gate (``PredictError``
   naming the file otherwise: a missing or broken state never restarts silently)."""
   if score is None:
     raise PredictError(f'--monitor={path}: the stream monitor tests the applicability scores, and '
                        'this run has the gate off (predict.ood_alpha=0)')
   try:
-    return monitor.Monitor.load(path, score.reference_scores, origin['trained_config_sha256'])
+    return monitor.Monitor.load(path, score.reference_scores)
   except monitor.MonitorError as e:
     raise PredictError(f'--monitor={e}') from None
 
 
-def watch(state: monitor.Monitor, path: str, score: applicability.Applicability, cases,
-          gate: policy.Gate) -> policy.Gate:
-  """Feeds every readable case, in order, to the stream monitor (``case.stream_p``), saves
-  its state, and returns the gate with the monitor's verdict: once it has alarmed -- in an
-  earlier call or in this one -- no case of this call is auto-accepted."""
-  for case in cases:
-    if case.ok:
-      case.stream_p = state.update(score.reference_scores, case.applicability, case.stem)
-  state.save(path)
+def watch(path: str, score: applicability.Applicability, cases, gate: policy.Gate) -> policy.Gate:
+  """Feeds every readable case, in order, to the stream monitor (``case.stream_p``; an image
+  already in the stream is not fed again) under the state's lock -- read, update, write --
+  and returns the gate with the monitor's verdict: once it has alarmed, in an earlier call
+  or in this one, no case of this call is auto-accepted."""
+  with monitor.locked(path):
+    state = open_monitor(path, score)  # again, under the lock: another predict may have added cases
+    for case in cases:
+      if case.ok:
+        content = hashlib.sha256(case.image.tobytes()).hexdigest()[:24]
+        case.stream_p = state.update(score.reference_scores, case.applicability, case.stem, content)
+    state.save(path)
   return dataclasses.replace(gate, monitor=state.status_text(), monitor_alarm=state.alarmed)
 
 
@@ -309,7 +316,8 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   score = applicability.load(config, workdir)
   rule = policy.decision_rule(config, model)
   origin = provenance(config, workdir, name)
-  stream = open_monitor(monitor_path, score, origin) if monitor_path else None
+  if monitor_path:
+    open_monitor(monitor_path, score)  # refused before --output is touched
   powerless = None if score is None else applicability.powerless_warning(
       len(score.reference_scores), config.predict.ood_alpha)
   warnings = [w for w in (rule.warning, powerless, synthetic_warning(config)) if w]
@@ -335,8 +343,8 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   if gate.batch and gate.batch['rejected']:
     warnings.insert(0, policy.shift_text(gate.batch))
     log.warning(warnings[0])
-  if stream is not None:
-    gate = watch(stream, monitor_path, score, cases, gate)
+  if monitor_path:
+    gate = watch(monitor_path, score, cases, gate)
     if gate.monitor_alarm:
       warnings.insert(0, gate.monitor)
     (log.warning if gate.monitor_alarm else log.info)(gate.monitor)

@@ -127,6 +127,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.predict.ood_alpha = 0.02  # a case whose applicability p-value is below this goes to review, whatever its predicted quality (0 = gate off)
   config.predict.on_shift = 'suspend'  # when a run's cases as a whole look unlike the in-distribution cases: suspend (every case to review) | review_unusual (Benjamini-Hochberg picks the cases to review) | warn
   config.predict.shift_alpha = 0.001  # level of that batch test (one-sided two-sample KS of applicability scores)
+  config.predict.unusual_fdr = 0.1  # on_shift=review_unusual: Benjamini-Hochberg's false-discovery rate over a shifted run's p-values
   config.predict.shift_min_cases = 20  # fewer readable cases than this: no batch test, only the per-case gate
   config.predict.monitor_delta = 0.01  # stream monitor (--monitor): chance an exchangeable stream ever alarms; set when a monitor starts
 

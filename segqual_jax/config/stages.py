@@ -215,8 +215,9 @@ TRAINED_ROLES = _F + (EXTERNAL, G_SHARED, APPLICABILITY, *G_KIND.values())
 
 
 def recorded_config_path(workdir: str, quality_model: str | None = None) -> str | None:
-  """The ``config.json`` that describes a trained run best: ``quality_model``'s own stage-2
-  record when given and present, else the newest stage-2 record, else stage 1's."""
+  """A trained run's recorded ``config.json``: ``quality_model``'s own stage-2 record when
+  given and present, else the newest stage-2 record (the last stage 2 fitted the gate and
+  the rules), else stage 1's."""
   quality_root = os.path.join(workdir, 'quality')
   if quality_model:
     own = os.path.join(quality_root, quality_model, 'config.json')
@@ -266,11 +267,17 @@ def for_run(workdir: str, given, from_file: bool, overridden: set[str]) -> tuple
   unchanged, so the stage's own check says what is not trained.
   """
   now = as_flat(given)
-  quality_model = now.get('predict.quality_model') if (from_file or 'predict.quality_model' in overridden) else None
-  path = recorded_config_path(workdir, quality_model)
+  path = recorded_config_path(workdir)  # the newest record: the last stage 2 fitted the gate and rules
   if path is None:
     return given, []
   recorded = read_recorded(path)
+  explicit = from_file or 'predict.quality_model' in overridden
+  model = now.get('predict.quality_model') if explicit else recorded.get('predict.quality_model')
+  own = recorded_config_path(workdir, model)
+  if own != path and own is not None and model:  # that model's own settings, from its own record
+    kind = G_KIND[model if model in ('cheap_qc', 'rca') else 'cnn']
+    known = as_flat(schema.get_config())
+    recorded.update({k: v for k, v in read_recorded(own).items() if k in known and role(k) == kind})
   differ = differences(recorded, now, TRAINED_ROLES)
   refused = [k for k in differ if k in overridden]
   if refused:

@@ -145,6 +145,7 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
        'must be "suspend", "review_unusual" or "warn"'),
       ('predict.shift_alpha', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
       ('predict.shift_min_cases', _positive_int, 'must be >= 1'),
+      ('predict.unusual_fdr', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
       ('predict.monitor_delta', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
       ('quality.shift_corruptions', lambda v: isinstance(v, str) and set(
           c.strip() for c in v.split(',') if c.strip()) <= set(schema.CORRUPTIONS),

@@ -29,7 +29,7 @@ import numpy as np
 SEG_INIT = 0  # f's parameters
 SEG_STEPS = 1  # f's training steps (then fold_in(step))
 SEG_VALIDATION = 2  # f's per-epoch and final validation passes
-CASES = 3  # every case's test-time samples (then fold_in(case_hash(id)))
+CASES = 3  # every case's test-time samples (then fold_in of each 32-bit word of case_hash(id))
 QUALITY = 10  # g: then fold_in(index of the CNN kind), then 0 init / 1 steps
 RCA = 0x4CA  # RCA's reverse U-Net init
 
@@ -39,7 +39,7 @@ CALIBRATION_SPLIT = 0xCA1  # calibration cases held out from the quality split
 RCA_REFERENCES = 0x4CA  # RCA's reference cases
 APPLICABILITY_SPLIT = 0xA99  # the applicability score's fitting and reference cases
 CORRUPTIONS = 0xC0E  # corrupted copies of cases (then the case hash, corruption, severity)
-MONITOR = 0x3017  # the stream monitor's tie-breaking uniform of a case (then the case hash)
+MONITOR = 0x3017  # the stream monitor's tie-breaking uniforms (then the state's seed, the stream index)
 
 
 def purpose_key(seed: int, purpose: int) -> jax.Array:

@@ -11,9 +11,12 @@ randomness online"):
    each stream case's score joins the bag after it is tested. Case n's p-value
    is its smoothed rank among the references, the earlier stream cases and
    itself: ``p_n = (#{s > s_n} + theta_n #{s = s_n}) / (M + n)``, larger
-   scores stranger, ``theta_n`` uniform from the case's own id. If references
-   and stream are exchangeable, p_1, p_2, ... are independent and uniform
-   (Vovk et al. 2003, Thm 1). The fixed-reference p-values of the per-case
+   scores stranger, ``theta_n`` uniform from the state's own random seed and
+   n (not from the case: a name sent every day would reuse one theta). If
+   references and stream are exchangeable, p_1, p_2, ... are independent and
+   uniform (Vovk et al. 2003, Thm 1). An image already in the stream (the
+   same pixels at the model's size) is not fed again: a resent folder would
+   otherwise repeat its scores and break exchangeability. The fixed-reference p-values of the per-case
    gate would not do: they share one reference set and are dependent (Bates
    et al. 2023), so a product of them is no martingale.
 2. **Betting: a jumper over power betting functions.** ``f_e(p) = e p^(e-1)``
@@ -30,17 +33,22 @@ randomness online"):
    (``--mode=monitor --monitor_action=reset``), which starts a new test.
 
 A missing or unreadable state file, or one kept for another run, is an error
-naming the file: a silent fresh start would forget an alarm.
+naming the file: a silent fresh start would forget an alarm. Updates hold an
+exclusive lock on ``<file>.lock`` from reading to writing, so two predicts
+of one stream never overwrite each other's cases or alarm.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import json
 import math
 import os
+import secrets
 
 import numpy as np
 
@@ -59,27 +67,39 @@ class MonitorError(ValueError):
     self.path, self.problem = path, problem
 
 
-def fingerprint(reference_scores: np.ndarray, run: str) -> str:
-  """Which run (and which reference set) a state belongs to."""
-  h = hashlib.sha256(np.asarray(reference_scores, np.float64).tobytes())
-  h.update(run.encode())
-  return h.hexdigest()[:16]
+def fingerprint(reference_scores: np.ndarray) -> str:
+  """Which fitted gate a state belongs to: its reference scores (a refitted score, or another
+  run, has others; a rewritten config of the same run does not matter)."""
+  return hashlib.sha256(np.asarray(reference_scores, np.float64).tobytes()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def locked(path: str):
+  """An exclusive lock on ``<path>.lock`` for a read-update-write of the state."""
+  with open(path + '.lock', 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @dataclasses.dataclass
 class Monitor:
   """The monitor's state: the stream so far, the capital, and the alarm if it fired."""
-  fingerprint: str  # fingerprint() of the run it watches
+  fingerprint: str  # fingerprint() of the gate it watches
   delta: float  # alarm level: the chance of ever alarming on an exchangeable stream
   stream: list[float]  # the applicability scores of the stream's cases, in order
   log_capital: list[float]  # log capital of each betting component
   alarm: dict | None = None  # {'case', 'index', 'time', 'capital'} once it fired
   started: str = ''  # when the test (re)started, UTC
+  seed: int = 0  # the tie-breaking thetas' seed, drawn at the start
+  seen: list[str] = dataclasses.field(default_factory=list)  # content hashes of the cases fed
 
   @classmethod
-  def start(cls, reference_scores: np.ndarray, run: str, delta: float) -> 'Monitor':
-    return cls(fingerprint(reference_scores, run), float(delta), [],
-               [math.log(1.0 / len(EPSILONS))] * len(EPSILONS), None, _now())
+  def start(cls, reference_scores: np.ndarray, delta: float) -> 'Monitor':
+    return cls(fingerprint(reference_scores), float(delta), [],
+               [math.log(1.0 / len(EPSILONS))] * len(EPSILONS), None, _now(), secrets.randbits(63), [])
 
   @property
   def capital(self) -> float:
@@ -97,10 +117,16 @@ class Monitor:
     s = float(score)  # +inf (an image that broke f's arithmetic) ranks above every finite score
     return (int(np.sum(bag > s)) + theta * (1 + int(np.sum(bag == s)))) / (len(bag) + 1)
 
-  def update(self, reference_scores: np.ndarray, score: float, case: str) -> float:
+  def update(self, reference_scores: np.ndarray, score: float, case: str,
+             content: str | None = None) -> float | None:
     """Tests one case (its applicability score) and adds it to the stream; returns its
-    p-value. Sets ``alarm`` when the capital first reaches 1 / delta."""
-    p = self.pvalue(reference_scores, score, case_theta(case))
+    p-value, or None for a case whose ``content`` hash is already in the stream (not fed
+    again). Sets ``alarm`` when the capital first reaches 1 / delta."""
+    if content is not None:
+      if content in self.seen:
+        return None
+      self.seen.append(content)
+    p = self.pvalue(reference_scores, score, self.theta(len(self.stream) + 1))
     log_c = np.asarray(self.log_capital)
     total = _logsumexp(log_c)
     spread = total + math.log(JUMP / len(EPSILONS))
@@ -113,19 +139,23 @@ class Monitor:
       self.alarm = {'case': case, 'index': len(self.stream), 'time': _now(), 'capital': self.capital}
     return p
 
+  def theta(self, index: int) -> float:
+    """The tie-breaking uniform of the stream's ``index``-th case."""
+    return float(np.random.default_rng([keys.MONITOR, self.seed, index]).random())
+
   def to_json(self) -> dict:
     return {'version': VERSION, 'fingerprint': self.fingerprint, 'delta': self.delta,
-            'epsilons': list(EPSILONS), 'jump': JUMP, 'started': self.started,
+            'epsilons': list(EPSILONS), 'jump': JUMP, 'started': self.started, 'seed': self.seed,
             'cases': len(self.stream), 'capital': self.capital, 'alarm': self.alarm,
             'stream': [s if math.isfinite(s) else 'inf' for s in self.stream],
-            'log_capital': self.log_capital}
+            'log_capital': self.log_capital, 'seen': self.seen}
 
   def save(self, path: str) -> None:
     artifacts.write_text(path, json.dumps(self.to_json(), indent=1))
 
   @classmethod
-  def load(cls, path: str, reference_scores: np.ndarray | None = None, run: str | None = None) -> 'Monitor':
-    """The state in ``path``; with ``reference_scores`` and ``run``, checked to belong to it."""
+  def load(cls, path: str, reference_scores: np.ndarray | None = None) -> 'Monitor':
+    """The state in ``path``; with ``reference_scores``, checked to watch that gate."""
     if not os.path.exists(path):
       raise MonitorError(path, 'no monitor state here (start one with --mode=monitor '
                                '--monitor_action=start; a missing state is never replaced silently, '
@@ -137,13 +167,13 @@ class Monitor:
         raise ValueError(f'state of another format (version {raw.get("version")})')
       state = cls(str(raw['fingerprint']), float(raw['delta']),
                   [float(s) for s in raw['stream']], [float(c) for c in raw['log_capital']],
-                  raw['alarm'], str(raw['started']))
+                  raw['alarm'], str(raw['started']), int(raw['seed']), [str(h) for h in raw['seen']])
       if len(state.log_capital) != len(EPSILONS) or not all(map(math.isfinite, state.log_capital)):
         raise ValueError('the capital is damaged')
     except (OSError, ValueError, KeyError, TypeError) as e:
       raise MonitorError(path, f'unreadable monitor state ({e}); fix or restore the file, or reset it '
                                'with --mode=monitor --monitor_action=reset') from None
-    if reference_scores is not None and state.fingerprint != fingerprint(reference_scores, run or ''):
+    if reference_scores is not None and state.fingerprint != fingerprint(reference_scores):
       raise MonitorError(path, 'this monitor watches another run (or a refitted applicability score); '
                                'start a monitor for this run with --mode=monitor --monitor_action=start '
                                'and another --monitor file')
@@ -159,11 +189,6 @@ class Monitor:
     return (f'Stream monitor: {len(self.stream)} cases since {self.started}, martingale '
             f'{self.capital:.3g} (alarm at {1 / self.delta:g}; an exchangeable stream ever alarms '
             f'with probability <= {self.delta}).')
-
-
-def case_theta(case: str) -> float:
-  """The tie-breaking uniform of a case's p-value, from its own id."""
-  return float(np.random.default_rng([keys.MONITOR, keys.case_hash(case)]).random())
 
 
 def _logsumexp(x: np.ndarray) -> float:

@@ -158,14 +158,15 @@ def decision_rule(config, model) -> DecisionRule:
 
 def batch_verdict(scores: np.ndarray, reference_scores: np.ndarray, predict_config) -> dict | None:
   """The batch test of a run's applicability ``scores`` with what it means for the run
-  (``rejected``, ``alpha``, ``action``: suspend / warn / none); None below
-  ``predict.shift_min_cases`` cases."""
+  (``rejected``, ``alpha``, ``action``: suspend / review_unusual / warn / none, and
+  ``unusual_fdr``); None below ``predict.shift_min_cases`` cases."""
   if len(scores) < predict_config.shift_min_cases:
     return None
   batch = applicability.batch_test(scores, reference_scores)
   batch['rejected'] = batch['pvalue'] < predict_config.shift_alpha
   batch['alpha'] = predict_config.shift_alpha
   batch['action'] = predict_config.on_shift if batch['rejected'] else 'none'
+  batch['unusual_fdr'] = predict_config.unusual_fdr
   return batch
 
 
@@ -183,10 +184,13 @@ def benjamini_hochberg(pvalues: np.ndarray, q: float) -> np.ndarray:
 
 def unusual(pvalues: np.ndarray, gate: Gate) -> np.ndarray:
   """The cases a shifted run sends to review under ``on_shift=review_unusual``: BH at level
-  ``ood_alpha`` over the run's applicability p-values; none in any other case."""
+  ``predict.unusual_fdr`` over the run's applicability p-values; none in any other case.
+
+  Its own level, above ``ood_alpha``: BH at ``ood_alpha`` can only pick cases with
+  p <= ood_alpha, which the per-case gate already reviews."""
   if not (gate.batch and gate.batch['action'] == 'review_unusual'):
     return np.zeros(len(pvalues), bool)
-  return benjamini_hochberg(pvalues, gate.ood_alpha)
+  return benjamini_hochberg(pvalues, gate.batch['unusual_fdr'])
 
 
 def decide(quality: float, pvalue: float | None, rule: DecisionRule, gate: Gate,
@@ -198,7 +202,8 @@ def decide(quality: float, pvalue: float | None, rule: DecisionRule, gate: Gate,
                               'not judged')
   if is_unusual:
     return Decision('review', 'unusual within a run unlike the calibration cases (Benjamini-Hochberg '
-                              f'over the run\'s applicability p-values at {gate.ood_alpha}): not judged')
+                              f'over the run\'s applicability p-values at {gate.batch["unusual_fdr"]}): '
+                              'not judged')
   if gate.monitor_alarm:
     return Decision('review', 'auto-accept stopped: the stream monitor has alarmed (the stream no longer '
                               'looks like the run\'s cases) and has not been reset')

@@ -5,7 +5,8 @@ validation, stage 2's training cases, evaluation and predict -- so none of
 them imports a trainer. Two rules hold here:
 
 * **A case's key is its own.** Each case's samples use
-  ``fold_in(base_key, case_hash(case_id))`` (``core/keys.py``), and f runs
+  ``base_key`` folded with each word of ``case_hash(case_id)`` (128 bits,
+  ``core/keys.py``), and f runs
   ``vmap``-ped over the cases of a batch, so a case's MC-dropout, HCNN or
   latent map depends on nothing else in the batch: not on its position in a
   folder, on the batch size, or on unreadable files before it.

@@ -164,13 +164,8 @@ def run(*, name: str, state: Any, train_step: Callable, batch_fn: Callable[[int]
       progress.step_done(step)
       log_now = step % log_every_steps == 0 or step == num_steps
       epoch_end = step % steps_per_epoch == 0 or step == num_steps
-      save_now = step == num_steps or checkpointer.due(step) or bool(STEP_HOOKS) or sigint['stop']
-      if save_now and not bool(_all_finite(state['params'])):
-        # A finite loss at step N was computed before update N: the parameters it left
-        # are checked too, so no checkpoint ever holds a diverged state.
-        raise errors.NonFiniteLoss(f'{name}: the parameters are not finite after step {step}; '
-                                   f'stopping. The last good checkpoint is step '
-                                   f'{checkpointer.latest_step()}.')
+      stop = sigint['stop']  # read once: the forced save below is checked like any other
+      save_now = step == num_steps or checkpointer.due(step) or bool(STEP_HOOKS) or stop
       if log_now or epoch_end or save_now:
         # Fetch (a device sync) only where the host needs the numbers: a log line, an
         # epoch's means, and before any checkpoint, so a saved state is never non-finite.
@@ -186,6 +181,12 @@ def run(*, name: str, state: Any, train_step: Callable, batch_fn: Callable[[int]
         if log_now:
           log.info(progress.update(step, {k: v / (step - first + 1) for k, v in fetched.items()}))
         window, first = None, step + 1
+      if save_now and not bool(_all_finite(state['params'])):
+        # A finite loss at step N was computed before update N: the parameters it left
+        # are checked too, so no checkpoint ever holds a diverged state.
+        raise errors.NonFiniteLoss(f'{name}: the parameters are not finite after step {step}; '
+                                   f'stopping. The last good checkpoint is step '
+                                   f'{checkpointer.latest_step()}.')
       checkpointer.save(step, state, force=step == num_steps)
       if epoch_end:
         epoch_end_fn(state, math.ceil(step / steps_per_epoch), {k: v / count for k, v in sums.items()})
@@ -194,7 +195,7 @@ def run(*, name: str, state: Any, train_step: Callable, batch_fn: Callable[[int]
         checkpointer.wait()  # a hook may kill the process: the periodic save must be on disk
         for hook in STEP_HOOKS:
           hook(name, step)
-      if sigint['stop']:
+      if stop:
         checkpointer.save(step, state, force=True)
         checkpointer.wait()
         raise errors.TrainingInterrupted(f'{name}: interrupted after step {step}; checkpoint saved. '

@@ -177,6 +177,8 @@ def test_the_stream_monitor_alarms_across_calls_and_holds_until_reset(gated_run,
                          monitor_path=state)
   assert 'Stream monitor: 3 cases' in calm['monitor'] and calm['decisions']['review'] < 3
   assert all(0 < float(r['stream_p']) <= 1 for r in _rows(str(tmp_path / 'o1' / 'predictions.csv')).values())
+  resent = predict.predict(config, workdir, str(tmp_path / 'calm'), str(tmp_path / 'o1b'), monitor_path=state)
+  assert 'Stream monitor: 3 cases' in resent['monitor']  # the same images again are not fed twice
   far = str(tmp_path / 'far')
   os.makedirs(far)
   rng = np.random.default_rng(0)
@@ -185,7 +187,7 @@ def test_the_stream_monitor_alarms_across_calls_and_holds_until_reset(gated_run,
   alarmed = predict.predict(config, workdir, far, str(tmp_path / 'o2'), monitor_path=state)
   assert alarmed['warnings'][0].startswith('STREAM MONITOR ALARM') and 'noise' in alarmed['warnings'][0]
   assert alarmed['decisions']['pass'] == 0
-  after = predict.predict(config, workdir, _calm(tmp_path, 'after', 300), str(tmp_path / 'o3'),
+  after = predict.predict(config, workdir, _calm(tmp_path, 'after', 310), str(tmp_path / 'o3'),
                           monitor_path=state)
   rows = _rows(str(tmp_path / 'o3' / 'predictions.csv'))
   assert after['decisions'] == {'pass': 0, 'fail': 0, 'review': 3}

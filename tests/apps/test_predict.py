@@ -121,6 +121,7 @@ def test_predict_folder_every_row_and_page(trained, tmp_path, capsys, monkeypatc
   with pytest.raises(predict.PredictError, match='not empty'):
     predict.predict(config, workdir, str(tmp_path / 'in'), out)
   open(os.path.join(out, 'notes.txt'), 'w').write('the user\'s own file')
+  open(os.path.join(out, 'predictions.csv.k3j9x.tmp'), 'w').write('a write killed midway')
   for name in os.listdir(tmp_path / 'in'):  # fewer inputs: stale maps of the first run must go
     if name != 'good0.png':
       os.remove(tmp_path / 'in' / name)
@@ -130,6 +131,7 @@ def test_predict_folder_every_row_and_page(trained, tmp_path, capsys, monkeypatc
       f'good0_{k}.png' for k in ('image', 'overlay', 'uncertainty')]
   assert os.listdir(os.path.join(out, 'masks')) == ['good0.png']
   assert open(os.path.join(out, 'notes.txt')).read() == 'the user\'s own file'  # not ours: kept
+  assert not os.path.exists(os.path.join(out, 'predictions.csv.k3j9x.tmp'))  # ours: gone
 
 
 def test_predict_cli_fails_only_when_nothing_is_readable(trained, tmp_path):

@@ -9,8 +9,8 @@ from segqual_jax.quality import monitor
 
 
 def _stream(rng, reference, scores, delta=0.05):
-  m = monitor.Monitor.start(reference, 'run', delta)
-  ps = [m.update(reference, s, f'case{i}-{rng.integers(1 << 30)}') for i, s in enumerate(scores)]
+  m = monitor.Monitor.start(reference, delta)
+  ps = [m.update(reference, s, f'case{i}') for i, s in enumerate(scores)]
   return m, np.array(ps)
 
 
@@ -29,6 +29,15 @@ def test_online_pvalues_are_uniform_and_false_alarms_stay_below_delta():
   assert abs(p.mean() - 0.5) < 0.01 and abs(np.mean(p < 0.1) - 0.1) < 0.01  # uniform
 
 
+def test_one_name_sent_every_day_keeps_the_pvalues_uniform():
+  """Every case named image.jpg: the tie-breaking uniforms come from the state's seed and the
+  stream position, not from the name, so ties still get uniform p-values."""
+  reference = np.zeros(20)  # every score tied: the p-value is theta alone
+  m = monitor.Monitor.start(reference, 0.01)
+  p = np.array([m.update(reference, 0.0, 'image.jpg') for _ in range(400)])
+  assert abs(p.mean() - 0.5) < 0.05 and p.std() > 0.25 and not m.alarmed
+
+
 def test_a_switch_to_unlike_cases_alarms_and_stays_alarmed():
   rng = np.random.default_rng(1)
   reference = rng.normal(size=100)
@@ -44,19 +53,21 @@ def test_a_switch_to_unlike_cases_alarms_and_stays_alarmed():
 
 def test_state_round_trip_and_refusals(tmp_path):
   reference = np.linspace(0, 1, 20)
-  m = monitor.Monitor.start(reference, 'run-a', 0.01)
+  m = monitor.Monitor.start(reference, 0.01)
   for i in range(5):
-    m.update(reference, float(i) / 5, f'c{i}')
+    m.update(reference, float(i) / 5, f'c{i}', content=f'pixels{i}')
+  assert m.update(reference, 0.2, 'c1-again', content='pixels1') is None  # the same image again
+  assert len(m.stream) == 5
   path = str(tmp_path / 'state.json')
   m.save(path)
-  again = monitor.Monitor.load(path, reference, 'run-a')
+  again = monitor.Monitor.load(path, reference)
   assert again.stream == m.stream and again.capital == pytest.approx(m.capital)
-  # the same next case gets the same p-value from the reloaded state
-  assert again.pvalue(reference, 0.5, 0.3) == m.pvalue(reference, 0.5, 0.3)
+  # the reloaded state gives the next case the same p-value (same seed, same index)
+  assert again.update(reference, 0.5, 'next') == m.update(reference, 0.5, 'next')
   with pytest.raises(monitor.MonitorError, match='watches another run'):
-    monitor.Monitor.load(path, reference, 'run-b')
+    monitor.Monitor.load(path, reference + 1.0)
   with pytest.raises(monitor.MonitorError, match='no monitor state here'):
-    monitor.Monitor.load(str(tmp_path / 'missing.json'), reference, 'run-a')
+    monitor.Monitor.load(str(tmp_path / 'missing.json'), reference)
   (tmp_path / 'state.json').write_text('{"version": 1, "stream": [')  # torn by a crash
   with pytest.raises(monitor.MonitorError, match='unreadable monitor state'):
     monitor.Monitor.load(path)

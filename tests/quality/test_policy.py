@@ -86,8 +86,10 @@ def test_benjamini_hochberg_by_hand():
   # sorted: 0.001 <= .05/5, 0.012 <= .1/5... p_(2)=0.012 <= 0.02, p_(3)=0.04 > 0.03, p_(4)=0.2 > 0.04
   np.testing.assert_array_equal(policy.benjamini_hochberg(p, 0.05), [True, False, True, False, False])
   assert not policy.benjamini_hochberg(np.array([0.5, 0.6]), 0.05).any()
-  gate = policy.Gate(0.05, {'action': 'review_unusual'})
-  np.testing.assert_array_equal(policy.unusual(p, gate), policy.benjamini_hochberg(p, 0.05))
+  gate = policy.Gate(0.01, {'action': 'review_unusual', 'unusual_fdr': 0.05})
+  # BH at its own level: it picks p = 0.012, which the gate at 0.01 lets through
+  np.testing.assert_array_equal(policy.unusual(p, gate), [True, False, True, False, False])
+  assert not policy.flagged(p, gate.ood_alpha)[2]
   assert not policy.unusual(p, policy.Gate(0.05, {'action': 'suspend'})).any()  # suspend reviews all instead
   d = policy.decide(0.99, 0.3, policy.DecisionRule(0.8, 'r'), gate, is_unusual=True)
   assert d.decision == 'review' and 'Benjamini-Hochberg' in d.reason and not d.flagged
