@@ -53,8 +53,9 @@ def scores_of(workdir: str, suite: str, name: str, score: applicability.Applicab
 
 
 def run_stream(scores: np.ndarray, references: np.ndarray, delta: float, tag: str) -> int | None:
-  """The 1-based index at which the monitor alarms on ``scores``, or None."""
-  state = monitor.Monitor.start(references, delta)
+  """The 1-based index at which the monitor alarms on ``scores``, or None (the thetas' seed
+  from ``tag``, so every number here is reproducible)."""
+  state = monitor.Monitor.start(references, delta, seed=int.from_bytes(tag.encode()[-8:], 'little'))
   for i, s in enumerate(scores):
     state.update(references, float(s), f'{tag}-{i}')
     if state.alarmed:

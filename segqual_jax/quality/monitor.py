@@ -97,9 +97,11 @@ class Monitor:
   seen: list[str] = dataclasses.field(default_factory=list)  # content hashes of the cases fed
 
   @classmethod
-  def start(cls, reference_scores: np.ndarray, delta: float) -> 'Monitor':
+  def start(cls, reference_scores: np.ndarray, delta: float, seed: int | None = None) -> 'Monitor':
+    """A new test; ``seed`` (the thetas') is drawn from the OS unless given (experiments)."""
     return cls(fingerprint(reference_scores), float(delta), [],
-               [math.log(1.0 / len(EPSILONS))] * len(EPSILONS), None, _now(), secrets.randbits(63), [])
+               [math.log(1.0 / len(EPSILONS))] * len(EPSILONS), None, _now(),
+               secrets.randbits(63) if seed is None else int(seed), [])
 
   @property
   def capital(self) -> float:

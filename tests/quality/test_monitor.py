@@ -9,7 +9,7 @@ from segqual_jax.quality import monitor
 
 
 def _stream(rng, reference, scores, delta=0.05):
-  m = monitor.Monitor.start(reference, delta)
+  m = monitor.Monitor.start(reference, delta, seed=int(rng.integers(1 << 62)))
   ps = [m.update(reference, s, f'case{i}') for i, s in enumerate(scores)]
   return m, np.array(ps)
 
