@@ -79,6 +79,14 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def _check_parameters(name: str, step: int, state, checkpointer) -> None:
+  """Raises ``NonFiniteLoss`` before a save of non-finite parameters: a finite loss at step N
+  was computed before update N, so the parameters it left are checked too."""
+  if not bool(_all_finite(state['params'])):
+    raise errors.NonFiniteLoss(f'{name}: the parameters are not finite after step {step}; stopping. '
+                               f'The last good checkpoint is step {checkpointer.latest_step()}.')
+
+
 TrainingInterrupted = errors.TrainingInterrupted
 NonFiniteLoss = errors.NonFiniteLoss
 
@@ -164,8 +172,7 @@ def run(*, name: str, state: Any, train_step: Callable, batch_fn: Callable[[int]
       progress.step_done(step)
       log_now = step % log_every_steps == 0 or step == num_steps
       epoch_end = step % steps_per_epoch == 0 or step == num_steps
-      stop = sigint['stop']  # read once: the forced save below is checked like any other
-      save_now = step == num_steps or checkpointer.due(step) or bool(STEP_HOOKS) or stop
+      save_now = step == num_steps or checkpointer.due(step) or bool(STEP_HOOKS) or sigint['stop']
       if log_now or epoch_end or save_now:
         # Fetch (a device sync) only where the host needs the numbers: a log line, an
         # epoch's means, and before any checkpoint, so a saved state is never non-finite.
@@ -181,12 +188,8 @@ def run(*, name: str, state: Any, train_step: Callable, batch_fn: Callable[[int]
         if log_now:
           log.info(progress.update(step, {k: v / (step - first + 1) for k, v in fetched.items()}))
         window, first = None, step + 1
-      if save_now and not bool(_all_finite(state['params'])):
-        # A finite loss at step N was computed before update N: the parameters it left
-        # are checked too, so no checkpoint ever holds a diverged state.
-        raise errors.NonFiniteLoss(f'{name}: the parameters are not finite after step {step}; '
-                                   f'stopping. The last good checkpoint is step '
-                                   f'{checkpointer.latest_step()}.')
+      if save_now:
+        _check_parameters(name, step, state, checkpointer)
       checkpointer.save(step, state, force=step == num_steps)
       if epoch_end:
         epoch_end_fn(state, math.ceil(step / steps_per_epoch), {k: v / count for k, v in sums.items()})
@@ -195,7 +198,8 @@ def run(*, name: str, state: Any, train_step: Callable, batch_fn: Callable[[int]
         checkpointer.wait()  # a hook may kill the process: the periodic save must be on disk
         for hook in STEP_HOOKS:
           hook(name, step)
-      if stop:
+      if sigint['stop']:  # read after the hooks: a Ctrl-C during this step stops at this step
+        _check_parameters(name, step, state, checkpointer)  # it may have come after save_now
         checkpointer.save(step, state, force=True)
         checkpointer.wait()
         raise errors.TrainingInterrupted(f'{name}: interrupted after step {step}; checkpoint saved. '
