@@ -94,14 +94,14 @@ class Monitor:
   alarm: dict | None = None  # {'case', 'index', 'time', 'capital'} once it fired
   started: str = ''  # when the test (re)started, UTC
   seed: int = 0  # the tie-breaking thetas' seed, drawn at the start
-  seen: list[str] = dataclasses.field(default_factory=list)  # content hashes of the cases fed
+  seen: set[str] = dataclasses.field(default_factory=set)  # content hashes of the cases fed
 
   @classmethod
   def start(cls, reference_scores: np.ndarray, delta: float, seed: int | None = None) -> 'Monitor':
     """A new test; ``seed`` (the thetas') is drawn from the OS unless given (experiments)."""
     return cls(fingerprint(reference_scores), float(delta), [],
                [math.log(1.0 / len(EPSILONS))] * len(EPSILONS), None, _now(),
-               secrets.randbits(63) if seed is None else int(seed), [])
+               secrets.randbits(63) if seed is None else int(seed), set())
 
   @property
   def capital(self) -> float:
@@ -127,7 +127,7 @@ class Monitor:
     if content is not None:
       if content in self.seen:
         return None
-      self.seen.append(content)
+      self.seen.add(content)
     p = self.pvalue(reference_scores, score, self.theta(len(self.stream) + 1))
     log_c = np.asarray(self.log_capital)
     total = _logsumexp(log_c)
@@ -150,7 +150,7 @@ class Monitor:
             'epsilons': list(EPSILONS), 'jump': JUMP, 'started': self.started, 'seed': self.seed,
             'cases': len(self.stream), 'capital': self.capital, 'alarm': self.alarm,
             'stream': [s if math.isfinite(s) else 'inf' for s in self.stream],
-            'log_capital': self.log_capital, 'seen': self.seen}
+            'log_capital': self.log_capital, 'seen': sorted(self.seen)}
 
   def save(self, path: str) -> None:
     artifacts.write_text(path, json.dumps(self.to_json(), indent=1))
@@ -169,7 +169,7 @@ class Monitor:
         raise ValueError(f'state of another format (version {raw.get("version")})')
       state = cls(str(raw['fingerprint']), float(raw['delta']),
                   [float(s) for s in raw['stream']], [float(c) for c in raw['log_capital']],
-                  raw['alarm'], str(raw['started']), int(raw['seed']), [str(h) for h in raw['seen']])
+                  raw['alarm'], str(raw['started']), int(raw['seed']), {str(h) for h in raw['seen']})
       if len(state.log_capital) != len(EPSILONS) or not all(map(math.isfinite, state.log_capital)):
         raise ValueError('the capital is damaged')
     except (OSError, ValueError, KeyError, TypeError) as e:
