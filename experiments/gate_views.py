@@ -5,7 +5,8 @@
 Reads the run's dev shift suite (``experiments/shift.py --suite=dev``: the
 calibration cases, their corruptions, the far sets -- never the test split),
 fits the gate exactly as stage 2 does (same fitting and reference cases) on
-each candidate set of feature blocks (``runner.feature_blocks``), and prints
+each candidate set of feature blocks (``runner.feature_blocks``; the image statistics on
+``applicability.image_fit``'s images, as stage 2), and prints
 the share of each set sent to review at ``predict.ood_alpha``.
 """
 
@@ -23,12 +24,14 @@ from segqual_jax.config import schema, stages  # noqa: E402
 from segqual_jax.core import artifacts  # noqa: E402
 from segqual_jax.quality import applicability, auto_accept  # noqa: E402
 from segqual_jax.segmenter import runner  # noqa: E402
+from segqual_jax.training import train_quality  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained run with its dev shift suite.')
 _OUT = flags.DEFINE_string('out', None, 'Markdown table.')
 SETS = ('clean', 'blur_3', 'noise_1', 'noise_3', 'brightness_1', 'contrast_3', 'jpeg_3',
         'far__kvasir_seg', 'far__synthetic_generator', 'far__uniform_noise', 'far__flat_colour')
-VIEWS = ('encoder', 'encoder,colour', 'encoder,texture', 'encoder,colour,texture', 'colour', 'texture')
+VIEWS = ('encoder', 'encoder,texture', 'encoder,layout', 'encoder,texture,layout', 'encoder,colour,texture,layout',
+         'colour', 'texture', 'layout')
 
 
 def main(argv):
@@ -40,6 +43,7 @@ def main(argv):
   features = quality[rest]  # stage 2's non-calibration cases, split as it splits them
   a = config.applicability
   fit_idx, ref_idx = applicability.split_indices(len(features), a.reference_fraction, config.data.seed)
+  block_fit = train_quality.image_block_fit(config)
   sets = {n: np.load(os.path.join(workdir, 'shift', f'dev__{n}.npz'))['features'] for n in SETS}
   lines = [f'Gate views on the dev suite of {workdir}: % sent to review at p < {config.predict.ood_alpha} '
            f'({len(fit_idx)} fitting, {len(ref_idx)} reference cases).', '',
@@ -47,7 +51,7 @@ def main(argv):
   for views in VIEWS:
     score = applicability.fit(a.score, features[fit_idx], features[ref_idx], a.knn_k,
                               runner.feature_levels(config.seg), config.data.seed,
-                              runner.feature_blocks(config.seg, views))
+                              runner.feature_blocks(config.seg, views), block_fit)
     shares = [100 * np.mean(score.pvalues(score.score(sets[n])) < config.predict.ood_alpha) for n in SETS]
     lines.append(f'| {views} | ' + ' | '.join(f'{s:.1f}' for s in shares) + ' |')
   text = '\n'.join(lines) + '\n'

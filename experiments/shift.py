@@ -43,7 +43,7 @@ from segqual_jax.data import corruptions, loading, pipeline, synthetic  # noqa: 
 from segqual_jax.metrics import quality as quality_metrics  # noqa: E402
 from segqual_jax.quality import applicability, policy, registry  # noqa: E402
 from segqual_jax.segmenter import runner, unet  # noqa: E402
-from segqual_jax.training import quality_cases  # noqa: E402
+from segqual_jax.training import quality_cases, train_quality  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The run\'s config (as trained).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained (and calibrated) run.')
@@ -125,7 +125,8 @@ def evaluate_set(config, workdir, name, split, has_truth, run_batch, f_params, m
   cache = os.path.join(workdir, 'shift', f'{_SUITE.value}__{slug}.npz')
   if os.path.exists(cache):
     outputs = runner.SegOutputs.load(cache)
-  if not os.path.exists(cache) or len(outputs) != len(split):
+  if (not os.path.exists(cache) or len(outputs) != len(split)
+      or outputs.features is None or outputs.features.shape[1] != sum(runner.feature_levels(config.seg))):
     outputs = runner.run_cases(run_batch, f_params, split.images, runner.case_ids(split),
                                runner.cases_key(config), config.seg.eval_batch_size)
     if has_truth:
@@ -187,11 +188,13 @@ def run_suite(config, workdir: str) -> dict:
     (_, fit_out), _ = quality_cases.holdout_parts(config, workdir, quality)
     a = config.applicability
     fit_idx, ref_idx = applicability.split_indices(len(fit_out), a.reference_fraction, config.data.seed)
+    block_fit = train_quality.image_block_fit(config)
     for kind, k in CANDIDATES:
       candidates[f'{kind}' + (f' k={k}' if kind == 'knn' else '')] = {
           'score': applicability.fit(kind, fit_out.features[fit_idx], fit_out.features[ref_idx], k,
                                      runner.feature_levels(config.seg), config.data.seed,
-                                     runner.feature_blocks(config.seg, config.applicability.views))}
+                                     runner.feature_blocks(config.seg, config.applicability.views),
+                                     block_fit)}
   base = base_split(config, workdir)
   size = config.data.image_size
   t0 = time.time()

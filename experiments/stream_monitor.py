@@ -16,7 +16,14 @@ run's fitted applicability score turns them into scores, and the real
   which each case is, with probability ``--contamination``, drawn from a far
   set or a severity-3 corruption, else clean; the number of cases after the
   switch until the alarm (median and quartiles over ``--switch_streams``
-  streams; "never" when no alarm within ``--horizon`` cases).
+  streams; "never" when no alarm within ``--horizon`` cases);
+* **a clinic's calls**: the same switch streams (Kvasir-SEG and noise 3, the
+  first ``--call_streams`` of each) fed in calls of 1, 5 and 10 cases, the
+  monitor's state written to a file after each call and read back before the
+  next, as ``predict --monitor=FILE`` does: the alarm must come on the same
+  case as in one uninterrupted stream (the monitor tests case by case, so a
+  call's size cannot matter; a folder under ``predict.shift_min_cases`` gets
+  no batch test, so between calls the monitor is the only run-level check).
 
 Nothing here is tuned: delta is the config's ``predict.monitor_delta``.
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 
 from absl import app, flags
 import numpy as np
@@ -44,6 +52,9 @@ _SWITCH_STREAMS = flags.DEFINE_integer('switch_streams', 200, 'Seeded streams pe
 _CONTAMINATION = flags.DEFINE_float('contamination', 0.2, 'Share of contaminating cases after the switch.')
 _CLEAN_PREFIX = flags.DEFINE_integer('clean_prefix', 100, 'Clean cases before the switch.')
 _HORIZON = flags.DEFINE_integer('horizon', 400, 'Cases after the switch within which an alarm counts.')
+_CALL_STREAMS = flags.DEFINE_integer('call_streams', 20, 'Switch streams per set replayed in calls of 1, 5, 10.')
+CALL_SIZES = (1, 5, 10)
+CALL_SETS = ('far__kvasir_seg', 'noise_3')
 SWITCH_SETS = ('far__kvasir_seg', 'far__synthetic_generator', 'far__uniform_noise', 'brightness_3',
                'contrast_3', 'jpeg_3', 'blur_3', 'noise_3')
 
@@ -52,11 +63,16 @@ def scores_of(workdir: str, suite: str, name: str, score: applicability.Applicab
   return score.score(runner.SegOutputs.load(os.path.join(workdir, 'shift', f'{suite}__{name}.npz')).features)
 
 
-def run_stream(scores: np.ndarray, references: np.ndarray, delta: float, tag: str) -> int | None:
+def run_stream(scores: np.ndarray, references: np.ndarray, delta: float, tag: str,
+               call_size: int | None = None, state_path: str | None = None) -> int | None:
   """The 1-based index at which the monitor alarms on ``scores``, or None (the thetas' seed
-  from ``tag``, so every number here is reproducible)."""
+  from ``tag``, so every number here is reproducible). With ``call_size``, the state goes
+  through ``state_path`` between calls of that many cases, as between predict calls."""
   state = monitor.Monitor.start(references, delta, seed=int.from_bytes(tag.encode()[-8:], 'little'))
   for i, s in enumerate(scores):
+    if call_size and i % call_size == 0:
+      state.save(state_path)
+      state = monitor.Monitor.load(state_path, references)
     state.update(references, float(s), f'{tag}-{i}')
     if state.alarmed:
       return i + 1
@@ -71,14 +87,33 @@ def false_alarms(scores: np.ndarray, references: np.ndarray, delta: float, strea
           'median_alarm_index': float(np.median(fired)) if fired else None}
 
 
-def delays(clean: np.ndarray, far: np.ndarray, references: np.ndarray, delta: float, tag: str) -> dict:
+def switch_streams(clean: np.ndarray, far: np.ndarray, count: int) -> list[np.ndarray]:
+  """Seeded streams: ``--clean_prefix`` clean cases, then ``--contamination`` of ``far``."""
   rng = np.random.default_rng([1, len(far)])
   out = []
-  for k in range(_SWITCH_STREAMS.value):
+  for _ in range(count):
     prefix = rng.choice(clean, _CLEAN_PREFIX.value)
     after = np.where(rng.random(_HORIZON.value) < _CONTAMINATION.value,
                      rng.choice(far, _HORIZON.value), rng.choice(clean, _HORIZON.value))
-    alarm = run_stream(np.concatenate([prefix, after]), references, delta, f'{tag}{k}')
+    out.append(np.concatenate([prefix, after]))
+  return out
+
+
+def in_calls(clean: np.ndarray, far: np.ndarray, references: np.ndarray, delta: float, tag: str,
+             state_path: str) -> dict:
+  """``{call size: streams whose alarm came on another case than in one stream}``."""
+  streams = switch_streams(clean, far, _CALL_STREAMS.value)
+  whole = [run_stream(s, references, delta, f'{tag}{k}') for k, s in enumerate(streams)]
+  return {'streams': len(streams), 'alarmed': sum(a is not None for a in whole),
+          'differ': {size: sum(run_stream(s, references, delta, f'{tag}{k}', size, state_path) != a
+                               for k, (s, a) in enumerate(zip(streams, whole)))
+                     for size in CALL_SIZES}}
+
+
+def delays(clean: np.ndarray, far: np.ndarray, references: np.ndarray, delta: float, tag: str) -> dict:
+  out = []
+  for k, stream in enumerate(switch_streams(clean, far, _SWITCH_STREAMS.value)):
+    alarm = run_stream(stream, references, delta, f'{tag}{k}')
     out.append(None if alarm is None else alarm - _CLEAN_PREFIX.value)
   after_switch = [d for d in out if d is not None and d > 0]
   return {'streams': len(out), 'alarm_before_switch': sum(d is not None and d <= 0 for d in out),
@@ -102,6 +137,9 @@ def main(argv):
   for name in SWITCH_SETS:
     result['switch'][name] = delays(test_clean, scores_of(workdir, 'test', name, score), refs, delta, name)
     print(name, result['switch'][name], flush=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    result['calls'] = {name: in_calls(test_clean, scores_of(workdir, 'test', name, score), refs, delta, name,
+                                      os.path.join(tmp, 'monitor.json')) for name in CALL_SETS}
   artifacts.write_json(_OUT.value, result)
   lines = [f'Stream monitor, {workdir}: delta {delta}, {len(refs)} reference cases, views {config.applicability.views}.',
            '', '| stream | streams | cases each | alarm rate |', '|---|---|---|---|']
@@ -114,6 +152,13 @@ def main(argv):
   for name, v in result['switch'].items():
     q = '-' if v['delay_quartiles'] is None else ' / '.join(f'{x:.0f}' for x in v['delay_quartiles'])
     lines.append(f"| {name} | {v['streams']} | {v['alarm_before_switch']} | {v['never']} | {q} |")
+  lines += ['', 'The same streams in calls of ' + ', '.join(map(str, CALL_SIZES)) + ' cases, the state '
+            'saved and read back between calls: streams whose alarm came on another case:', '',
+            '| set | streams | alarmed in one stream | ' + ' | '.join(f'calls of {k}' for k in CALL_SIZES) + ' |',
+            '|---|---|---|' + '---|' * len(CALL_SIZES)]
+  for name, v in result['calls'].items():
+    lines.append(f"| {name} | {v['streams']} | {v['alarmed']} | "
+                 + ' | '.join(str(v['differ'][k]) for k in CALL_SIZES) + ' |')
   artifacts.write_text(os.path.splitext(_OUT.value)[0] + '.md', '\n'.join(lines) + '\n')
   print('\n'.join(lines))
 

@@ -204,7 +204,8 @@ def applicability_settings(config) -> dict:
           'calibration_fraction': config.calibration.fraction,
           # the feature blocks the score is fitted on (a score stored before they were named
           # was fitted on other features: refitted, never applied to these)
-          'views': [v.strip() for v in a.views.split(',') if v.strip()]}
+          'views': [v.strip() for v in a.views.split(',') if v.strip()],
+          'image_fit': a.image_fit}
 
 
 # What a trained run fixes: a field of these roles shapes f, the cases and targets the

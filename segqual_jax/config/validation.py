@@ -161,6 +161,9 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
        f'must be a comma-separated subset of {", ".join(schema.APPLICABILITY_VIEWS)}'),
       ('applicability.reference_fraction', lambda v: isinstance(v, (int, float)) and 0 < v < 1,
        'must be in (0, 1)'),
+      ('applicability.image_fit', lambda v: v in ('', 'train'),
+       "must be 'train' (f's training images) or '' (the quality split's fitting cases); never a "
+       'split that may share cases with the reference set'),
       ('cheap_qc.regressor', lambda v: v in ('gradient_boosting', 'random_forest', 'lasso'),
        'must be gradient_boosting, random_forest or lasso'),
       ('rca.references', _positive_int, 'must be >= 1'),

@@ -16,6 +16,16 @@ Each block gets its own shrunk Gaussian in the gate (``BLOCKS``):
 * ``texture``: the share of the grey image's spectral power (DC left out) in
   6 radial frequency bands (blur moves it down, noise and JPEG up), and the
   mean and deviation of the gradient magnitude.
+* ``layout``: on a 4 x 4 grid of cells, each cell's mean R, G, B and the
+  deviation of its grey values: where the image is bright, dark, coloured or
+  busy. Histograms pool the whole frame, so a colonoscopy frame -- an orange
+  field in a black octagonal border -- has the colour shares of an orange-lit
+  dermoscopy image in a dark vignette (Kvasir-SEG's frames were no further
+  from ISIC 2017's in the colour view than ISIC's own unusual images); laid
+  out on a grid they differ (measured in ``experiments/RESULTS.md``, "Streams").
+
+These blocks do not depend on f, so the gate fits them on f's own training
+images (``applicability.image_fit``), several times the quality split's share.
 """
 
 from __future__ import annotations
@@ -25,7 +35,19 @@ import jax.numpy as jnp
 
 COLOUR_BINS = 8
 FREQUENCY_BANDS = 6
-BLOCKS = (3 * COLOUR_BINS, FREQUENCY_BANDS + 2)  # feature count of each block, in order
+LAYOUT_GRID = 4  # cells per side of the layout block
+NAMES = ('colour', 'texture', 'layout')  # the blocks, in order
+BLOCKS = (3 * COLOUR_BINS, FREQUENCY_BANDS + 2, 4 * LAYOUT_GRID ** 2)  # feature count of each block
+
+
+def _cell_means(values: jax.Array) -> jax.Array:
+  """(G, G, ...) means of ``values`` (H, W, ...) over a G x G grid of cells (any H, W >= G)."""
+  def averaging(n):  # (G, n): row g averages the pixels of cell g
+    cell = jnp.minimum(jnp.arange(n) * LAYOUT_GRID // n, LAYOUT_GRID - 1)
+    member = jax.nn.one_hot(cell, LAYOUT_GRID).T
+    return member / member.sum(1, keepdims=True)
+  h, w = values.shape[:2]
+  return jnp.einsum('gh,hw...,kw->gk...', averaging(h), values, averaging(w))
 
 
 def statistics(image: jax.Array) -> jax.Array:
@@ -43,4 +65,7 @@ def statistics(image: jax.Array) -> jax.Array:
   spectrum = per_band / jnp.maximum(per_band.sum(), 1e-12)
   gy, gx = grey[1:, :-1] - grey[:-1, :-1], grey[:-1, 1:] - grey[:-1, :-1]
   gradient = jnp.sqrt(gy ** 2 + gx ** 2)
-  return jnp.concatenate([colour, spectrum, jnp.stack([gradient.mean(), gradient.std()])])
+  mean_rgb = _cell_means(image)  # (G, G, 3)
+  grey_sd = jnp.sqrt(jnp.maximum(_cell_means(grey ** 2) - _cell_means(grey) ** 2, 0.0))
+  layout = jnp.concatenate([mean_rgb.reshape(-1, 3), grey_sd.reshape(-1, 1)], 1).reshape(-1)
+  return jnp.concatenate([colour, spectrum, jnp.stack([gradient.mean(), gradient.std()]), layout])

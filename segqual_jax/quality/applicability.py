@@ -18,6 +18,18 @@ trained on -- in one of two forms:
   dark image has small channel means; normalising maps it onto a bright
   one).
 
+The score sees several *views* of a case (``applicability.views``): f's
+encoder levels, and statistics of the image itself -- colour histograms,
+texture (spectral bands, gradients), layout (colour and busyness on a grid;
+``data/image_statistics.py``). Each view's blocks are standardised in units of
+their own in-distribution tail and the score is the largest, so the views are
+combined *before* the p-value: one score, one reference set, one exact
+p-value (no Bonferroni split of ``ood_alpha`` between views, and the batch
+test and the stream monitor watch the same number). The encoder blocks are
+fitted on the quality split's fitting cases; the image blocks, which do not
+depend on f, on f's own training images (``block_fit``;
+``applicability.image_fit``), which are several times as many.
+
 A distance has no scale a clinician can use, so it becomes a **conformal
 p-value** against held-out in-distribution *reference* cases, disjoint from
 the fitting ones: ``p = (1 + #{reference scores >= s}) / (M + 1)``. For a new
@@ -163,7 +175,8 @@ class Applicability:
 
 def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
         k: int = 10, levels: tuple[int, ...] | None = None, seed: int = 0,
-        blocks: tuple[int, ...] | None = None) -> Applicability:
+        blocks: tuple[int, ...] | None = None,
+        block_fit: dict[int, np.ndarray] | None = None) -> Applicability:
   """Fits the score on ``fit_features`` (F, D) and scores ``reference_features`` (M, D).
 
   Args:
@@ -171,7 +184,15 @@ def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
       image statistics); None = one block.
     seed: the cross-fitting folds' seed.
     blocks: the indices of the blocks of ``levels`` the score uses (its views); None = all.
+    block_fit: ``{block index: (F_b, levels[b]) features}``: blocks fitted on cases of their
+      own instead of ``fit_features`` (``mahalanobis``; ``knn`` scores all blocks as one and
+      ignores it). A block that does not depend on f -- the image statistics -- may be
+      fitted on f's own training images, several times the quality split's share; f's
+      encoder levels may not (f's features of its training cases are tighter than of any
+      new case, which measured a worse gate). The p-values stay exact: the reference cases
+      are in no fitting set, and the score is one fixed function of a case.
   """
+  block_fit = dict(block_fit or {})
   columns = None
   if blocks is not None:
     if not levels:
@@ -179,6 +200,7 @@ def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
     bounds = np.cumsum((0,) + tuple(levels))
     columns = np.concatenate([np.arange(bounds[b], bounds[b + 1]) for b in blocks])
     fit_features, reference_features = fit_features[:, columns], reference_features[:, columns]
+    block_fit = {i: block_fit[b] for i, b in enumerate(blocks) if b in block_fit}
     levels = tuple(levels[b] for b in blocks)
   x = _transform(fit_features)
   if len(x) < 2 or len(reference_features) < 1:
@@ -192,11 +214,19 @@ def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
     folds = np.array_split(np.random.default_rng([seed, keys.APPLICABILITY_SPLIT]).permutation(len(x)),
                            min(_CROSS_FIT_FOLDS, len(x)))
     gaussians, stats_ = [], []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-      block = x[:, a:b]
-      oof = np.zeros(len(x))
-      for fold in folds:
-        keep = np.setdiff1d(np.arange(len(x)), fold)
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+      block, block_folds = x[:, a:b], folds
+      if i in block_fit:
+        block = _transform(block_fit[i])
+        if block.shape[1] != b - a or len(block) < 2:
+          raise ValueError(f'block {i} has {b - a} features; its own fitting cases are '
+                           f'{block.shape} (>= 2 cases needed)')
+        block_folds = np.array_split(
+            np.random.default_rng([seed, keys.APPLICABILITY_SPLIT, i]).permutation(len(block)),
+            min(_CROSS_FIT_FOLDS, len(block)))
+      oof = np.zeros(len(block))
+      for fold in block_folds:
+        keep = np.setdiff1d(np.arange(len(block)), fold)
         oof[fold] = _Gaussian.fit(block[keep]).distance(block[fold])
       gaussians.append(_Gaussian.fit(block))
       median = float(np.median(oof))

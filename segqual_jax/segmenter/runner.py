@@ -117,10 +117,31 @@ def feature_levels(seg_config) -> tuple[int, ...]:
 
 def feature_blocks(seg_config, views: str) -> tuple[int, ...]:
   """The indices of ``feature_levels``' blocks that make up the comma-separated ``views``:
-  ``encoder`` (every level of f), ``colour`` and ``texture`` (the image statistics)."""
+  ``encoder`` (every level of f), then the image statistics by name (``colour``,
+  ``texture``, ``layout``: ``image_statistics.NAMES``)."""
   encoder = len(unet.feature_levels(seg_config))
-  index = {'encoder': tuple(range(encoder)), 'colour': (encoder,), 'texture': (encoder + 1,)}
+  index = {'encoder': tuple(range(encoder)),
+           **{name: (encoder + i,) for i, name in enumerate(image_statistics.NAMES)}}
+  unknown = [v.strip() for v in views.split(',') if v.strip() and v.strip() not in index]
+  if unknown:
+    raise ValueError(f'unknown applicability view(s) {unknown}; one of {sorted(index)}')
   return tuple(b for v in views.split(',') if v.strip() for b in index[v.strip()])
+
+
+def image_statistic_blocks(seg_config) -> dict[int, slice]:
+  """``{block index in feature_levels: its columns in image_statistics.statistics}``: the
+  blocks that do not depend on f."""
+  encoder = len(unet.feature_levels(seg_config))
+  bounds = np.cumsum((0,) + image_statistics.BLOCKS)
+  return {encoder + i: slice(int(a), int(b)) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))}
+
+
+def image_statistics_of(images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+  """(N, sum(image_statistics.BLOCKS)) statistics of uint8 images (N, H, W, 3), as
+  ``case_fn`` computes them beside f (no pass of f)."""
+  fn = jax.jit(lambda batch: jax.vmap(image_statistics.statistics)(pipeline.to_float(batch)))
+  out = [np.asarray(fn(jnp.asarray(images[i:i + batch_size]))) for i in range(0, len(images), batch_size)]
+  return np.concatenate(out) if out else np.zeros((0, sum(image_statistics.BLOCKS)), np.float32)
 
 
 def case_fn(predict: Callable, score_band_px: int | None = None,

@@ -149,3 +149,58 @@ def test_image_statistics_see_colour_and_texture():
   assert low(s_blur) > 0.9 and low(s_noise) < 0.3  # blur moves the power to low frequencies
   flat = np.asarray(stats.statistics(jnp.full((64, 64, 3), 0.55)))
   assert flat[colour].reshape(3, -1)[:, 4].tolist() == [1.0, 1.0, 1.0]  # all in the bin of 0.55
+
+
+def test_layout_is_each_cells_colour_and_busyness_at_any_size():
+  """The layout block: per cell of a 4 x 4 grid, mean R, G, B and the grey deviation, for a
+  side that the grid does not divide (cells of 7 and 8 pixels)."""
+  import jax.numpy as jnp
+  from segqual_jax.data import image_statistics as stats
+  rng = np.random.default_rng(1)
+  image = rng.random((30, 29, 3)).astype(np.float32)
+  layout = np.asarray(stats.statistics(jnp.asarray(image)))[-stats.BLOCKS[-1]:].reshape(4, 4, 4)
+  rows = np.array_split(np.arange(30), [8, 15, 23])  # floor(i * 4 / n) puts pixel i in its cell
+  cols = np.array_split(np.arange(29), [8, 15, 22])
+  assert [len(r) for r in rows] == [8, 7, 8, 7] and [len(c) for c in cols] == [8, 7, 7, 7]
+  for i, r in enumerate(rows):
+    for j, c in enumerate(cols):
+      cell = image[np.ix_(r, c)]
+      np.testing.assert_allclose(layout[i, j, :3], cell.mean((0, 1)), atol=1e-5)
+      np.testing.assert_allclose(layout[i, j, 3], cell.mean(-1).std(), atol=1e-5)
+  framed = np.full((64, 64, 3), 0.6, np.float32)
+  framed[:, :16] = 0.0  # a black band on the left: the histograms would only see a dark share
+  lay = np.asarray(stats.statistics(jnp.asarray(framed)))[-stats.BLOCKS[-1]:].reshape(4, 4, 4)
+  assert np.all(lay[:, 0, :3] == 0) and np.allclose(lay[:, 1:, :3], 0.6)
+
+
+def test_a_block_fitted_on_its_own_cases_keeps_p_values_exact():
+  """``block_fit``: an image-statistics block fitted on other (more) cases than the encoder
+  blocks. The Gaussian is theirs, and the p-values of new in-distribution cases stay
+  conformal: the share below a level is at most it (mean over seeded draws)."""
+  levels = (6, 4)
+  shares, centers_ok = [], []
+  for seed in range(40):
+    rng = np.random.default_rng(seed)
+    draw = lambda n: np.exp(rng.normal(size=(n, 10)))  # positive, like the statistics
+    own = draw(400)[:, 6:]
+    score = applicability.fit('mahalanobis', draw(80), draw(60), levels=levels, seed=seed,
+                              block_fit={1: own})
+    centers_ok.append(np.allclose(score.gaussians[1].center, np.log(own + 1e-3).mean(0)))
+    shares.append(np.mean(score.pvalues(score.score(draw(300))) <= 0.1))
+  assert all(centers_ok)
+  assert np.mean(shares) <= 0.1 + 0.01, np.mean(shares)
+  with pytest.raises(ValueError, match='block 1'):
+    applicability.fit('mahalanobis', draw(80), draw(60), levels=levels, block_fit={1: own[:, :3]})
+
+
+def test_views_are_named_blocks():
+  from segqual_jax.segmenter import runner
+  from segqual_jax.data import image_statistics as stats
+  config = schema.get_config()
+  encoder = len(runner.feature_levels(config.seg)) - len(stats.BLOCKS)
+  assert runner.feature_blocks(config.seg, 'layout,encoder') == (encoder + 2,) + tuple(range(encoder))
+  blocks = runner.image_statistic_blocks(config.seg)
+  assert sorted(blocks) == [encoder, encoder + 1, encoder + 2]
+  assert [blocks[b].stop - blocks[b].start for b in sorted(blocks)] == list(stats.BLOCKS)
+  with pytest.raises(ValueError, match='hue'):
+    runner.feature_blocks(config.seg, 'encoder,hue')
