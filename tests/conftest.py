@@ -27,8 +27,15 @@ def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('tfds'))
 
 
-@pytest.fixture
-def config(data_dir):
+def tiny_config(data_dir, quality_models: str | None = None):
+  """The test config on the session's data dir (``quality_models``: which g's to train)."""
   cfg = test_config.get_config()
   cfg.data.data_dir = data_dir
+  if quality_models is not None:
+    cfg.quality.models = quality_models
   return cfg
+
+
+@pytest.fixture
+def config(data_dir):
+  return tiny_config(data_dir)

@@ -14,11 +14,13 @@ a split whose case has that id.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import hashlib
 import logging
 import os
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -31,11 +33,16 @@ from segqual_jax.quality import policy, registry
 from segqual_jax.segmenter import external, runner
 
 log = logging.getLogger(__name__)
+LOG_EVERY_S = 10.0  # the progress line's interval (an archive's 3,000 batches would be 3,000 lines)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Case:
-  """One input file and what was assessed of it (numbers in both units, maps at model size)."""
+  """One input file and what was assessed of it (numbers in both units, maps at model size).
+
+  The arrays live only while the case's chunk is judged (``predict``); what is
+  decided and reported afterwards are the numbers and strings, which a journal
+  line keeps (``progress.py``): 100,000 cases are decided without their images."""
   file: str  # path relative to --input ('/'-separated)
   status: str = 'ok'  # 'ok' or 'error: <what is wrong with the file>'
   image: np.ndarray | None = None  # (S, S, 3) uint8: what f saw
@@ -55,6 +62,10 @@ class Case:
   segmentation: segmentations.Segmentation | None = None
   decision: policy.Decision | None = None  # set by predict once the run's gate has been applied
   name: str | None = None  # the stem of its output files (maps/, masks/), unique in the run
+  mean_uncertainty: float | None = None  # the map's mean
+  notes: list[str] = dataclasses.field(default_factory=list)  # what was done to the segmentation under review
+  content: str | None = None  # digest of the pixels f saw (the stream monitor feeds an image once)
+  chunk: str | None = None  # the saved chunk that holds its map (predict's journal, progress.py)
 
   @property
   def ok(self) -> bool:
@@ -69,14 +80,9 @@ class Case:
     """The predicted quality in ``target`` units (what the rule's threshold is in)."""
     return self.predicted_jaccard if target == 'jaccard' else self.predicted_dice
 
-  @property
-  def mean_uncertainty(self) -> float | None:
-    return None if self.map is None else float(self.map.mean())
-
-  @property
-  def notes(self) -> list[str]:
-    """What was done to the segmentation under review on the way (resized, empty, ...)."""
-    return [] if self.segmentation is None else self.segmentation.notes
+  def drop_arrays(self) -> None:
+    """Forgets the images, maps and features (kept: every number, the decision's inputs)."""
+    self.image = self.mask = self.probs = self.map = self.features = self.segmentation = None
 
   @property
   def reviewed(self) -> segmentations.Segmentation:
@@ -187,56 +193,107 @@ def make_outside_pass(method, f_params, model: registry.QualityModel, channels: 
   return run
 
 
-def assess(files: list[str], reader: Reader, run_pass: Callable) -> list[Case]:
-  """Every file assessed in order; an unreadable file becomes a row with its reason.
+@dataclasses.dataclass
+class Timing:
+  """Where a predict's time went: reading and decoding files (in threads), waiting for
+  them, and the passes of f and g. ``wait_share`` is the share of the pass loop spent
+  waiting for decoded images -- the device idle because PIL is slower."""
+  read_s: float = 0.0  # summed over the reading threads
+  wait_s: float = 0.0  # the loop blocked on a batch still being read
+  compute_s: float = 0.0  # f and g, results fetched
+
+  @property
+  def wait_share(self) -> float:
+    return self.wait_s / max(self.wait_s + self.compute_s, 1e-9)
+
+  def as_dict(self) -> dict:
+    return {'read_s': round(self.read_s, 2), 'wait_s': round(self.wait_s, 2),
+            'compute_s': round(self.compute_s, 2), 'wait_share': round(self.wait_share, 4)}
+
+
+def _load(case: Case, reader: Reader) -> float:
+  """Reads one case's image (and outside segmentation) in place; an unreadable file sets
+  its status. Returns the seconds it took (run in a reading thread)."""
+  t0 = time.perf_counter()
+  try:
+    path = os.path.join(reader.root, case.file)
+    case.image = image_io.read_image(path, reader.size)
+    case.native_size = image_io.native_size(path)
+    if reader.outside is not None:
+      case.segmentation = reader.outside(case)
+      case.notes = list(case.segmentation.notes)
+  except image_io.ImageError as e:
+    case.image, case.status = None, f'error: {e.reason}'
+    log.warning('skipping %s', e)
+  except segmentations.SegmentationError as e:
+    case.image, case.status = None, f'error: segmentation {e}'
+    log.warning('skipping %s: segmentation %s', case.file, e)
+  return time.perf_counter() - t0
+
+
+def assess_batches(files: list[str], reader: Reader, run_pass: Callable, threads: int = 4,
+                   timing: Timing | None = None) -> Iterator[list[Case]]:
+  """The cases of ``files``, judged one batch at a time and yielded batch by batch, in order;
+  an unreadable file becomes a case with its reason.
+
+  While f and g run on one batch, ``threads`` threads read and decode the
+  next (PIL releases the GIL while it decodes): the device does not wait for
+  the disk unless decoding is slower than the pass (``timing`` measures it).
+  Memory holds two batches' images, however many files there are.
 
   Args:
     files: paths relative to ``reader.root`` (or ``[basename]`` for one file).
     reader: where and how the files, true masks and outside segmentations are read.
     run_pass: from ``make_pass`` (or ``make_outside_pass`` with ``reader.outside``).
   """
-  cases = [Case(file=f) for f in files]
-  size, batch_size, outside = reader.size, reader.batch_size, reader.outside
-  t0, done = time.time(), 0
-  for start in range(0, len(cases), batch_size):
-    chunk = cases[start:start + batch_size]
-    loaded = []
-    for case in chunk:
-      try:
-        path = os.path.join(reader.root, case.file)
-        case.image = image_io.read_image(path, size)
-        case.native_size = image_io.native_size(path)
-        if outside is not None:
-          case.segmentation = outside(case)
-        loaded.append(case)
-      except image_io.ImageError as e:
-        case.status = f'error: {e.reason}'
-        log.warning('skipping %s', e)
-      except segmentations.SegmentationError as e:
-        case.status = f'error: segmentation {e}'
-        log.warning('skipping %s: segmentation %s', case.file, e)
-    if loaded:
-      images = np.zeros((batch_size, size, size, 3), np.uint8)
-      images[:len(loaded)] = np.stack([c.image for c in loaded])
-      hashes = np.zeros((batch_size, keys.HASH_WORDS), np.uint32)
-      hashes[:len(loaded)] = keys.case_hashes([c.stem for c in loaded])
-      seg_probs = None
-      if outside is not None:
-        seg_probs = np.zeros((batch_size, size, size), np.float32)
-        seg_probs[:len(loaded)] = [segmentations.to_shape(c.segmentation, (size, size)).probs
-                                   for c in loaded]
-      out = run_pass(images, hashes, seg_probs)
-      for i, case in enumerate(loaded):
-        maps = np.asarray(out['maps'][i], np.float32)
-        case.mask, case.map = np.asarray(out['masks'][i]), maps if maps.ndim == 2 else maps[..., 0]
-        case.probs = np.asarray(out['probs'][i], np.float32)
-        case.features = np.asarray(out['features'][i], np.float32)
-        case.predicted_dice, case.predicted_jaccard = float(out['dice'][i]), float(out['jaccard'][i])
-        true_mask = reader.truth(case)
-        if true_mask is not None:  # at the truth's resolution: the user's bar is Dice of their masks
-          case.true_dice, case.true_jaccard = external.native_overlaps(case.reviewed, true_mask)
-    done += len(chunk)
-    rate = done / max(time.time() - t0, 1e-9)
-    log.info('predict %d/%d files | %.1f files/s | ETA %s', done, len(cases), rate,
-             runtime.format_duration((len(cases) - done) / rate))
-  return cases
+  timing = timing if timing is not None else Timing()
+  size, batch_size = reader.size, reader.batch_size
+  starts = list(range(0, len(files), batch_size))
+  t0, done, logged = time.time(), 0, time.time()
+  with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+    def submit(start):
+      chunk = [Case(file=f) for f in files[start:start + batch_size]]
+      return chunk, [pool.submit(_load, c, reader) for c in chunk]
+    pending = submit(starts[0]) if starts else None
+    for k in range(len(starts)):
+      chunk, futures = pending
+      t_wait = time.perf_counter()
+      timing.read_s += sum(f.result() for f in futures)
+      timing.wait_s += time.perf_counter() - t_wait
+      pending = submit(starts[k + 1]) if k + 1 < len(starts) else None
+      loaded = [c for c in chunk if c.ok]
+      if loaded:
+        t_pass = time.perf_counter()
+        images = np.zeros((batch_size, size, size, 3), np.uint8)
+        images[:len(loaded)] = np.stack([c.image for c in loaded])
+        hashes = np.zeros((batch_size, keys.HASH_WORDS), np.uint32)
+        hashes[:len(loaded)] = keys.case_hashes([c.stem for c in loaded])
+        seg_probs = None
+        if reader.outside is not None:
+          seg_probs = np.zeros((batch_size, size, size), np.float32)
+          seg_probs[:len(loaded)] = [segmentations.to_shape(c.segmentation, (size, size)).probs
+                                     for c in loaded]
+        out = run_pass(images, hashes, seg_probs)
+        timing.compute_s += time.perf_counter() - t_pass
+        for i, case in enumerate(loaded):
+          maps = np.asarray(out['maps'][i], np.float32)
+          case.mask, case.map = np.asarray(out['masks'][i]), maps if maps.ndim == 2 else maps[..., 0]
+          case.mean_uncertainty = float(case.map.mean())
+          case.probs = np.asarray(out['probs'][i], np.float32)
+          case.features = np.asarray(out['features'][i], np.float32)
+          case.predicted_dice, case.predicted_jaccard = float(out['dice'][i]), float(out['jaccard'][i])
+          case.content = hashlib.sha256(case.image.tobytes()).hexdigest()[:24]
+          true_mask = reader.truth(case)
+          if true_mask is not None:  # at the truth's resolution: the user's bar is Dice of their masks
+            case.true_dice, case.true_jaccard = external.native_overlaps(case.reviewed, true_mask)
+      done += len(chunk)
+      if done == len(files) or time.time() - logged >= LOG_EVERY_S:
+        logged, rate = time.time(), done / max(time.time() - t0, 1e-9)
+        log.info('predict %d/%d files | %.1f files/s | ETA %s', done, len(files), rate,
+                 runtime.format_duration((len(files) - done) / rate))
+      yield chunk
+
+
+def assess(files: list[str], reader: Reader, run_pass: Callable) -> list[Case]:
+  """Every file assessed, in order, arrays kept (``assess_batches`` gathered)."""
+  return [case for batch in assess_batches(files, reader, run_pass) for case in batch]

@@ -27,10 +27,26 @@ CSV and the paper's metrics are printed and saved to ``summary.json``.
 
 The path from ``main`` to a CSV row: ``predict`` checks everything (input,
 output, the trained run and that the config agrees with it) before it
-creates ``--output``; ``assess.assess`` reads each batch and runs f and g in
-one pass; ``policy`` decides each case; one frozen ``assess.PredictRun``
-(rule, gate, provenance, warnings, units, colour scale, labels) is what
-``render`` draws and ``write_csv`` and ``summarise`` write beside the cases.
+creates ``--output``; then two passes, so that memory does not grow with the
+folder:
+
+1. **judge** (``judge``): ``assess.assess_batches`` reads each batch in
+   threads and runs f and g in one pass; each chunk of
+   ``predict.chunk_cases`` cases gets its applicability score and p-value,
+   its masks (``masks/``), its maps saved for drawing, and one journal line
+   per case (``progress.py``) -- then its arrays are dropped. A run killed
+   at any point and started again with the same command continues after the
+   last complete chunk; another run or config is refused.
+2. **decide and report**: from the journal's numbers alone, the batch test,
+   the stream monitor and ``policy`` decide each case; one frozen
+   ``assess.PredictRun`` (rule, gate, provenance, warnings, units, colour
+   scale, labels) is what ``render`` draws (``predict.maps``: every case,
+   the flagged ones, or none) and ``write_csv``, ``write_report`` and
+   ``summarise`` write.
+
+With ``config.runtime.distributed`` each process judges every P-th file on
+its own devices (no collectives: a case's numbers are its own) and writes
+its own journal; after a barrier process 0 decides and reports them all.
 """
 
 from __future__ import annotations
@@ -38,15 +54,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import io
 import logging
 import os
 import shutil
 import time
+from typing import Iterator
 
 import numpy as np
 
-from segqual_jax.apps import assess, render
+from segqual_jax.apps import assess, progress, render
 from segqual_jax.config import stages
 from segqual_jax.core import artifacts, parallel, workdir as run_dirs
 from segqual_jax.core.errors import PredictError  # noqa: F401  (raised here; tests match it)
@@ -63,18 +79,28 @@ COLUMNS = ('file', 'predicted_dice', 'predicted_jaccard', 'decision', 'reason', 
            'mean_uncertainty', 'applicability_score', 'applicability_p', 'stream_p', 'status', 'notes',
            'run')
 TRUE_COLUMNS = ('true_dice', 'true_jaccard')
-OWN_FILES = ('predictions.csv', 'index.html', 'summary.json', render.MAPS_DIR, render.MASKS_DIR)
+OWN_FILES = ('predictions.csv', 'index.html', 'summary.json', render.MAPS_DIR, render.MASKS_DIR,
+             render.PAGES_DIR, progress.DIR)
+
+
+def score_cases(score: applicability.Applicability | None, cases) -> None:
+  """Each readable case's applicability score and p-value (``case.applicability``,
+  ``case.applicability_p``), from its features: a case's own numbers, chunk by chunk."""
+  ok = [c for c in cases if c.ok]
+  if score is None or not ok:
+    return
+  values = score.score(np.stack([c.features for c in ok]))
+  for case, value, p in zip(ok, values, score.pvalues(values)):
+    case.applicability, case.applicability_p = float(value), float(p)
 
 
 def apply_gate(config, score: applicability.Applicability | None, cases) -> policy.Gate:
-  """Scores every readable case (``case.applicability``, ``case.applicability_p``) and
-  returns the run's gate with the batch test's verdict (``policy.batch_verdict``)."""
+  """The run's gate with the batch test's verdict (``policy.batch_verdict``) over the
+  readable cases' scores (``score_cases`` first, for cases not scored yet)."""
   if score is None:
     return policy.Gate(0.0)
-  ok = [c for c in cases if c.ok]
-  values = score.score(np.stack([c.features for c in ok])) if ok else np.zeros(0)
-  for case, value, p in zip(ok, values, score.pvalues(values)):
-    case.applicability, case.applicability_p = float(value), float(p)
+  score_cases(score, [c for c in cases if c.ok and c.applicability is None])
+  values = np.array([c.applicability for c in cases if c.ok], np.float64)
   return policy.Gate(config.predict.ood_alpha,
                      policy.batch_verdict(values, score.reference_scores, config.predict))
 
@@ -128,10 +154,12 @@ def resolve_inputs(input_path: str) -> tuple[str, list[str]]:
 
 
 def check_output(output_dir: str, overwrite: bool) -> None:
-  """Refuses a non-empty ``output_dir`` unless ``overwrite`` (creates nothing)."""
+  """Refuses a non-empty ``output_dir`` unless ``overwrite`` or it holds an unfinished run
+  to resume (``progress.py``; whether it is *this* run is checked next). Creates nothing."""
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     raise PredictError(f'--output={output_dir} is a file, not a folder')
-  if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+  unfinished = os.path.isdir(os.path.join(output_dir, progress.DIR))
+  if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite and not unfinished:
     raise PredictError(f'{output_dir} is not empty (another run\'s output?); choose a new '
                        f'--output or pass --overwrite')
 
@@ -148,7 +176,7 @@ def prepare_output(output_dir: str) -> None:
     for name in os.listdir(output_dir):
       if any(name.startswith(own + '.') and '.tmp' in name for own in OWN_FILES):
         os.remove(os.path.join(output_dir, name))
-  os.makedirs(os.path.join(output_dir, render.MAPS_DIR), exist_ok=True)
+  os.makedirs(output_dir, exist_ok=True)
 
 
 def mask_index(masks_dir: str) -> dict[str, str]:
@@ -189,21 +217,22 @@ def _fmt(value, digits=4) -> str:
 
 
 def write_csv(path: str, cases, run: assess.PredictRun) -> None:
-  """``predictions.csv``: a row per file (``COLUMNS``, and the true overlaps with --masks)."""
-  buf = io.StringIO()
-  writer = csv.writer(buf)
-  writer.writerow(COLUMNS + (TRUE_COLUMNS if run.with_truth else ()))
-  for c in cases:
-    d = c.decision
-    line = [c.file, _fmt(c.predicted_dice), _fmt(c.predicted_jaccard), d.decision if d else '',
-            d.reason if d else '', run.rule.description if c.ok else '', _fmt(c.mean_uncertainty),
-            _fmt(c.applicability), _fmt(c.applicability_p), _fmt(c.stream_p), c.status,
-            '; '.join(c.notes),
-            run.provenance_text]
-    if run.with_truth:
-      line += [_fmt(c.true_dice), _fmt(c.true_jaccard)]
-    writer.writerow(line)
-  artifacts.write_text(path, buf.getvalue())
+  """``predictions.csv``: a row per file (``COLUMNS``, and the true overlaps with --masks),
+  streamed to a temporary file and renamed (no copy of 100,000 rows in memory)."""
+  def write(tmp):
+    with open(tmp, 'w', newline='') as f:
+      writer = csv.writer(f)
+      writer.writerow(COLUMNS + (TRUE_COLUMNS if run.with_truth else ()))
+      for c in cases:
+        d = c.decision
+        line = [c.file, _fmt(c.predicted_dice), _fmt(c.predicted_jaccard), d.decision if d else '',
+                d.reason if d else '', run.rule.description if c.ok else '', _fmt(c.mean_uncertainty),
+                _fmt(c.applicability), _fmt(c.applicability_p), _fmt(c.stream_p), c.status,
+                '; '.join(c.notes), run.provenance_text]
+        if run.with_truth:
+          line += [_fmt(c.true_dice), _fmt(c.true_jaccard)]
+        writer.writerow(line)
+  artifacts.write_atomic(path, write, suffix='.tmp.csv')
 
 
 def check_segmentations(config, segmentations_dir: str | None) -> None:
@@ -283,10 +312,128 @@ def watch(path: str, score: applicability.Applicability, cases, gate: policy.Gat
     state = open_monitor(path, score)  # again, under the lock: another predict may have added cases
     for case in cases:
       if case.ok:
-        content = hashlib.sha256(case.image.tobytes()).hexdigest()[:24]
-        case.stream_p = state.update(score.reference_scores, case.applicability, case.stem, content)
+        case.stream_p = state.update(score.reference_scores, case.applicability, case.stem, case.content)
     state.save(path)
   return dataclasses.replace(gate, monitor=state.status_text(), monitor_alarm=state.alarmed)
+
+
+# Settings that do not change any case's numbers: a resumed run may change them (a smaller
+# chunk or batch after running out of memory, another page size or drawing choice).
+RESUMABLE_WITH_OTHER = ('predict.chunk_cases', 'predict.read_threads', 'predict.maps', 'predict.page_size',
+                        'seg.eval_batch_size', 'runtime.distributed', 'runtime.coordinator_address',
+                        'runtime.num_processes', 'runtime.process_id', 'logging.')
+
+
+def run_identity(config, workdir: str, root: str, files: list[str], masks_dir, segmentations_dir,
+                 origin: dict) -> dict:
+  """What makes an output folder this run's (``progress.Journal``): the trained run (its
+  provenance, which names its checkpoints' steps and config digest), every setting of the
+  config but those in ``RESUMABLE_WITH_OTHER`` (``runtime.matmul_precision`` counts: on a
+  GPU it moves a map by ~1e-3), the input folder and its file list, the masks and
+  segmentations given. Any difference on a rerun is refused by name."""
+  settings = {k: v for k, v in stages.flatten(config).items()
+              if not any(k == r or (r.endswith('.') and k.startswith(r)) for r in RESUMABLE_WITH_OTHER)}
+  return {'run': origin, 'input': os.path.realpath(root), 'files': len(files),
+          'files_digest': progress.files_digest(files),
+          'masks': os.path.realpath(masks_dir) if masks_dir else None,
+          'segmentations': os.path.realpath(segmentations_dir) if segmentations_dir else None,
+          'config_digest': hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:16]}
+
+
+def record_of(case: assess.Case) -> dict:
+  """A case's journal line: its numbers and strings (``progress.FIELDS``)."""
+  return {f: getattr(case, f) for f in progress.FIELDS}
+
+
+def case_of(record: dict) -> assess.Case:
+  """The case a journal line describes (no arrays: they stay in the chunk files)."""
+  fields = {f: record[f] for f in progress.FIELDS}
+  if fields['native_size'] is not None:
+    fields['native_size'] = tuple(fields['native_size'])
+  return assess.Case(**fields)
+
+
+def judge(config, files: list[str], reader: assess.Reader, run_pass, score, journal: progress.Journal,
+          output_dir: str, names: dict[str, str]) -> assess.Timing:
+  """Pass 1: every file of this process's share not yet in its journal, judged in chunks of
+  ``predict.chunk_cases``; each chunk's masks, maps and journal lines are written before
+  the next is read, and its arrays dropped (``progress.py``)."""
+  done = {r['file'] for r in journal.records()}  # any process's: a rerun may split the files otherwise
+  todo = [f for f in files if f not in done]
+  if done:
+    log.info('%d of %d files already judged; %d to go', len(files) - len(todo), len(files), len(todo))
+  timing, pending, chunk = assess.Timing(), [], journal.next_chunk()
+
+  def flush():
+    nonlocal chunk
+    if not pending:
+      return
+    for case in pending:
+      case.name, case.chunk = names[case.file], journal.chunk_id(chunk) if case.ok else None
+    score_cases(score, pending)
+    render.write_masks(output_dir, pending)
+    ok = [c for c in pending if c.ok]
+    if ok:
+      journal.save_chunk(chunk, [c.name for c in ok], np.stack([c.map for c in ok]),
+                         np.stack([c.probs for c in ok]))
+    journal.append([record_of(c) for c in pending])
+    for case in pending:
+      case.drop_arrays()
+    pending.clear()
+    chunk += 1
+
+  for batch in assess.assess_batches(todo, reader, run_pass, config.predict.read_threads, timing):
+    pending.extend(batch)
+    if len(pending) >= config.predict.chunk_cases:
+      flush()
+  flush()
+  log.info('judged %d files: reading %.1f s (in %d threads), passes %.1f s, the passes waited %.1f s '
+           'for decoding (%.1f %%)', len(todo), timing.read_s, config.predict.read_threads,
+           timing.compute_s, timing.wait_s, 100 * timing.wait_share)
+  return timing
+
+
+def _chunks(journal: progress.Journal, cases) -> Iterator[tuple[list, np.ndarray, np.ndarray]]:
+  """``(cases, their maps, their p(lesion))`` of each saved chunk, with only the entries
+  whose journal line names that chunk (``cases``: their ``chunk`` per name)."""
+  home = {c.name: c.chunk for c in cases}
+  for chunk, path in journal.chunk_files():
+    names, maps, probs = progress.load_chunk(path)
+    keep = [i for i, n in enumerate(names) if home.get(n) == chunk]
+    if keep:
+      yield [names[i] for i in keep], maps[keep], probs[keep]
+
+
+def colour_scale(journal: progress.Journal, cases) -> float:
+  """The run's map colour-scale top (``render.MapScale``) of the readable ``cases``, read
+  chunk by chunk."""
+  scale = render.MapScale()
+  for _, maps, _ in _chunks(journal, cases):
+    scale.add(maps)
+  return scale.top()
+
+
+def draw(output_dir: str, journal: progress.Journal, cases: dict, vmax: float, reader: assess.Reader,
+         truth) -> set[str]:
+  """Pass 2's drawing: the maps of ``cases`` (by name), from the chunk files, and the colour
+  bar. Returns the names drawn (a file gone or broken since it was judged is not)."""
+  render.write_scale(output_dir)
+  drawn = set()
+  for names, maps, probs in _chunks(journal, cases.values()):
+    for name, umap, p in zip(names, maps, probs):
+      case = cases.get(name)
+      if case is None:
+        continue
+      case.map, case.probs = umap, p
+      try:
+        if reader.outside is not None:
+          case.segmentation = reader.outside(case)
+        if render.draw_case(output_dir, case, vmax, reader.root, truth):
+          drawn.add(name)
+      except (seg_io.SegmentationError, image_io.ImageError) as e:
+        log.warning('%s: not drawn (%s)', case.file, e)
+      case.drop_arrays()
+  return drawn
 
 
 def predict(config, workdir: str, input_path: str, output_dir: str,
@@ -324,19 +471,46 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   for w in warnings:
     log.warning(w)
   log.info('decision rule: %s; judged by %s', rule.description, provenance_text(origin))
-  prepare_output(output_dir)
+  process, processes = parallel.process_share()
+  journal = progress.Journal(output_dir, run_identity(config, workdir, root, files, masks_dir,
+                                                      segmentations_dir, origin), process)
+  resumed = None
+  if process == 0:  # alone, before any process writes: the others' writes are never swept away
+    if overwrite and not journal.is_this_run():  # the same command with --overwrite resumes too
+      prepare_output(output_dir)
+    resumed = journal.start_or_resume()
+    if resumed:
+      swept = progress.remove_temporaries(output_dir, (render.MASKS_DIR, render.MAPS_DIR, progress.DIR))
+      log.info('%s: resuming an unfinished run of this command (%d files judged; %d temporary files '
+               'of interrupted writes removed)', output_dir, sum(1 for _ in journal.records()), swept)
+  parallel.barrier('predict: output prepared')
+  if resumed is None:
+    resumed = journal.start_or_resume()
 
   t0 = time.time()
-  base_key = runner.cases_key(config)
-  if segmentations_dir:
-    run_pass = assess.make_outside_pass(method, f_params, model, external.channel_names(config),
-                                        config.uncertainty.score_band_px, base_key)
-  else:
-    run_pass = assess.make_pass(method, f_params, model, base_key)
   reader = assess.Reader(root, config.data.image_size, config.seg.eval_batch_size,
                          truth=_truth_reader(masks_dir),
                          outside=outside_reader(config, segmentations_dir) if segmentations_dir else None)
-  cases = assess.assess(files, reader, run_pass)
+  names = render.case_names(files)
+  with parallel.independent(processes > 1):  # a process's share is its own: no collectives
+    base_key = runner.cases_key(config)
+    if segmentations_dir:
+      run_pass = assess.make_outside_pass(method, f_params, model, external.channel_names(config),
+                                          config.uncertainty.score_band_px, base_key)
+    else:
+      run_pass = assess.make_pass(method, f_params, model, base_key)
+    timing = judge(config, files[process::processes], reader, run_pass, score, journal, output_dir, names)
+  parallel.barrier('predict: every share judged')
+  if process != 0:
+    return {'process': process, 'judged': sum(1 for _ in journal.records(process)),
+            'timing': timing.as_dict()}
+
+  by_file = {r['file']: case_of(r) for r in journal.records()}
+  missing = [f for f in files if f not in by_file]
+  if missing:
+    raise PredictError(f'{len(missing)} file(s) have no judgement in {journal.dir} (first: {missing[0]}); '
+                       'with several processes --output must be one folder every host writes to')
+  cases = [by_file.pop(f) for f in files]  # the input's order, whichever process judged it
   if segmentations_dir:
     cases += extra_segmentations(segmentations_dir, cases)
   gate = apply_gate(config, score, cases)
@@ -355,19 +529,23 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
     case.decision = policy.decide(case.predicted(model.target), case.applicability_p, rule, gate,
                                   bool(is_unusual))
   whose, map_label = page_labels(config, segmentations_dir)
+  to_draw = {c.name for c in judged if config.predict.maps == 'all'
+             or (config.predict.maps == 'flagged' and c.decision.decision != 'pass')}
   run = assess.PredictRun(
       title=f'segqual-jax: {config.method} on {os.path.basename(os.path.abspath(input_path))}',
       rule=rule, gate=gate, provenance=origin, provenance_text=provenance_text(origin),
       warnings=tuple(warnings), quality_model=name, target=model.target,
-      vmax=render.map_scale([c.map for c in cases if c.ok]), whose=whose, map_label=map_label,
+      vmax=colour_scale(journal, judged), whose=whose, map_label=map_label,
       with_truth=bool(masks_dir))
-  render.name_cases(cases)
-  render.write_maps(output_dir, cases, run.vmax, root, _truth_reader(masks_dir, warn=False))
-  render.write_masks(output_dir, cases)
+  to_draw = draw(output_dir, journal, {c.name: c for c in judged if c.name in to_draw}, run.vmax, reader,
+                 _truth_reader(masks_dir, warn=False))
   write_csv(os.path.join(output_dir, 'predictions.csv'), cases, run)
-  render.write_html(os.path.join(output_dir, 'index.html'), cases, run)
+  pages = render.write_report(output_dir, cases, run, config.predict.page_size, to_draw)
   summary = summarise(config, cases, run, time.time() - t0)
+  summary.update({'report_pages': pages, 'maps_drawn': len(to_draw), 'maps': config.predict.maps,
+                  'resumed': resumed, 'processes': processes, 'timing': timing.as_dict()})
   artifacts.write_json(os.path.join(output_dir, 'summary.json'), summary)
+  journal.remove()
   log.info('predict: %d files, %d read, %d unreadable; %d pass, %d predicted to fail, %d to review '
            '(%s); outputs in %s', summary['files'], summary['read'], summary['unreadable'],
            summary['decisions']['pass'], summary['decisions']['fail'], summary['decisions']['review'],

@@ -125,6 +125,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.predict = ml_collections.ConfigDict()
   config.predict.quality_model = 'uncertainty'  # quality model --mode=predict uses: a quality.models entry
   config.predict.alpha = 0.1  # with a calibration run: the auto-accept rate whose threshold predict applies
+  config.predict.maps = 'flagged'  # which cases' maps (image, outline, uncertainty PNGs) predict draws: all | flagged (review and predicted failures: what a person looks at) | none
+  config.predict.page_size = 300  # rows per page of the HTML report (index.html is page 1, the most urgent rows)
+  config.predict.chunk_cases = 256  # cases judged between two journal writes: a killed predict redoes at most this many
+  config.predict.read_threads = 4  # threads that read and decode the next batch while f and g run on this one
   config.predict.ood_alpha = 0.02  # a case whose applicability p-value is below this goes to review, whatever its predicted quality (0 = gate off)
   config.predict.on_shift = 'suspend'  # when a run's cases as a whole look unlike the in-distribution cases: suspend (every case to review) | review_unusual (Benjamini-Hochberg picks the cases to review) | warn
   config.predict.shift_alpha = 0.001  # level of that batch test (one-sided two-sample KS of applicability scores)

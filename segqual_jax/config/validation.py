@@ -153,6 +153,10 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('quality.shift_severities', lambda v: isinstance(v, (tuple, list)) and len(v) >= 1 and all(
           _is_int(s) and 1 <= s <= 3 for s in v), 'must be a non-empty tuple of severities in 1..3'),
       ('quality.shift_copies', _positive_int, 'must be >= 1'),
+      ('predict.maps', lambda v: v in ('all', 'flagged', 'none'), 'must be all, flagged or none'),
+      ('predict.page_size', _positive_int, 'must be >= 1'),
+      ('predict.chunk_cases', _positive_int, 'must be >= 1'),
+      ('predict.read_threads', _positive_int, 'must be >= 1'),
       ('applicability.score', lambda v: v in schema.APPLICABILITY_SCORES,
        f'must be one of {", ".join(schema.APPLICABILITY_SCORES)}'),
       ('applicability.knn_k', _positive_int, 'must be >= 1'),

@@ -19,13 +19,15 @@ from typing import Any, Callable
 
 
 def is_writer() -> bool:
-  """Whether this process writes the run's files (process 0 of the job).
+  """Whether this process writes the run's files (process 0 of the job; every process
+  inside ``parallel.independent()``, where each writes files of its own cases).
 
   JAX is imported here, not at module level: the config layer records
   configs through this module and must load (and reject a bad config) before JAX.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  return jax.process_index() == 0
+  from segqual_jax.core import parallel  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0 or parallel.is_independent()
 
 
 def write_atomic(path: str, writer: Callable[[str], None], suffix: str = '.tmp') -> None:

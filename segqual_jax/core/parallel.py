@@ -24,6 +24,7 @@ there, so each device draws only its own random bits.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -35,12 +36,43 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from segqual_jax.core import errors
 
 AXIS = 'data'
+_independent = False  # inside ``independent()``: this process's devices only, no collectives
 
 
 @functools.cache
+def _mesh(local: bool) -> Mesh:
+  return Mesh(np.asarray(jax.local_devices() if local else jax.devices()), (AXIS,))
+
+
 def mesh() -> Mesh:
-  """The data-parallel mesh over all devices of all processes."""
-  return Mesh(np.asarray(jax.devices()), (AXIS,))
+  """The data-parallel mesh over all devices of all processes (this process's own inside
+  ``independent()``)."""
+  return _mesh(_independent)
+
+
+def process_share() -> tuple[int, int]:
+  """``(this process's index, the number of processes)`` of the job."""
+  return jax.process_index(), jax.process_count()
+
+
+@contextlib.contextmanager
+def independent(active: bool = True):
+  """Within it, each process of a multi-host job works alone: its own devices' mesh, whole
+  batches of its own (no rows shared with other hosts, no gathering), and its own files
+  written (``artifacts.is_writer``). For work that splits by case -- predict's share of the
+  files -- where processes may run different numbers of batches, so a collective would
+  wait forever. No-op with ``active`` False or on one host."""
+  global _independent
+  before = _independent
+  _independent = bool(active) and jax.process_count() > 1
+  try:
+    yield
+  finally:
+    _independent = before
+
+
+def is_independent() -> bool:
+  return _independent
 
 
 def num_devices() -> int:
@@ -69,7 +101,7 @@ def shard_batch(batch: Any) -> Any:
   def place(array):
     array = np.asarray(array)
     check_batch_size(array.shape[0], 'a batch of rows')
-    local = array[_local_rows(array.shape[0])] if jax.process_count() > 1 else array
+    local = array[_local_rows(array.shape[0])] if jax.process_count() > 1 and not _independent else array
     return jax.make_array_from_process_local_data(sharding, local, array.shape)
   return jax.tree.map(place, batch)
 
@@ -79,8 +111,17 @@ def replicated() -> NamedSharding:
   return NamedSharding(mesh(), PartitionSpec())
 
 
+def _local_copy(x: Any) -> Any:
+  """A replicated array of the global mesh as this process's own copy (``independent()``)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))
+  return x
+
+
 def replicate(tree: Any) -> Any:
   """Places a pytree (training state, keys) in full on every device."""
+  if _independent:  # restored over the global mesh; here each process keeps its own copy
+    tree = jax.tree.map(_local_copy, tree)
   return jax.device_put(tree, replicated())
 
 
@@ -92,6 +133,6 @@ def barrier(name: str) -> None:
 
 def fetch(tree: Any) -> Any:
   """Numpy copies of (possibly sharded, multi-host) arrays, whole on every process."""
-  if jax.process_count() > 1:
+  if jax.process_count() > 1 and not _independent:
     return multihost_utils.process_allgather(tree, tiled=True)
   return jax.device_get(tree)

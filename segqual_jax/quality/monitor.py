@@ -94,14 +94,14 @@ class Monitor:
   alarm: dict | None = None  # {'case', 'index', 'time', 'capital'} once it fired
   started: str = ''  # when the test (re)started, UTC
   seed: int = 0  # the tie-breaking thetas' seed, drawn at the start
-  seen: set[str] = dataclasses.field(default_factory=set)  # content hashes of the cases fed
+  seen: dict[str, float] = dataclasses.field(default_factory=dict)  # content hash of each case fed -> its p-value
 
   @classmethod
   def start(cls, reference_scores: np.ndarray, delta: float, seed: int | None = None) -> 'Monitor':
     """A new test; ``seed`` (the thetas') is drawn from the OS unless given (experiments)."""
     return cls(fingerprint(reference_scores), float(delta), [],
                [math.log(1.0 / len(EPSILONS))] * len(EPSILONS), None, _now(),
-               secrets.randbits(63) if seed is None else int(seed), set())
+               secrets.randbits(63) if seed is None else int(seed), {})
 
   @property
   def capital(self) -> float:
@@ -122,13 +122,14 @@ class Monitor:
   def update(self, reference_scores: np.ndarray, score: float, case: str,
              content: str | None = None) -> float | None:
     """Tests one case (its applicability score) and adds it to the stream; returns its
-    p-value, or None for a case whose ``content`` hash is already in the stream (not fed
-    again). Sets ``alarm`` when the capital first reaches 1 / delta."""
-    if content is not None:
-      if content in self.seen:
-        return None
-      self.seen.add(content)
+    p-value. A case whose ``content`` hash is already in the stream is not fed again: it
+    gets the p-value it had then (so a predict resumed after a kill reports what the
+    first attempt fed). Sets ``alarm`` when the capital first reaches 1 / delta."""
+    if content is not None and content in self.seen:
+      return self.seen[content]
     p = self.pvalue(reference_scores, score, self.theta(len(self.stream) + 1))
+    if content is not None:
+      self.seen[content] = p
     log_c = np.asarray(self.log_capital)
     total = _logsumexp(log_c)
     spread = total + math.log(JUMP / len(EPSILONS))
@@ -150,7 +151,7 @@ class Monitor:
             'epsilons': list(EPSILONS), 'jump': JUMP, 'started': self.started, 'seed': self.seed,
             'cases': len(self.stream), 'capital': self.capital, 'alarm': self.alarm,
             'stream': [s if math.isfinite(s) else 'inf' for s in self.stream],
-            'log_capital': self.log_capital, 'seen': sorted(self.seen)}
+            'log_capital': self.log_capital, 'seen': dict(sorted(self.seen.items()))}
 
   def save(self, path: str) -> None:
     artifacts.write_text(path, json.dumps(self.to_json(), indent=1))
@@ -169,7 +170,7 @@ class Monitor:
         raise ValueError(f'state of another format (version {raw.get("version")})')
       state = cls(str(raw['fingerprint']), float(raw['delta']),
                   [float(s) for s in raw['stream']], [float(c) for c in raw['log_capital']],
-                  raw['alarm'], str(raw['started']), int(raw['seed']), {str(h) for h in raw['seen']})
+                  raw['alarm'], str(raw['started']), int(raw['seed']), _seen(raw['seen']))
       if len(state.log_capital) != len(EPSILONS) or not all(map(math.isfinite, state.log_capital)):
         raise ValueError('the capital is damaged')
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -191,6 +192,14 @@ class Monitor:
     return (f'Stream monitor: {len(self.stream)} cases since {self.started}, martingale '
             f'{self.capital:.3g} (alarm at {1 / self.delta:g}; an exchangeable stream ever alarms '
             f'with probability <= {self.delta}).')
+
+
+def _seen(raw) -> dict[str, float | None]:
+  """The fed cases' content hashes and p-values (a state written before the p-values were kept
+  lists the hashes alone: their p-values are unknown, None)."""
+  if isinstance(raw, dict):
+    return {str(h): (None if p is None else float(p)) for h, p in raw.items()}
+  return {str(h): None for h in raw}
 
 
 def _logsumexp(x: np.ndarray) -> float:

@@ -32,10 +32,8 @@ def _outside_mask(truth: np.ndarray, i: int) -> np.ndarray:
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory, data_dir):
-  from configs import test as test_config
-  config = test_config.get_config()
-  config.data.data_dir = data_dir
-  config.quality.models = 'uncertainty'
+  from conftest import tiny_config
+  config = tiny_config(data_dir, 'uncertainty')
   f_run = str(tmp_path_factory.mktemp('f_run'))
   train_seg.train_and_evaluate(config, f_run)  # the surrogate; predict's refusal needs no g of it
 

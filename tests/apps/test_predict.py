@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segqual_jax.apps import predict
+from segqual_jax.apps import predict, render
 from segqual_jax.core import errors
 from segqual_jax.quality import policy
 from segqual_jax.training import train_quality, train_seg
@@ -77,6 +77,7 @@ def _rows(path):
 def test_predict_folder_every_row_and_page(trained, tmp_path, capsys, monkeypatch):
   real_write_csv = predict.write_csv
   config, workdir = trained
+  config.predict.maps = 'all'  # every case drawn (the default draws the ones a person looks at)
   expected = _inputs(str(tmp_path / 'in'), str(tmp_path / 'masks'))
   out = str(tmp_path / 'out')
   written = []  # the cases as decided, with their unrounded numbers
@@ -101,7 +102,7 @@ def test_predict_folder_every_row_and_page(trained, tmp_path, capsys, monkeypatc
       assert float(r['mean_uncertainty']) >= 0
       stem = os.path.splitext(name)[0]
       for kind in ('image', 'overlay', 'uncertainty'):
-        assert os.path.getsize(os.path.join(out, 'maps', f'{stem}_{kind}.png')) > 0
+        assert os.path.getsize(os.path.join(out, render.map_file(stem, kind))) > 0
     else:
       assert r['predicted_dice'] == '' and r['decision'] == ''
   for i in range(3):  # masks given for the good images only
@@ -116,7 +117,7 @@ def test_predict_folder_every_row_and_page(trained, tmp_path, capsys, monkeypatc
   bad = [n for n in expected if expected[n] != 'ok']
   assert max(positions[n] for n in bad) < min(positions[n] for n in ok)  # unreadable first
   assert [positions[n] for n in ok] == sorted(positions[n] for n in ok)  # then worst quality first
-  assert 'maps/good0_overlay.png' in page and 'predicted to fail' in page
+  assert render.map_file('good0', 'overlay') in page and 'predicted to fail' in page
   # a second run into the same folder refuses, unless told to overwrite
   with pytest.raises(predict.PredictError, match='not empty'):
     predict.predict(config, workdir, str(tmp_path / 'in'), out)
@@ -127,8 +128,10 @@ def test_predict_folder_every_row_and_page(trained, tmp_path, capsys, monkeypatc
       os.remove(tmp_path / 'in' / name)
   predict.predict(config, workdir, str(tmp_path / 'in'), out, overwrite=True)
   assert 'true_dice' not in open(os.path.join(out, 'predictions.csv')).readline()
-  assert sorted(os.listdir(os.path.join(out, 'maps'))) == ['colour_scale.png'] + [
-      f'good0_{k}.png' for k in ('image', 'overlay', 'uncertainty')]
+  drawn = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(os.path.join(out, 'maps'))
+                 for f in fs)
+  assert drawn == sorted(['maps/colour_scale.png'] + [render.map_file('good0', k)
+                                                      for k in ('image', 'overlay', 'uncertainty')])
   assert os.listdir(os.path.join(out, 'masks')) == ['good0.png']
   assert open(os.path.join(out, 'notes.txt')).read() == 'the user\'s own file'  # not ours: kept
   assert not os.path.exists(os.path.join(out, 'predictions.csv.k3j9x.tmp'))  # ours: gone
@@ -162,6 +165,7 @@ def test_a_case_gets_the_same_numbers_alone_in_any_folder_and_batch(trained, tmp
   image gets the same map, predicted quality and decision -- and the same map PNG
   (one colour scale per run, from every case's map)."""
   config, workdir = trained
+  config.predict.maps = 'all'
   _inputs(str(tmp_path / 'in'))
   alone = _numbers_of(config, workdir, str(tmp_path / 'in' / 'good1.jpg'), tmp_path / 'alone')
   folder = _numbers_of(config, workdir, str(tmp_path / 'in'), tmp_path / 'folder')
@@ -175,7 +179,7 @@ def test_a_case_gets_the_same_numbers_alone_in_any_folder_and_batch(trained, tmp
   assert deep['good1.jpg'] == folder['good1.jpg'] and deep['good2.bmp'] == folder['good2.bmp']
   rows = _rows(tmp_path / 'deep' / 'predictions.csv')
   assert set(rows) == {'sub/good1.jpg', 'sub/good2.bmp', 'sub/cut.png'}  # named by relative path
-  assert os.path.exists(tmp_path / 'deep' / 'maps' / 'sub__good1_uncertainty.png')
+  assert os.path.exists(tmp_path / 'deep' / render.map_file('sub__good1', 'uncertainty'))
 
 
 def _numbers_of(config, workdir, input_path, out):

@@ -54,14 +54,17 @@ def test_a_switch_to_unlike_cases_alarms_and_stays_alarmed():
 def test_state_round_trip_and_refusals(tmp_path):
   reference = np.linspace(0, 1, 20)
   m = monitor.Monitor.start(reference, 0.01)
-  for i in range(5):
-    m.update(reference, float(i) / 5, f'c{i}', content=f'pixels{i}')
-  assert m.update(reference, 0.2, 'c1-again', content='pixels1') is None  # the same image again
-  assert len(m.stream) == 5
+  first = [m.update(reference, float(i) / 5, f'c{i}', content=f'pixels{i}') for i in range(5)]
+  capital = m.capital
+  # the same image again is not fed again: it gets its first p-value (a resumed predict
+  # reports what the first attempt fed), and the test is unchanged
+  assert m.update(reference, 0.2, 'c1-again', content='pixels1') == first[1]
+  assert len(m.stream) == 5 and m.capital == capital
   path = str(tmp_path / 'state.json')
   m.save(path)
   again = monitor.Monitor.load(path, reference)
   assert again.stream == m.stream and again.capital == pytest.approx(m.capital)
+  assert again.seen == m.seen and again.update(reference, 0.4, 'c2-again', content='pixels2') == first[2]
   # the reloaded state gives the next case the same p-value (same seed, same index)
   assert again.update(reference, 0.5, 'next') == m.update(reference, 0.5, 'next')
   with pytest.raises(monitor.MonitorError, match='watches another run'):
