@@ -50,11 +50,9 @@ def runs(tmp_path_factory, data_dir):
   os.remove(folder / f'{quality_ids[0]}.npy')  # missing
   Image.fromarray(np.zeros((32, 16), np.uint8)).save(folder / f'{quality_ids[1]}.png')  # wrong aspect
 
-  outside = test_config.get_config()
-  outside.data.data_dir = data_dir
+  outside = tiny_config(data_dir, 'uncertainty,cheap_qc')
   outside.seg.reuse_from = f_run
   outside.external.predictions = str(folder)
-  outside.quality.models = 'uncertainty,cheap_qc'
   workdir = str(tmp_path_factory.mktemp('outside_run'))
   train_seg.train_and_evaluate(outside, workdir)
   train_quality.train_quality(outside, workdir)
