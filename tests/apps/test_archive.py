@@ -53,6 +53,15 @@ def _args(workdir, folder, out, *extra):
           '--config.seg.eval_batch_size=4', '--config.predict.chunk_cases=4', *extra]
 
 
+@pytest.fixture(scope='module')
+def uninterrupted(archive, tmp_path_factory):
+  """The CSV rows of one uninterrupted single-process run: what every other way must equal."""
+  config, workdir, folder = archive
+  out = str(tmp_path_factory.mktemp('whole') / 'out')
+  subprocess.run(_args(workdir, folder, out), cwd=ROOT, check=True, capture_output=True)
+  return _rows(out)
+
+
 def _rows(out) -> list[dict]:
   with open(os.path.join(out, 'predictions.csv')) as f:
     return list(csv.DictReader(f))
@@ -100,10 +109,8 @@ def _killed(workdir, folder, out, where, at=3, *extra):
 
 
 @pytest.mark.parametrize('where', ['append', 'torn', 'save'])
-def test_kill_9_then_the_same_command_equals_an_uninterrupted_run(archive, tmp_path, where):
+def test_kill_9_then_the_same_command_equals_an_uninterrupted_run(archive, uninterrupted, tmp_path, where):
   config, workdir, folder = archive
-  whole = str(tmp_path / 'whole')
-  subprocess.run(_args(workdir, folder, whole), cwd=ROOT, check=True, capture_output=True)
   killed = str(tmp_path / 'killed')
   child = _killed(workdir, folder, killed, where)
   assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
@@ -118,7 +125,7 @@ def test_kill_9_then_the_same_command_equals_an_uninterrupted_run(archive, tmp_p
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert 'resuming an unfinished run' in rerun.stderr
   assert f'{len(judged)} of {N_IMAGES} files already judged' in rerun.stderr  # none judged twice
-  assert _rows(killed) == _rows(whole)  # no case lost, none twice, the same numbers
+  assert _rows(killed) == uninterrupted  # no case lost, none twice, the same numbers
   assert len(_rows(killed)) == N_IMAGES
   assert not os.path.exists(os.path.join(killed, progress.DIR))  # cleared once finished
   leftovers = [f for d, _, fs in os.walk(killed) for f in fs if '.tmp' in f]
@@ -146,11 +153,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_give_the_csv_of_one(archive, tmp_path):
+def test_two_processes_give_the_csv_of_one(archive, uninterrupted, tmp_path):
   """Each process judges every other file on its own devices; process 0 merges."""
   config, workdir, folder = archive
-  one = str(tmp_path / 'one')
-  subprocess.run(_args(workdir, folder, one), cwd=ROOT, check=True, capture_output=True)
   two = str(tmp_path / 'two')
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
@@ -163,7 +168,7 @@ def test_two_processes_give_the_csv_of_one(archive, tmp_path):
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
     assert f'judged {N_IMAGES // 2} files' in out  # each its share, not every file
-  assert _rows(two) == _rows(one)
+  assert _rows(two) == uninterrupted
   summary = open(os.path.join(two, 'summary.json')).read()
   assert '"processes": 2' in summary
 
