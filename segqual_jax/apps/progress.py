@@ -71,9 +71,6 @@ class Journal:
   def chunk_path(self, index: int) -> str:
     return os.path.join(self.dir, CHUNKS, self.chunk_id(index) + '.npz')
 
-  def exists(self) -> bool:
-    return os.path.exists(os.path.join(self.dir, RUN_FILE))
-
   def is_this_run(self) -> bool:
     """Whether the folder holds an unfinished run with this identity."""
     try:
@@ -101,7 +98,7 @@ class Journal:
               'another --output (or remove the folder) to start afresh')
       return True
     os.makedirs(self.dir, exist_ok=True)
-    artifacts.write_json(path, self.identity)  # before anything else: a folder without it is refused
+    artifacts.write_json(path, self.identity)  # first: a kill after it leaves an identified folder
     os.makedirs(os.path.join(self.dir, CHUNKS), exist_ok=True)
     return False
 
