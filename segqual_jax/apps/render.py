@@ -159,13 +159,6 @@ def case_names(files: list[str]) -> dict[str, str]:
   return {f: n if taken[n] == 1 else f'{n}_{hashlib.sha256(f.encode()).hexdigest()[:8]}' for f, n in names.items()}
 
 
-def name_cases(cases) -> None:
-  """Sets each case's ``name`` (``case_names`` of their files)."""
-  names = case_names([c.file for c in cases])
-  for case in cases:
-    case.name = names[case.file]
-
-
 def write_scale(output_dir: str) -> None:
   """The run's colour bar, ``maps/colour_scale.png``."""
   os.makedirs(os.path.join(output_dir, MAPS_DIR), exist_ok=True)
@@ -199,14 +192,6 @@ def draw_case(output_dir: str, case, vmax: float, input_root: str, truth=None) -
   _save_png(path('overlay'), outline(shown, layers))
   _save_png(path('uncertainty'), _resize(heat(case.map, vmax, 1), shape))
   return True
-
-
-def write_maps(output_dir: str, cases, vmax: float, input_root: str, truth=None) -> None:
-  """``draw_case`` of every readable case, and the run's colour bar."""
-  write_scale(output_dir)
-  for case in cases:
-    if case.ok:
-      draw_case(output_dir, case, vmax, input_root, truth)
 
 
 def write_masks(output_dir: str, cases) -> None:

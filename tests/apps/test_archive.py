@@ -207,7 +207,9 @@ def test_the_report_pages_hold_every_case_exactly_once(tmp_path):
     decision = rng.choice(['pass', 'fail', 'review'])
     cases.append(assess.Case(file=f'c{i}.png', predicted_dice=d, predicted_jaccard=d / (2 - d),
                              native_size=(8, 8), decision=policy.Decision(str(decision), 'why')))
-  render.name_cases(cases)
+  names = render.case_names([c.file for c in cases])
+  for c in cases:
+    c.name = names[c.file]
   run = assess.PredictRun(title='t', rule=policy.DecisionRule(0.8, 'fixed'), gate=policy.Gate(0.0),
                           provenance={}, provenance_text='p', warnings=('LOUD',), quality_model='g',
                           target='dice', vmax=1.0, whose="f's", map_label='m', with_truth=False)

@@ -18,10 +18,12 @@ def test_one_colour_scale_from_every_case():
 
 
 def test_map_names_never_collide():
-  cases = [assess.Case(file=f) for f in ('x.png', 'x.jpg', 'sub/x.png', 'y.png')]
-  render.name_cases(cases)
-  assert [c.name for c in cases] == ['x_png', 'x_jpg', 'sub__x', 'y']
-  assert cases[2].stem == 'x'  # the case id (its key) is the stem, whatever the folder
+  files = ('x.png', 'x.jpg', 'sub/x.png', 'y.png')
+  names = render.case_names(list(files))
+  assert [names[f] for f in files] == ['x_png', 'x_jpg', 'sub__x', 'y']
+  assert assess.Case(file='sub/x.png').stem == 'x'  # the case id (its key) is the stem, whatever the folder
+  clash = render.case_names(['a/b.png', 'a__b.png'])  # one bare name even with the extension
+  assert len(set(clash.values())) == 2 and all(n.startswith('a__b_') for n in clash.values())
 
 
 def test_outline_is_thick_and_edged_in_black_on_pale_skin():
@@ -56,10 +58,12 @@ def test_maps_and_page_at_the_inputs_own_resolution(tmp_path):
                              map=rng.random((16, 16)).astype(np.float32), predicted_dice=0.85,
                              predicted_jaccard=0.74))
   out = tmp_path / 'out'
-  render.name_cases(cases)
-  render.write_maps(str(out), cases, 1.0, str(tmp_path),
-                    truth=lambda c: np.ones(c.native_size[::-1], np.uint8))
-  names = {c.file: c.name for c in cases}
+  names = render.case_names([c.file for c in cases])
+  render.write_scale(str(out))
+  for c in cases:
+    c.name = names[c.file]
+    assert render.draw_case(str(out), c, 1.0, str(tmp_path),
+                            truth=lambda c: np.ones(c.native_size[::-1], np.uint8))
   shown = lambda name, kind: Image.open(out / render.map_file(names[name], kind)).size
   for kind in ('image', 'overlay', 'uncertainty'):
     assert shown('wide.png', kind) == (300, 120)
