@@ -19,7 +19,7 @@ CNN_QUALITY_MODELS = ('uncertainty', 'no_uncertainty', 'qualitynet')  # g's inpu
 QUALITY_MODELS = CNN_QUALITY_MODELS + ('cheap_qc', 'rca')
 CORRUPTIONS = ('blur', 'noise', 'brightness', 'contrast', 'jpeg')  # data/corruptions.py implements them
 APPLICABILITY_SCORES = ('mahalanobis', 'knn')  # quality/applicability.py implements them
-APPLICABILITY_VIEWS = ('encoder', 'colour', 'texture', 'layout')  # segmenter/runner.feature_blocks names them
+APPLICABILITY_VIEWS = ('encoder', 'encoder_grid', 'colour', 'texture', 'layout', 'tone')  # segmenter/runner.feature_blocks names them
 # g's map channels for an outside segmentation (segmenter/external.py computes them)
 EXTERNAL_MAP_CHANNELS = ('msp', 'entropy', 'surrogate', 'disagreement')
 LABEL_RESOLUTIONS = ('native', 'model')
@@ -101,7 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.applicability = ml_collections.ConfigDict()
   config.applicability.score = 'mahalanobis'  # how unlike f's in-distribution cases an image is: mahalanobis | knn (of f's pooled encoder features)
   config.applicability.knn_k = 10  # knn: the k-th nearest reference neighbour's distance is the score
-  config.applicability.views = 'encoder,texture,layout'  # feature blocks the score uses, comma-separated: encoder (f's levels), colour, texture, layout (image statistics); chosen on the dev suites (RESULTS, "Streams")
+  config.applicability.views = 'encoder,texture,layout'  # feature blocks the score uses, comma-separated: encoder (f's levels), encoder_grid (f's levels 1-2 on a 2x2 grid), colour, texture, layout, tone (image statistics; '+' joins them into one Gaussian); chosen on the dev suites (RESULTS, "Streams")
   config.applicability.image_fit = 'train'  # split whose images fit the image-statistics views (they do not depend on f, so f's training images serve); '' = the quality split's fitting cases
   config.applicability.reference_fraction = 0.3  # share of the quality split's non-calibration cases held out to turn scores into conformal p-values (the rest fits the score)
 

@@ -27,6 +27,17 @@ def _names(value: str) -> list[str]:
   return [v.strip() for v in value.split(',') if v.strip()]
 
 
+def _views_ok(value) -> bool:
+  """``applicability.views``: views of known blocks, image statistics joined by '+', each
+  block once (``segmenter/runner.feature_blocks`` reads them)."""
+  if not isinstance(value, str) or not _names(value):
+    return False
+  parts = [[n.strip() for n in view.split('+')] for view in _names(value)]
+  used = [n for view in parts for n in view]
+  return (set(used) <= set(schema.APPLICABILITY_VIEWS) and len(set(used)) == len(used)
+          and all(len(view) == 1 for view in parts if {'encoder', 'encoder_grid'} & set(view)))
+
+
 def _positive_int(v) -> bool:
   return _is_int(v) and v >= 1
 
@@ -160,9 +171,9 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('applicability.score', lambda v: v in schema.APPLICABILITY_SCORES,
        f'must be one of {", ".join(schema.APPLICABILITY_SCORES)}'),
       ('applicability.knn_k', _positive_int, 'must be >= 1'),
-      ('applicability.views', lambda v: isinstance(v, str) and bool(_names(v))
-       and set(_names(v)) <= set(schema.APPLICABILITY_VIEWS),
-       f'must be a comma-separated subset of {", ".join(schema.APPLICABILITY_VIEWS)}'),
+      ('applicability.views', _views_ok,
+       f'must be comma-separated views, each one of {", ".join(schema.APPLICABILITY_VIEWS)} or '
+       "image statistics joined by '+' (tone+texture; encoder alone), none used twice"),
       ('applicability.reference_fraction', lambda v: isinstance(v, (int, float)) and 0 < v < 1,
        'must be in (0, 1)'),
       ('applicability.image_fit', lambda v: v in ('', 'train'),

@@ -10,7 +10,9 @@ stage 2's reference cases and predict's new ones are described alike whatever
 the input's own resolution (statistics of the native files would flag every
 image of a resolution the references do not have -- a harmless difference).
 
-Each block gets its own shrunk Gaussian in the gate (``BLOCKS``):
+Each block gets its own shrunk Gaussian in the gate, or shares one with the
+blocks a view joins to it (``applicability.views``, e.g. ``tone+texture``;
+feature counts in ``BLOCKS``):
 
 * ``colour``: per RGB channel, the share of pixels in each of 8 intensity bins.
 * ``texture``: the share of the grey image's spectral power (DC left out) in
@@ -23,6 +25,13 @@ Each block gets its own shrunk Gaussian in the gate (``BLOCKS``):
   dermoscopy image in a dark vignette (Kvasir-SEG's frames were no further
   from ISIC 2017's in the colour view than ISIC's own unusual images); laid
   out on a grid they differ (measured in ``experiments/RESULTS.md``, "Streams").
+* ``tone``: the joint histogram of each pixel's saturation and value (HSV's
+  ``(max - min) / max`` and ``max`` of R, G, B; 8 x 8 bins): how vivid the
+  colours are at each brightness, whatever the hue. Colonoscopy's saturated
+  orange-red mucosa and white specular glints sit where dermoscopy's muted
+  skin tones rarely do; the histogram ignores where a pixel lies, so it needs
+  no alignment, and it leaves hue -- which varies with a camera's white
+  balance -- out.
 
 These blocks do not depend on f, so the gate fits them on f's own training
 images (``applicability.image_fit``), several times the quality split's share.
@@ -36,15 +45,17 @@ import jax.numpy as jnp
 COLOUR_BINS = 8
 FREQUENCY_BANDS = 6
 LAYOUT_GRID = 4  # cells per side of the layout block
-NAMES = ('colour', 'texture', 'layout')  # the blocks, in order
-BLOCKS = (3 * COLOUR_BINS, FREQUENCY_BANDS + 2, 4 * LAYOUT_GRID ** 2)  # feature count of each block
+TONE_BINS = 8  # saturation and value bins of the tone block
+NAMES = ('colour', 'texture', 'layout', 'tone')  # the blocks, in order
+BLOCKS = (3 * COLOUR_BINS, FREQUENCY_BANDS + 2, 4 * LAYOUT_GRID ** 2, TONE_BINS ** 2)  # feature count of each block
 
 
-def _cell_means(values: jax.Array) -> jax.Array:
-  """(G, G, ...) means of ``values`` (H, W, ...) over a G x G grid of cells (any H, W >= G)."""
+def cell_means(values: jax.Array, grid: int = LAYOUT_GRID) -> jax.Array:
+  """(G, G, ...) means of ``values`` (H, W, ...) over a G x G grid of cells (any H, W >= G);
+  pixel i of n falls in cell ``floor(i * G / n)``."""
   def averaging(n):  # (G, n): row g averages the pixels of cell g
-    cell = jnp.minimum(jnp.arange(n) * LAYOUT_GRID // n, LAYOUT_GRID - 1)
-    member = jax.nn.one_hot(cell, LAYOUT_GRID).T
+    cell = jnp.minimum(jnp.arange(n) * grid // n, grid - 1)
+    member = jax.nn.one_hot(cell, grid).T
     return member / member.sum(1, keepdims=True)
   h, w = values.shape[:2]
   return jnp.einsum('gh,hw...,kw->gk...', averaging(h), values, averaging(w))
@@ -65,7 +76,12 @@ def statistics(image: jax.Array) -> jax.Array:
   spectrum = per_band / jnp.maximum(per_band.sum(), 1e-12)
   gy, gx = grey[1:, :-1] - grey[:-1, :-1], grey[:-1, 1:] - grey[:-1, :-1]
   gradient = jnp.sqrt(gy ** 2 + gx ** 2)
-  mean_rgb = _cell_means(image)  # (G, G, 3)
-  grey_sd = jnp.sqrt(jnp.maximum(_cell_means(grey ** 2) - _cell_means(grey) ** 2, 0.0))
+  mean_rgb = cell_means(image)  # (G, G, 3)
+  grey_sd = jnp.sqrt(jnp.maximum(cell_means(grey ** 2) - cell_means(grey) ** 2, 0.0))
   layout = jnp.concatenate([mean_rgb.reshape(-1, 3), grey_sd.reshape(-1, 1)], 1).reshape(-1)
-  return jnp.concatenate([colour, spectrum, jnp.stack([gradient.mean(), gradient.std()]), layout])
+  value, low = image.max(-1), image.min(-1)
+  saturation = (value - low) / jnp.maximum(value, 1e-3)
+  def tone_bin(x):
+    return jnp.clip(jnp.floor(x * TONE_BINS), 0, TONE_BINS - 1).astype(jnp.int32)
+  tone = jax.nn.one_hot(tone_bin(saturation) * TONE_BINS + tone_bin(value), TONE_BINS ** 2).mean((0, 1))
+  return jnp.concatenate([colour, spectrum, jnp.stack([gradient.mean(), gradient.std()]), layout, tone])

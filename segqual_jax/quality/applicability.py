@@ -20,9 +20,14 @@ trained on -- in one of two forms:
 
 The score sees several *views* of a case (``applicability.views``): f's
 encoder levels, and statistics of the image itself -- colour histograms,
-texture (spectral bands, gradients), layout (colour and busyness on a grid;
-``data/image_statistics.py``). Each view's blocks are standardised in units of
-their own in-distribution tail and the score is the largest, so the views are
+texture (spectral bands, gradients), layout (colour and busyness on a grid),
+tone (saturation x value; ``data/image_statistics.py``). A view is one shrunk
+Gaussian: an encoder level, an image statistic, or image statistics joined
+(``tone+texture``), which sees how they vary together -- each added view
+raises the references' maximum, and a case unusual in two statistics at once
+stands out more in one joint distance than in two separate ones. Each view's
+distance is standardised in units of its own in-distribution tail and the
+score is the largest, so the views are
 combined *before* the p-value: one score, one reference set, one exact
 p-value (no Bonferroni split of ``ood_alpha`` between views, and the batch
 test and the stream monitor watch the same number). The encoder blocks are
@@ -175,7 +180,7 @@ class Applicability:
 
 def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
         k: int = 10, levels: tuple[int, ...] | None = None, seed: int = 0,
-        blocks: tuple[int, ...] | None = None,
+        blocks: tuple[tuple[int, ...], ...] | None = None,
         block_fit: dict[int, np.ndarray] | None = None) -> Applicability:
   """Fits the score on ``fit_features`` (F, D) and scores ``reference_features`` (M, D).
 
@@ -183,25 +188,39 @@ def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
     levels: feature count per block (``runner.feature_levels``: f's encoder levels, then the
       image statistics); None = one block.
     seed: the cross-fitting folds' seed.
-    blocks: the indices of the blocks of ``levels`` the score uses (its views); None = all.
+    blocks: the groups of blocks of ``levels`` the score uses (its views,
+      ``runner.feature_blocks``): each group is one shrunk Gaussian over its blocks' features
+      together; None = every block alone.
     block_fit: ``{block index: (F_b, levels[b]) features}``: blocks fitted on cases of their
       own instead of ``fit_features`` (``mahalanobis``; ``knn`` scores all blocks as one and
       ignores it). A block that does not depend on f -- the image statistics -- may be
       fitted on f's own training images, several times the quality split's share; f's
       encoder levels may not (f's features of its training cases are tighter than of any
-      new case, which measured a worse gate). The p-values stay exact: the reference cases
-      are in no fitting set, and the score is one fixed function of a case.
+      new case, which measured a worse gate). A group's blocks are fitted on the same cases
+      (all in ``block_fit``, rows the same images, or none). The p-values stay exact: the
+      reference cases are in no fitting set, and the score is one fixed function of a case.
   """
   block_fit = dict(block_fit or {})
   columns = None
   if blocks is not None:
     if not levels:
       raise ValueError('choosing blocks needs the feature levels')
+    groups = [(g,) if isinstance(g, (int, np.integer)) else tuple(g) for g in blocks]
     bounds = np.cumsum((0,) + tuple(levels))
-    columns = np.concatenate([np.arange(bounds[b], bounds[b + 1]) for b in blocks])
+    columns = np.concatenate([np.arange(bounds[b], bounds[b + 1]) for g in groups for b in g])
     fit_features, reference_features = fit_features[:, columns], reference_features[:, columns]
-    block_fit = {i: block_fit[b] for i, b in enumerate(blocks) if b in block_fit}
-    levels = tuple(levels[b] for b in blocks)
+    own = {}
+    for i, g in enumerate(groups):
+      fitted = [b in block_fit for b in g]
+      if any(fitted) and not all(fitted):
+        raise ValueError(f'blocks {g} are joined into one Gaussian but only some of them have '
+                         'fitting cases of their own')
+      if all(fitted):
+        if len({len(block_fit[b]) for b in g}) != 1:
+          raise ValueError(f'joined blocks {g} have different numbers of fitting cases')
+        own[i] = np.concatenate([block_fit[b] for b in g], 1)
+    block_fit = own
+    levels = tuple(sum(levels[b] for b in g) for g in groups)
   x = _transform(fit_features)
   if len(x) < 2 or len(reference_features) < 1:
     raise ValueError(f'the applicability score needs >= 2 fitting and >= 1 reference cases '

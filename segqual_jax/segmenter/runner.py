@@ -109,23 +109,43 @@ def with_truth(outputs: SegOutputs, truth: np.ndarray) -> SegOutputs:
 
 
 def feature_levels(seg_config) -> tuple[int, ...]:
-  """The blocks of a case's ``'features'``: each encoder level of f (``unet.feature_levels``),
-  then each block of the image's own statistics (``image_statistics.BLOCKS``). The gate
+  """The blocks of a case's ``'features'``: f's encoder levels, pooled and on a grid
+  (``unet.feature_levels``), then each block of the image's own statistics (``image_statistics.BLOCKS``). The gate
   fits one shrunk Gaussian per block."""
   return unet.feature_levels(seg_config) + image_statistics.BLOCKS
 
 
-def feature_blocks(seg_config, views: str) -> tuple[int, ...]:
-  """The indices of ``feature_levels``' blocks that make up the comma-separated ``views``:
-  ``encoder`` (every level of f), then the image statistics by name (``colour``,
-  ``texture``, ``layout``: ``image_statistics.NAMES``)."""
+def feature_blocks(seg_config, views: str) -> tuple[tuple[int, ...], ...]:
+  """The groups of ``feature_levels``' blocks that make up the comma-separated ``views``, one
+  group per shrunk Gaussian of the gate: ``encoder`` is one group per level of f (channel
+  means and deviations), ``encoder_grid`` one per level that f's features keep on a grid
+  (``unet.grid_levels``: channel means per cell); an image
+  statistic by name (``colour``, ``texture``, ``layout``, ``tone``: ``image_statistics.NAMES``)
+  is a group of one, and ``+`` joins image statistics into one group (``tone+texture``: one
+  Gaussian that sees how the two vary together -- a vivid image is ordinary, and so is a
+  smooth one, but not always both)."""
+  pooled = seg_config.depth + 1
   encoder = len(unet.feature_levels(seg_config))
-  index = {'encoder': tuple(range(encoder)),
-           **{name: (encoder + i,) for i, name in enumerate(image_statistics.NAMES)}}
-  unknown = [v.strip() for v in views.split(',') if v.strip() and v.strip() not in index]
-  if unknown:
-    raise ValueError(f'unknown applicability view(s) {unknown}; one of {sorted(index)}')
-  return tuple(b for v in views.split(',') if v.strip() for b in index[v.strip()])
+  index = {name: encoder + i for i, name in enumerate(image_statistics.NAMES)}
+  own_groups = {'encoder': range(pooled), 'encoder_grid': range(pooled, encoder)}
+  groups = []
+  for view in (v.strip() for v in views.split(',') if v.strip()):
+    if view in own_groups:
+      groups.extend((level,) for level in own_groups[view])
+      continue
+    names = [n.strip() for n in view.split('+')]
+    unknown = [n for n in names if n not in index]
+    if unknown:
+      raise ValueError(f'unknown applicability view(s) {unknown} in {view!r}; one of '
+                       f"{sorted(index) + sorted(own_groups)} (image statistics joined by '+'; "
+                       "f's levels are never joined)")
+    if len(set(names)) != len(names):
+      raise ValueError(f'applicability view {view!r} names a block twice')
+    groups.append(tuple(index[n] for n in names))
+  used = [b for g in groups for b in g]
+  if len(set(used)) != len(used):
+    raise ValueError(f'applicability views {views!r} use a block twice')
+  return tuple(groups)
 
 
 def image_statistic_blocks(seg_config) -> dict[int, slice]:

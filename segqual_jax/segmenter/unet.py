@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segqual_jax.data import image_statistics
+
 HEADS = ('variance', 'confidence')
 
 
@@ -301,7 +303,10 @@ class UNet(nn.Module):
 
     The channel means and standard deviations of every encoder level and the
     bottleneck: what f "sees" of an image at each scale, from colour and
-    brightness (level 0) to the lesion-level layout (bottleneck). The
+    brightness (level 0) to the lesion-level layout (bottleneck). Then, for
+    ``grid_levels``, each channel's mean on a ``FEATURE_GRID`` x
+    ``FEATURE_GRID`` grid of cells: *where* f sees it (a frame's border, a
+    corner overlay), which one mean per channel pools away. The
     applicability score (``quality/applicability.py``) measures how far an
     image's vector lies from those of f's in-distribution cases.
     """
@@ -317,7 +322,10 @@ class UNet(nn.Module):
       x = self._down(self.depth)(x)
     levels.append(x)  # the bottleneck (the prefix's output when only it has dropout)
     levels = [t.astype(jnp.float32) for t in levels]
-    return jnp.concatenate([jnp.concatenate([t.mean((1, 2)), t.std((1, 2))], -1) for t in levels], -1)
+    pooled = [jnp.concatenate([t.mean((1, 2)), t.std((1, 2))], -1) for t in levels]
+    on_grid = [jax.vmap(lambda u: image_statistics.cell_means(u, FEATURE_GRID))(levels[level]).reshape(len(x), -1)
+               for level in grid_levels(self.depth)]
+    return jnp.concatenate(pooled + on_grid, -1)
 
   def __call__(self, x: jax.Array, *, deterministic: bool = True,
                sample_latents: bool = False) -> dict[str, jax.Array]:
@@ -346,10 +354,22 @@ def compute_params(params, dtype: str):
                       params)
 
 
+FEATURE_GRID = 2  # cells per side of the encoder's grid features
+
+
+def grid_levels(depth: int) -> tuple[int, ...]:
+  """The encoder levels whose channel means ``UNet.encoder_features`` also keeps on a grid: 1
+  and 2 (at 64 px, 32 and 16 px wide: the lesion's and the frame's layout), those that exist."""
+  return tuple(level for level in (1, 2) if level <= depth)
+
+
 def feature_levels(seg_config) -> tuple[int, ...]:
-  """The feature count of each level of ``UNet.encoder_features`` (means and deviations of
-  every encoder level and the bottleneck), in order."""
-  return tuple(2 * seg_config.base_width * 2**level for level in range(seg_config.depth + 1))
+  """The feature count of each block of ``UNet.encoder_features``, in order: means and
+  deviations of every encoder level and the bottleneck (``depth + 1`` blocks), then the
+  grid means of each of ``grid_levels``."""
+  pooled = tuple(2 * seg_config.base_width * 2**level for level in range(seg_config.depth + 1))
+  return pooled + tuple(FEATURE_GRID ** 2 * seg_config.base_width * 2**level
+                        for level in grid_levels(seg_config.depth))
 
 
 def create_unet(seg_config, heads: Sequence[str] = (), skip_latents: bool = False) -> UNet:

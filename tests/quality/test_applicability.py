@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from segqual_jax.config import schema
+from segqual_jax.config import schema, validation
 from segqual_jax.quality import applicability
 
 D = 40
@@ -158,7 +158,8 @@ def test_layout_is_each_cells_colour_and_busyness_at_any_size():
   from segqual_jax.data import image_statistics as stats
   rng = np.random.default_rng(1)
   image = rng.random((30, 29, 3)).astype(np.float32)
-  layout = np.asarray(stats.statistics(jnp.asarray(image)))[-stats.BLOCKS[-1]:].reshape(4, 4, 4)
+  block = slice(sum(stats.BLOCKS[:2]), sum(stats.BLOCKS[:3]))
+  layout = np.asarray(stats.statistics(jnp.asarray(image)))[block].reshape(4, 4, 4)
   rows = np.array_split(np.arange(30), [8, 15, 23])  # floor(i * 4 / n) puts pixel i in its cell
   cols = np.array_split(np.arange(29), [8, 15, 22])
   assert [len(r) for r in rows] == [8, 7, 8, 7] and [len(c) for c in cols] == [8, 7, 7, 7]
@@ -169,8 +170,27 @@ def test_layout_is_each_cells_colour_and_busyness_at_any_size():
       np.testing.assert_allclose(layout[i, j, 3], cell.mean(-1).std(), atol=1e-5)
   framed = np.full((64, 64, 3), 0.6, np.float32)
   framed[:, :16] = 0.0  # a black band on the left: the histograms would only see a dark share
-  lay = np.asarray(stats.statistics(jnp.asarray(framed)))[-stats.BLOCKS[-1]:].reshape(4, 4, 4)
+  lay = np.asarray(stats.statistics(jnp.asarray(framed)))[block].reshape(4, 4, 4)
   assert np.all(lay[:, 0, :3] == 0) and np.allclose(lay[:, 1:, :3], 0.6)
+
+
+def test_tone_is_the_joint_share_of_saturation_and_value():
+  """The tone block: the share of pixels in each (saturation, value) bin of 8 x 8, by hand
+  for three known colours; hue does not move it."""
+  import jax.numpy as jnp
+  from segqual_jax.data import image_statistics as stats
+  assert stats.NAMES[3] == 'tone' and stats.BLOCKS[3] == stats.TONE_BINS ** 2 == 64
+  image = np.zeros((8, 10, 3), np.float32)
+  image[:4] = (0.9, 0.45, 0.09)  # saturation 0.9 (bin 7), value 0.9 (bin 7): vivid orange
+  image[4:6] = (0.5, 0.5, 0.5)  # grey: saturation 0, value 0.5 (bin 4)
+  image[6:] = 0.0  # black: saturation 0 (max 0 guarded), value 0
+  tone = np.asarray(stats.statistics(jnp.asarray(image)))[sum(stats.BLOCKS[:3]):].reshape(8, 8)
+  expected = np.zeros((8, 8))
+  expected[7, 7], expected[0, 4], expected[0, 0] = 0.5, 0.25, 0.25
+  np.testing.assert_allclose(tone, expected, atol=1e-6)
+  hue_turned = image[..., ::-1]  # the same vividness in blue
+  np.testing.assert_allclose(np.asarray(stats.statistics(jnp.asarray(hue_turned)))[sum(stats.BLOCKS[:3]):],
+                             tone.reshape(-1), atol=1e-6)
 
 
 def test_a_block_fitted_on_its_own_cases_keeps_p_values_exact():
@@ -198,9 +218,47 @@ def test_views_are_named_blocks():
   from segqual_jax.data import image_statistics as stats
   config = schema.get_config()
   encoder = len(runner.feature_levels(config.seg)) - len(stats.BLOCKS)
-  assert runner.feature_blocks(config.seg, 'layout,encoder') == (encoder + 2,) + tuple(range(encoder))
+  pooled = config.seg.depth + 1  # then the grid levels
+  assert encoder == pooled + 2
+  assert runner.feature_blocks(config.seg, 'layout,encoder') == ((encoder + 2,),) + tuple(
+      (level,) for level in range(pooled))
+  assert runner.feature_blocks(config.seg, 'encoder_grid, tone+texture') == (
+      (pooled,), (pooled + 1,), (encoder + 3, encoder + 1))
   blocks = runner.image_statistic_blocks(config.seg)
-  assert sorted(blocks) == [encoder, encoder + 1, encoder + 2]
+  assert sorted(blocks) == [encoder + i for i in range(len(stats.NAMES))]
   assert [blocks[b].stop - blocks[b].start for b in sorted(blocks)] == list(stats.BLOCKS)
-  with pytest.raises(ValueError, match='hue'):
-    runner.feature_blocks(config.seg, 'encoder,hue')
+  for bad, message in (('encoder,hue', 'hue'), ('encoder+tone', 'encoder'), ('encoder_grid+tone', 'encoder'),
+                       ('tone+tone', 'twice'),
+                       ('tone,tone+texture', 'twice')):
+    with pytest.raises(ValueError, match=message):
+      runner.feature_blocks(config.seg, bad)
+    assert not validation._views_ok(bad)
+  assert validation._views_ok('encoder,tone+texture,layout')
+
+
+def test_joined_blocks_are_one_gaussian():
+  """A group of blocks is one Gaussian over their features together: it sees a case unusual
+  in how two blocks vary together, which two separate Gaussians miss; fitted on the group's
+  own cases, and a group whose blocks are fitted on different cases is refused."""
+  rng = np.random.default_rng(0)
+  def draw(n):  # blocks 0 and 1 (3 features each) move together; block 2 is noise
+    shared = rng.normal(size=(n, 1))
+    return np.exp(np.concatenate([shared + 0.1 * rng.normal(size=(n, 3)),
+                                  shared + 0.1 * rng.normal(size=(n, 3)),
+                                  rng.normal(size=(n, 2))], 1))
+  levels = (3, 3, 2)
+  odd = draw(200)
+  odd[:, 3:6] = odd[:, 3:6] / np.exp(2 * np.log(odd[:, :3]).mean(1, keepdims=True))  # break the tie
+  apart = applicability.fit('mahalanobis', draw(400), draw(200), levels=levels, blocks=((0,), (1,)))
+  joined = applicability.fit('mahalanobis', draw(400), draw(200), levels=levels, blocks=((0, 1),))
+  assert joined.levels == (6,) and apart.levels == (3, 3)
+  flagged = lambda s: np.mean(s.pvalues(s.score(odd)) <= 0.05)
+  assert flagged(joined) > 0.9 and flagged(apart) < 0.5, (flagged(joined), flagged(apart))
+  assert np.mean(joined.pvalues(joined.score(draw(400))) <= 0.05) <= 0.1
+  own = draw(300)
+  fitted = applicability.fit('mahalanobis', draw(50), draw(200), levels=levels, blocks=((0, 1), (2,)),
+                             block_fit={0: own[:, :3], 1: own[:, 3:6]})
+  assert np.allclose(fitted.gaussians[0].center, np.log(own[:, :6] + 1e-3).mean(0))
+  with pytest.raises(ValueError, match='only some'):
+    applicability.fit('mahalanobis', draw(50), draw(20), levels=levels, blocks=((0, 1),),
+                      block_fit={0: own[:, :3]})
