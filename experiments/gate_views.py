@@ -39,7 +39,8 @@ VIEWS = ('encoder', 'encoder,texture', 'encoder,layout', 'encoder,texture,layout
          'encoder,tone', 'encoder,texture,tone', 'encoder,texture,layout,tone', 'encoder,tone+texture',
          'encoder,tone+texture,layout', 'encoder,encoder_grid', 'encoder,encoder_grid,texture,layout',
          'encoder,encoder_grid,tone+texture', 'encoder,encoder_grid,tone+texture,layout',
-         'encoder_grid', 'colour', 'texture', 'layout', 'tone', 'tone+texture')
+         'encoder_grid', 'colour', 'texture', 'layout', 'tone', 'tone+texture', 'tone+texture,layout',
+         'tone+texture,encoder_grid', 'tone+texture,layout,encoder_grid', 'tone+texture+layout')
 BATCH_VIEWS = ('encoder,texture,layout', 'encoder,tone+texture,layout', 'encoder', 'encoder,encoder_grid',
                'encoder,layout')  # the batch test's
 

@@ -50,7 +50,7 @@ def decide(case: dict, threshold: float, config, reference: np.ndarray, bh: bool
   review_unusual (``bh``)."""
   settings = config.predict.copy_and_resolve_references()
   settings.on_shift = 'review_unusual' if bh else 'suspend'
-  gate = policy.Gate(settings.ood_alpha, policy.batch_verdict(case['scores'], reference, settings))
+  gate = policy.Gate(settings.ood_alpha, policy.batch_verdict(case['batch_scores'], reference, settings))
   if gate.suspended:
     return np.zeros(len(case['pred']), bool)
   accepted = policy.accepted(case['pred'], threshold, case['pvalues'], settings.ood_alpha)
@@ -59,7 +59,7 @@ def decide(case: dict, threshold: float, config, reference: np.ndarray, bh: bool
 
 def load(workdir: str, name: str) -> dict:
   with np.load(os.path.join(workdir, 'shift', f'test__{name}__cases.npz')) as f:
-    return {'scores': f['scores'], 'pvalues': f['pvalues'], 'failed': f['failed'],
+    return {'scores': f['scores'], 'batch_scores': f['batch_scores'], 'pvalues': f['pvalues'], 'failed': f['failed'],
             'has_truth': bool(f['has_truth']), 'pred': f[f'pred__{_MODEL.value}'],
             'threshold': float(f[f'threshold__{_MODEL.value}'])}
 
@@ -71,7 +71,8 @@ def cell(clean: dict, other: dict, share: float, config, reference: np.ndarray, 
   for _ in range(_FOLDERS.value):
     ci = rng.choice(len(clean['scores']), _CLEAN.value, replace=False)
     oi = rng.choice(len(other['scores']), n_other, replace=n_other > len(other['scores']))
-    folder = {k: np.concatenate([clean[k][ci], other[k][oi]]) for k in ('scores', 'pvalues', 'pred', 'failed')}
+    folder = {k: np.concatenate([clean[k][ci], other[k][oi]])
+              for k in ('scores', 'batch_scores', 'pvalues', 'pred', 'failed')}
     accepted = decide(folder, clean['threshold'], config, reference, bh)
     clean_auto.append(accepted[:_CLEAN.value].mean())
     other_accepted.append(accepted[_CLEAN.value:].mean() if n_other else 0.0)
@@ -89,7 +90,7 @@ def main(argv):
   del argv
   workdir = _WORKDIR.value
   config, _ = stages.for_run(workdir, schema.get_config(), from_file=False, overridden=set())
-  reference = applicability.load(config, workdir).reference_scores
+  reference = applicability.load(config, workdir).batch_references  # what the batch test compares
   clean = load(workdir, 'clean')
   alone = cell(clean, {**clean, 'scores': clean['scores'][:0]}, 0.0, config, reference, False)
   result = {'workdir': os.path.realpath(workdir), 'clean_per_folder': _CLEAN.value, 'folders': _FOLDERS.value,

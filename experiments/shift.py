@@ -136,7 +136,8 @@ def evaluate_set(config, workdir, name, split, has_truth, run_batch, f_params, m
   values = score.score(outputs.features)
   pvalues = score.pvalues(values)
   flagged = policy.flagged(pvalues, config.predict.ood_alpha)
-  batch = applicability.batch_test(values, score.reference_scores)
+  batch_scores = score.batch_score(outputs.features)  # the batch test's own views (applicability.batch_views)
+  batch = applicability.batch_test(batch_scores, score.batch_references)
   failed = outputs.dice < config.eval.fail_dice if has_truth else np.ones(len(split), bool)
   row = {'set': name, 'n': int(len(split)), 'has_truth': has_truth,
          'true_failure_rate': float(failed.mean()) if has_truth else None,
@@ -147,7 +148,8 @@ def evaluate_set(config, workdir, name, split, has_truth, run_batch, f_params, m
   for cand, cand_score in candidates.items():
     row.setdefault('candidates', {})[cand] = (None if clean_scores is None else
                                               auroc(cand_score['clean'], cand_score['score'].score(outputs.features)))
-  per_case = {'scores': values, 'pvalues': pvalues, 'failed': failed, 'has_truth': np.array(has_truth)}
+  per_case = {'scores': values, 'batch_scores': batch_scores, 'pvalues': pvalues, 'failed': failed,
+              'has_truth': np.array(has_truth)}
   for mname, model in models.items():
     pred = registry.predict_cases(model, split.images, outputs, config.quality.eval_batch_size)
     rule = policy.decision_rule(config, model)  # predict's own rule (inf: accept nothing)

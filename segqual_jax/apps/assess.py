@@ -57,6 +57,7 @@ class Case:
   features: np.ndarray | None = None  # (D,) f's pooled encoder statistics (applicability)
   applicability: float | None = None  # the applicability score (higher = less like f's cases)
   applicability_p: float | None = None  # its conformal p-value against the reference cases
+  batch_score: float | None = None  # the batch test's score of it (applicability.batch_views)
   stream_p: float | None = None  # the stream monitor's online p-value of it (--monitor)
   # another model's segmentation under review, at the image's size (None: f's own is judged)
   segmentation: segmentations.Segmentation | None = None

@@ -85,13 +85,15 @@ OWN_FILES = ('predictions.csv', 'index.html', 'summary.json', render.MAPS_DIR, r
 
 def score_cases(score: applicability.Applicability | None, cases) -> None:
   """Each readable case's applicability score and p-value (``case.applicability``,
-  ``case.applicability_p``), from its features: a case's own numbers, chunk by chunk."""
+  ``case.applicability_p``) and the batch test's score of it (``case.batch_score``), from its
+  features: a case's own numbers, chunk by chunk."""
   ok = [c for c in cases if c.ok]
   if score is None or not ok:
     return
-  values = score.score(np.stack([c.features for c in ok]))
-  for case, value, p in zip(ok, values, score.pvalues(values)):
-    case.applicability, case.applicability_p = float(value), float(p)
+  features = np.stack([c.features for c in ok])
+  values = score.score(features)
+  for case, value, p, batch in zip(ok, values, score.pvalues(values), score.batch_score(features)):
+    case.applicability, case.applicability_p, case.batch_score = float(value), float(p), float(batch)
 
 
 def apply_gate(config, score: applicability.Applicability | None, cases) -> policy.Gate:
@@ -100,9 +102,9 @@ def apply_gate(config, score: applicability.Applicability | None, cases) -> poli
   if score is None:
     return policy.Gate(0.0)
   score_cases(score, [c for c in cases if c.ok and c.applicability is None])
-  values = np.array([c.applicability for c in cases if c.ok], np.float64)
+  values = np.array([c.batch_score for c in cases if c.ok], np.float64)
   return policy.Gate(config.predict.ood_alpha,
-                     policy.batch_verdict(values, score.reference_scores, config.predict))
+                     policy.batch_verdict(values, score.batch_references, config.predict))
 
 
 def provenance(config, workdir: str, quality_model: str) -> dict:

@@ -43,7 +43,7 @@ CHUNKS = 'chunks'
 _CHUNK_NAME = re.compile(r'^\d+-\d{6}\.npz$')  # not the temporary files of a save killed midway
 # the Case fields a journal line keeps (numbers and short strings: no arrays)
 FIELDS = ('file', 'status', 'native_size', 'predicted_dice', 'predicted_jaccard', 'true_dice',
-          'true_jaccard', 'applicability', 'applicability_p', 'mean_uncertainty', 'notes', 'name',
+          'true_jaccard', 'applicability', 'applicability_p', 'batch_score', 'mean_uncertainty', 'notes', 'name',
           'content', 'chunk')
 
 

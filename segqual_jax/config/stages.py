@@ -205,6 +205,7 @@ def applicability_settings(config) -> dict:
           # the feature blocks the score is fitted on (a score stored before they were named
           # was fitted on other features: refitted, never applied to these)
           'views': [v.strip() for v in a.views.split(',') if v.strip()],
+          'batch_views': [v.strip() for v in a.batch_views.split(',') if v.strip()],
           'image_fit': a.image_fit}
 
 

@@ -174,6 +174,8 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('applicability.views', _views_ok,
        f'must be comma-separated views, each one of {", ".join(schema.APPLICABILITY_VIEWS)} or '
        "image statistics joined by '+' (tone+texture; encoder alone), none used twice"),
+      ('applicability.batch_views', lambda v: v == '' or _views_ok(v),
+       "must be '' (the gate's own score) or views as applicability.views"),
       ('applicability.reference_fraction', lambda v: isinstance(v, (int, float)) and 0 < v < 1,
        'must be in (0, 1)'),
       ('applicability.image_fit', lambda v: v in ('', 'train'),

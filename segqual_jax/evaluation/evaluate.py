@@ -100,7 +100,8 @@ def applicability_on_test(config, score: applicability.Applicability, outputs) -
           'test_flagged': int(flagged.sum()), 'test_flagged_share': float(flagged.mean()),
           'fail_rate_flagged': float(failed[flagged].mean()) if flagged.any() else None,
           'fail_rate_not_flagged': float(failed[~flagged].mean()) if (~flagged).any() else None,
-          'batch_test': applicability.batch_test(scores, score.reference_scores)}, pvalues
+          'batch_test': applicability.batch_test(score.batch_score(outputs.features),
+                                                 score.batch_references)}, pvalues
 
 
 def evaluate(config, workdir: str) -> dict:

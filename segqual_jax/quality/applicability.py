@@ -64,6 +64,7 @@ from scipy import stats
 
 from segqual_jax.config import stages
 from segqual_jax.core import artifacts, errors, keys, values, workdir as run_dirs
+from segqual_jax.segmenter import runner
 
 _STD_FLOOR = 1e-6
 _LOG_OFFSET = 1e-3  # features are means and deviations of ReLU outputs (>= 0): log(x + this)
@@ -127,13 +128,35 @@ class Applicability:
   k: int  # knn's neighbour
   reference_scores: np.ndarray  # (M,) scores of the held-out in-distribution cases
   columns: np.ndarray | None = None  # the feature columns of the views it uses (None: all)
+  width: int | None = None  # the feature columns of a case it was fitted on (None: not recorded)
+  gate_groups: np.ndarray | None = None  # mahalanobis: the groups ``score`` takes the max of (None: all)
+  batch_groups: np.ndarray | None = None  # the groups ``batch_score`` takes the max of (None: ``score``)
+  batch_reference_scores: np.ndarray | None = None  # (M,) ``batch_score`` of the reference cases
 
   def score(self, features: np.ndarray) -> np.ndarray:
     """(N,) distance of each case from the in-distribution cases (higher = less like them).
 
     A non-finite feature (an image that broke f's arithmetic) scores +inf.
     """
+    return self._max(features, self.gate_groups)
+
+  def batch_score(self, features: np.ndarray) -> np.ndarray:
+    """(N,) the score the batch test compares (``applicability.batch_views``): the largest
+    standardised distance over its own groups, or ``score`` when it has none."""
+    return self._max(features, self.batch_groups if self.batch_groups is not None else self.gate_groups)
+
+  @property
+  def batch_references(self) -> np.ndarray:
+    """The reference cases' ``batch_score``."""
+    return self.reference_scores if self.batch_reference_scores is None else self.batch_reference_scores
+
+  def _max(self, features: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
     features = np.asarray(features)
+    if self.width is not None and features.shape[1] != self.width:
+      raise errors.ConfigError(
+          f'the applicability score was fitted on cases of {self.width} feature columns, these '
+          f'have {features.shape[1]}: f\'s features or the image statistics changed since; rerun '
+          '--mode=train_quality (it refits the gate, nothing else)')
     if self.columns is not None:
       features = features[:, self.columns]
     x = _transform(features)
@@ -141,8 +164,9 @@ class Applicability:
     x = np.where(finite[:, None], x, 0.0)
     if self.kind == 'mahalanobis':
       bounds = np.cumsum((0,) + tuple(self.levels))
-      z = [(g.distance(x[:, a:b]) - m) / s
-           for g, a, b, (m, s) in zip(self.gaussians, bounds[:-1], bounds[1:], self.level_stats)]
+      chosen = range(len(self.gaussians)) if groups is None else [int(i) for i in groups]
+      z = [(self.gaussians[i].distance(x[:, bounds[i]:bounds[i + 1]]) - self.level_stats[i][0])
+           / self.level_stats[i][1] for i in chosen]
       out = np.max(z, axis=0)
     else:
       g = self.gaussians[0]
@@ -164,6 +188,11 @@ class Applicability:
               'reference_scores': self.reference_scores}
     if self.columns is not None:
       arrays['columns'] = self.columns
+    if self.width is not None:
+      arrays['width'] = np.array(self.width)
+    for name in ('gate_groups', 'batch_groups', 'batch_reference_scores'):
+      if getattr(self, name) is not None:
+        arrays[name] = getattr(self, name)
     for i, g in enumerate(self.gaussians):
       arrays.update({f'center_{i}': g.center, f'scale_{i}': g.scale, f'precision_{i}': g.precision})
     artifacts.write_atomic(path, lambda tmp: np.savez(tmp, **arrays), suffix='.tmp.npz')
@@ -175,13 +204,17 @@ class Applicability:
       gaussians = tuple(_Gaussian(f[f'center_{i}'], f[f'scale_{i}'], f[f'precision_{i}']) for i in range(n))
       return cls(str(f['kind']), tuple(int(v) for v in f['levels']), gaussians, f['level_stats'],
                  f['matrix'], int(f['k']), f['reference_scores'],
-                 f['columns'] if 'columns' in f.files else None)
+                 f['columns'] if 'columns' in f.files else None,
+                 int(f['width']) if 'width' in f.files else None,
+                 *(f[name] if name in f.files else None
+                   for name in ('gate_groups', 'batch_groups', 'batch_reference_scores')))
 
 
 def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
         k: int = 10, levels: tuple[int, ...] | None = None, seed: int = 0,
         blocks: tuple[tuple[int, ...], ...] | None = None,
-        block_fit: dict[int, np.ndarray] | None = None) -> Applicability:
+        block_fit: dict[int, np.ndarray] | None = None,
+        batch_blocks: tuple[tuple[int, ...], ...] | None = None) -> Applicability:
   """Fits the score on ``fit_features`` (F, D) and scores ``reference_features`` (M, D).
 
   Args:
@@ -199,9 +232,22 @@ def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
       new case, which measured a worse gate). A group's blocks are fitted on the same cases
       (all in ``block_fit``, rows the same images, or none). The p-values stay exact: the
       reference cases are in no fitting set, and the score is one fixed function of a case.
+    batch_blocks: the groups of the batch test's score (``batch_score``; ``mahalanobis``), fitted
+      beside ``blocks``' (a group in both is fitted once); None = the batch test compares
+      ``score``.
   """
   block_fit = dict(block_fit or {})
-  columns = None
+  columns, width = None, int(np.shape(fit_features)[1])
+  gate_groups = batch_groups = None
+  if batch_blocks is not None:
+    if kind != 'mahalanobis':
+      raise ValueError('a batch test on views of its own needs the mahalanobis score')
+    as_groups = lambda bs: [(g,) if isinstance(g, (int, np.integer)) else tuple(g) for g in bs]
+    gate = as_groups(blocks if blocks is not None else [(b,) for b in range(len(levels or (0,)))])
+    batch = as_groups(batch_blocks)
+    blocks = gate + [g for g in batch if g not in gate]
+    gate_groups = np.arange(len(gate))
+    batch_groups = np.array([blocks.index(g) for g in batch])
   if blocks is not None:
     if not levels:
       raise ValueError('choosing blocks needs the feature levels')
@@ -258,8 +304,11 @@ def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
                              np.zeros((0, 2)), (x - center) / scale, k, np.zeros(0))
   else:
     raise ValueError(f'unknown applicability score {kind!r}')
-  unscored = dataclasses.replace(unscored, reference_scores=unscored.score(reference_features))
-  return dataclasses.replace(unscored, columns=columns)
+  unscored = dataclasses.replace(unscored, gate_groups=gate_groups, batch_groups=batch_groups)
+  fitted = dataclasses.replace(unscored, reference_scores=unscored.score(reference_features))
+  if batch_groups is not None:
+    fitted = dataclasses.replace(fitted, batch_reference_scores=fitted.batch_score(reference_features))
+  return dataclasses.replace(fitted, columns=columns, width=width)
 
 
 def split_indices(num_cases: int, reference_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -295,6 +344,12 @@ def batch_test(scores: np.ndarray, reference_scores: np.ndarray) -> dict:
           'pvalue': float(result.pvalue)}
 
 
+def feature_width(config) -> int:
+  """The feature columns of a case today (``runner.feature_levels``): a score fitted on
+  another layout must be refitted, never applied."""
+  return int(sum(runner.feature_levels(config.seg)))
+
+
 def score_path(out_dir: str) -> str:
   """The fitted score's file in the run's ``quality/applicability/``."""
   return os.path.join(out_dir, 'score.npz')
@@ -311,6 +366,11 @@ def load(config, workdir: str) -> Applicability | None:
   run_dirs.require_applicability(workdir)
   out_dir = run_dirs.applicability_dir(workdir)
   done = artifacts.read_json(os.path.join(out_dir, run_dirs.DONE))
+  if done.get('feature_dim') != feature_width(config):
+    raise errors.ConfigError(
+        f'{out_dir} was fitted on {done.get("feature_dim")} feature columns per case; this code '
+        f'computes {feature_width(config)} (f\'s features or the image statistics changed); run '
+        '--mode=train_quality to refit it (nothing else is retrained)')
   if not values.same(done['settings'], stages.applicability_settings(config)):
     raise errors.ConfigError(
         f'{out_dir} was fitted with applicability settings {done["settings"]}, the config asks for '

@@ -120,7 +120,8 @@ def fit_applicability(config, workdir: str) -> applicability.Applicability | Non
   settings = stages.applicability_settings(config)
   path = applicability.score_path(out_dir)
   if run_dirs.completed(os.path.join(out_dir, run_dirs.DONE), 'applicability score',
-                        lambda d: values.same(d['settings'], settings)) is not None:
+                        lambda d: values.same(d['settings'], settings)
+                        and d.get('feature_dim') == applicability.feature_width(config)) is not None:
     return applicability.Applicability.load(path)
   quality = loading.load_splits(config.data, names=('quality',))['quality']
   if len(quality) < 3:
@@ -132,7 +133,8 @@ def fit_applicability(config, workdir: str) -> applicability.Applicability | Non
   block_fit = image_block_fit(config)
   score = applicability.fit(a.score, outputs.features[fit_idx], outputs.features[ref_idx], a.knn_k,
                             runner.feature_levels(config.seg), config.data.seed,
-                            runner.feature_blocks(config.seg, a.views), block_fit)
+                            runner.feature_blocks(config.seg, a.views), block_fit,
+                            runner.feature_blocks(config.seg, a.batch_views) if a.batch_views else None)
   os.makedirs(out_dir, exist_ok=True)
   score.save(path)
   done = {'settings': settings, 'fitting_cases': int(len(fit_idx)),

@@ -262,3 +262,46 @@ def test_joined_blocks_are_one_gaussian():
   with pytest.raises(ValueError, match='only some'):
     applicability.fit('mahalanobis', draw(50), draw(20), levels=levels, blocks=((0, 1),),
                       block_fit={0: own[:, :3]})
+
+
+def test_a_score_refuses_features_of_another_layout(tmp_path):
+  """A gate fitted before f's features or the image statistics changed must never score the
+  new layout (its columns would pick other features and flag everything, or nothing)."""
+  from segqual_jax.core import errors
+  rng = np.random.default_rng(0)
+  score = applicability.fit('mahalanobis', rng.random((40, 6)) + 0.1, rng.random((20, 6)) + 0.1,
+                            levels=(3, 3), blocks=((1,),))
+  path = str(tmp_path / 'score.npz')
+  score.save(path)
+  loaded = applicability.Applicability.load(path)
+  assert loaded.width == 6
+  new = rng.random((5, 6)) + 0.1
+  np.testing.assert_array_equal(loaded.score(new), score.score(new))
+  with pytest.raises(errors.ConfigError, match='6 feature columns, these have 7'):
+    loaded.score(rng.random((5, 7)))
+
+
+def test_the_batch_test_scores_views_of_its_own(tmp_path):
+  """``batch_blocks``: one fit, two scores -- the gate's max over its groups, the batch test's
+  over its own (a group in both fitted once), each with its reference scores; saved and loaded."""
+  rng = np.random.default_rng(3)
+  draw = lambda n: np.exp(rng.normal(size=(n, 6)))
+  levels = (2, 2, 2)
+  both = applicability.fit('mahalanobis', draw(200), draw(60), levels=levels, seed=1,
+                           blocks=((0,), (1,)), batch_blocks=((1,), (2,)))
+  gate = applicability.fit('mahalanobis', draw(200), draw(60), levels=levels, seed=1, blocks=((0,), (1,)))
+  assert len(both.gaussians) == 3 and both.gate_groups.tolist() == [0, 1] and both.batch_groups.tolist() == [1, 2]
+  new = draw(30)
+  far_in_2 = new.copy()
+  far_in_2[:, 4:] *= 50.0  # unusual only in block 2: the batch score sees it, the gate does not
+  np.testing.assert_array_equal(both.score(far_in_2), both.score(new))
+  assert np.all(both.batch_score(far_in_2) > both.batch_score(new))
+  assert len(both.batch_references) == 60 and not np.array_equal(both.batch_references, both.reference_scores)
+  path = str(tmp_path / 'score.npz')
+  both.save(path)
+  back = applicability.Applicability.load(path)
+  np.testing.assert_array_equal(back.batch_score(new), both.batch_score(new))
+  np.testing.assert_array_equal(back.score(new), both.score(new))
+  assert gate.batch_groups is None and np.array_equal(gate.batch_references, gate.reference_scores)
+  with pytest.raises(ValueError, match='mahalanobis'):
+    applicability.fit('knn', draw(50), draw(20), levels=levels, batch_blocks=((1,),))
