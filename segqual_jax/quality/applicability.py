@@ -3,9 +3,10 @@
 A quality model learns how f fails on images like its training cases; on
 another modality, a corrupted scan or a flat grey frame its prediction means
 nothing (a portrait photograph got "pass, predicted Dice 0.87"). So every
-case gets an *applicability score* -- how far f's pooled encoder features
-(``UNet.encoder_features``) lie from those of in-distribution cases f never
-trained on -- in one of two forms:
+case gets an *applicability score* -- how far its features (f's pooled
+encoder statistics, ``UNet.encoder_features``, and the image's own,
+``data/image_statistics.py``) lie from those of in-distribution cases f
+never trained on -- in one of two forms:
 
 * ``mahalanobis``: per encoder level, the Mahalanobis distance under a
   Gaussian fitted to the log features with Ledoit-Wolf shrinkage (Lee et al.
