@@ -50,7 +50,7 @@ def get_config(dataset: str = 'isic2017'):
     config = isic2017.real_data_config(dataset, 'msp')
   else:
     raise ValueError(f'unknown data set {dataset!r}; one of isic2017, kvasir_seg, synthetic')
-  config.quality.models = 'uncertainty,cheap_qc'
+  config.quality.models = 'uncertainty,cheap_qc,mean'
   config.calibration.fraction = 0.3
   config.predict.alpha = 0.1
   config.predict.on_shift = 'suspend'

@@ -29,7 +29,7 @@ from segqual_jax.core import keys, parallel, runtime
 from segqual_jax.data import images as image_io
 from segqual_jax.data import pipeline, segmentations
 from segqual_jax.metrics import overlap
-from segqual_jax.quality import policy, registry
+from segqual_jax.quality import interval as intervals, policy, registry
 from segqual_jax.segmenter import external, runner
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class Case:
   predicted_jaccard: float | None = None
   true_dice: float | None = None
   true_jaccard: float | None = None
+  dice_low: float | None = None  # the conformal interval of the predicted Dice (None: not given)
+  dice_high: float | None = None
   features: np.ndarray | None = None  # (D,) f's pooled encoder statistics (applicability)
   applicability: float | None = None  # the applicability score (higher = less like f's cases)
   applicability_p: float | None = None  # its conformal p-value against the reference cases
@@ -121,6 +123,8 @@ class PredictRun:
   whose: str  # whose segmentations were judged ("f's", "the outside model's")
   map_label: str  # which map is shown
   with_truth: bool  # true masks were given (--masks)
+  interval: intervals.Interval | None = None  # the conformal interval of the predicted Dice
+  interval_text: str = ''  # what the interval promises, or why there is none
 
 
 @dataclasses.dataclass(frozen=True)

@@ -69,13 +69,14 @@ from segqual_jax.core.errors import PredictError  # noqa: F401  (raised here; te
 from segqual_jax.data import images as image_io
 from segqual_jax.data import segmentations as seg_io
 from segqual_jax.evaluation import report
-from segqual_jax.metrics import quality as quality_metrics
-from segqual_jax.quality import applicability, monitor, policy, registry
+from segqual_jax.metrics import overlap, quality as quality_metrics
+from segqual_jax.quality import applicability, interval as intervals, monitor, policy, registry
 from segqual_jax.segmenter import external, runner
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ('file', 'predicted_dice', 'predicted_jaccard', 'decision', 'reason', 'decision_rule',
+COLUMNS = ('file', 'predicted_dice', 'predicted_jaccard', 'dice_low', 'dice_high', 'jaccard_low',
+           'jaccard_high', 'decision', 'reason', 'decision_rule',
            'mean_uncertainty', 'applicability_score', 'applicability_p', 'stream_p', 'status', 'notes',
            'run')
 TRUE_COLUMNS = ('true_dice', 'true_jaccard')
@@ -218,6 +219,24 @@ def _fmt(value, digits=4) -> str:
   return '' if value is None else f'{value:.{digits}f}'
 
 
+def _jaccard(dice: float | None) -> float | None:
+  return None if dice is None else float(overlap.jaccard_from_dice(dice))
+
+
+def give_intervals(interval: intervals.Interval | None, judged, gate: policy.Gate) -> None:
+  """Each decided case's interval of its predicted Dice (``case.dice_low``, ``dice_high``),
+  behind the gate as the rules are: none for a case sent to review, and none in a run the
+  batch test rejects or after a stream-monitor alarm -- the interval holds for cases like
+  the calibration cases, and there the run says they are not."""
+  if interval is None or (gate.batch and gate.batch['rejected']) or gate.monitor_alarm:
+    return
+  decided = [c for c in judged if c.decision.decision in ('pass', 'fail')]
+  low, high = interval.bounds(np.array([c.predicted_dice for c in decided], np.float64))
+  for case, lo, hi in zip(decided, low, high):
+    if np.isfinite(lo):
+      case.dice_low, case.dice_high = float(lo), float(hi)
+
+
 def write_csv(path: str, cases, run: assess.PredictRun) -> None:
   """``predictions.csv``: a row per file (``COLUMNS``, and the true overlaps with --masks),
   streamed to a temporary file and renamed (no copy of 100,000 rows in memory)."""
@@ -227,7 +246,9 @@ def write_csv(path: str, cases, run: assess.PredictRun) -> None:
       writer.writerow(COLUMNS + (TRUE_COLUMNS if run.with_truth else ()))
       for c in cases:
         d = c.decision
-        line = [c.file, _fmt(c.predicted_dice), _fmt(c.predicted_jaccard), d.decision if d else '',
+        line = [c.file, _fmt(c.predicted_dice), _fmt(c.predicted_jaccard), _fmt(c.dice_low),
+                _fmt(c.dice_high), _fmt(_jaccard(c.dice_low)), _fmt(_jaccard(c.dice_high)),
+                d.decision if d else '',
                 d.reason if d else '', run.rule.description if c.ok else '', _fmt(c.mean_uncertainty),
                 _fmt(c.applicability), _fmt(c.applicability_p), _fmt(c.stream_p), c.status,
                 '; '.join(c.notes), run.provenance_text]
@@ -530,6 +551,11 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   for case, is_unusual in zip(judged, picked):
     case.decision = policy.decide(case.predicted(model.target), case.applicability_p, rule, gate,
                                   bool(is_unusual))
+  usable = policy.usable_rules(model.rules, config)
+  interval, interval_text = intervals.from_calibration(
+      usable, config.predict.interval, config.predict.interval_alpha, config.predict.interval_floor,
+      config.calibration.fraction, other_gate=bool(model.rules) and usable is None)
+  give_intervals(interval, judged, gate)
   whose, map_label = page_labels(config, segmentations_dir)
   to_draw = {c.name for c in judged if config.predict.maps == 'all'
              or (config.predict.maps == 'flagged' and c.decision.decision != 'pass')}
@@ -538,7 +564,7 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
       rule=rule, gate=gate, provenance=origin, provenance_text=provenance_text(origin),
       warnings=tuple(warnings), quality_model=name, target=model.target,
       vmax=colour_scale(journal, judged), whose=whose, map_label=map_label,
-      with_truth=bool(masks_dir))
+      with_truth=bool(masks_dir), interval=interval, interval_text=interval_text)
   to_draw = draw(output_dir, journal, {c.name: c for c in judged if c.name in to_draw}, run.vmax, reader,
                  _truth_reader(masks_dir, warn=False))
   write_csv(os.path.join(output_dir, 'predictions.csv'), cases, run)
@@ -568,6 +594,21 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   return summary
 
 
+def interval_summary(run: assess.PredictRun, decided) -> dict:
+  """The interval's settings and promise, how many cases got one, and with masks how many
+  of those it covered and its mean width."""
+  given = [c for c in decided if c.dice_low is not None]
+  out = {'text': run.interval_text, 'cases_with_interval': len(given)}
+  if run.interval is not None:
+    out.update(run.interval.to_json())
+  truth = [c for c in given if c.true_dice is not None]
+  if truth:
+    inside = [c.dice_low <= c.true_dice <= c.dice_high for c in truth]
+    out.update({'cases_with_truth': len(truth), 'coverage': float(np.mean(inside)),
+                'mean_width': float(np.mean([c.dice_high - c.dice_low for c in truth]))})
+  return out
+
+
 def summarise(config, cases, run: assess.PredictRun, wall_time_s: float) -> dict:
   """``summary.json``: counts per decision, the rule, the gate and the batch test, the run's
   provenance, every warning, and with masks the paper's metrics."""
@@ -582,6 +623,7 @@ def summarise(config, cases, run: assess.PredictRun, wall_time_s: float) -> dict
                                'flagged': sum(c.decision.flagged for c in decided),
                                'batch_test': run.gate.batch},
              'monitor': run.gate.monitor,
+             'interval': interval_summary(run, decided),
              'provenance': run.provenance, 'wall_time_s': round(wall_time_s, 1)}
   truth = [c for c in decided if c.true_dice is not None]
   if truth:

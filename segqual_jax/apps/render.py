@@ -220,6 +220,13 @@ def margin_text(case, threshold: float, target: str) -> str:
   return f'{case.predicted(target) - threshold:+.3f} vs the bar {threshold:.3f} ({target})'
 
 
+def interval_text(case, run) -> str:
+  """``"90 % interval 0.79-0.92; "`` for a case with an interval of its predicted Dice, else ''."""
+  if case.dice_low is None or run.interval is None:
+    return ''
+  return f'{100 * (1 - run.interval.alpha):g} % interval {case.dice_low:.2f}-{case.dice_high:.2f}; '
+
+
 def report_order(cases) -> list:
   """Unreadable files first, then cases not judged (review), predicted failures and
   auto-accepted cases, each group worst predicted quality first."""
@@ -236,7 +243,7 @@ def _row(c, run, drawn, prefix: str) -> str:
     else:
       cells = '<td colspan="3"><small>not drawn (predict.maps)</small></td>'
     label, colour = DECISION_LABELS[c.decision.decision]
-    margin = f'<br><small>{e(margin_text(c, run.rule.threshold, run.target))}</small>'
+    margin = f'<br><small>{e(interval_text(c, run))}{e(margin_text(c, run.rule.threshold, run.target))}</small>'
     numbers = (f'<td>{_fmt(c.predicted_dice, 3)}{margin}</td><td>{_fmt(c.predicted_jaccard, 3)}</td>'
                f'<td style="color:{colour}"><b>{e(label)}</b><br><small>{e(c.decision.reason)}</small></td>'
                f'<td>{_fmt(c.mean_uncertainty, 4)}</td><td>{_fmt(c.applicability_p, 3)}</td>')
@@ -297,7 +304,7 @@ def write_report(output_dir: str, cases, run, page_size: int = 300, drawn=None) 
   top = (f'''{note_html}<p>{len(cases)} files: {n_ok} read, {len(cases) - n_ok} unreadable;
 <b>{count('pass')} auto-accepted</b>, {count('fail')} predicted to fail and {count('review')} not judged
 (outside what this run can assess): {count('fail') + count('review')} need a human look.
-Decision rule: {e(run.rule.description)}.
+Decision rule: {e(run.rule.description)}. Interval: {e(run.interval_text)}.
 Overlay: {e(run.whose)} mask outlined in yellow{' and the true mask in cyan' if run.with_truth else ''}, each
 edged in black, on the image at its own resolution (longer side at most {DISPLAY_MAX_SIDE} px).
 Uncertainty ({e(run.map_label)}): brighter = less certain, one colour scale for the run:

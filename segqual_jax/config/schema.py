@@ -16,7 +16,7 @@ import ml_collections
 # quality.registry) are checked against these by a test, so the lists cannot drift.
 METHODS = ('msp', 'mc_dropout', 'hcnn', 'lce', 'ensemble', 'tta', 'hierarchical')
 CNN_QUALITY_MODELS = ('uncertainty', 'no_uncertainty', 'qualitynet')  # g's input variants
-QUALITY_MODELS = CNN_QUALITY_MODELS + ('cheap_qc', 'rca')
+QUALITY_MODELS = CNN_QUALITY_MODELS + ('cheap_qc', 'rca', 'mean')  # mean: the average of the others
 CORRUPTIONS = ('blur', 'noise', 'brightness', 'contrast', 'jpeg')  # data/corruptions.py implements them
 APPLICABILITY_SCORES = ('mahalanobis', 'knn')  # quality/applicability.py implements them
 APPLICABILITY_VIEWS = ('encoder', 'encoder_grid', 'colour', 'texture', 'layout', 'tone')  # segmenter/runner.feature_blocks names them
@@ -126,6 +126,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.predict = ml_collections.ConfigDict()
   config.predict.quality_model = 'uncertainty'  # quality model --mode=predict uses: a quality.models entry
   config.predict.alpha = 0.1  # with a calibration run: the auto-accept rate whose threshold predict applies
+  config.predict.interval = 'scaled'  # each case's conformal interval around its predicted Dice (calibration cases behind the gate): scaled (narrower for confident good cases) | constant (one width) | none
+  config.predict.interval_alpha = 0.1  # the interval misses a case's true Dice with probability <= this (90 % interval)
+  config.predict.interval_floor = 0.05  # scaled interval: each case's errors are scaled by this + (1 - predicted Dice)
   config.predict.maps = 'flagged'  # which cases' maps (image, outline, uncertainty PNGs) predict draws: all | flagged (review and predicted failures: what a person looks at) | none
   config.predict.page_size = 300  # rows per page of the HTML report (index.html is page 1, the most urgent rows)
   config.predict.chunk_cases = 256  # cases judged between two journal writes: a killed predict redoes at most this many

@@ -86,6 +86,7 @@ STAGES = {
     'quality:cnn': _F + (EXTERNAL, G_SHARED, G_KIND['cnn']),
     'quality:cheap_qc': _F + (EXTERNAL, G_SHARED, G_KIND['cheap_qc']),
     'quality:rca': _F + (EXTERNAL, G_SHARED, G_KIND['rca']),
+    'quality:mean': _F + (EXTERNAL, G_SHARED),  # fits nothing: its members' settings are theirs
 }
 
 
@@ -99,7 +100,7 @@ def role(field: str) -> str:
 
 def quality_stage(model: str) -> str:
   """The stage of quality model ``model`` (the three CNN inputs share one kind)."""
-  return f'quality:{model}' if model in ('cheap_qc', 'rca') else 'quality:cnn'
+  return f'quality:{model}' if model in ('cheap_qc', 'rca', 'mean') else 'quality:cnn'
 
 
 def flatten(cfg, prefix: str = '') -> dict[str, Any]:
@@ -276,7 +277,7 @@ def for_run(workdir: str, given, from_file: bool, overridden: set[str]) -> tuple
   explicit = from_file or 'predict.quality_model' in overridden
   model = now.get('predict.quality_model') if explicit else recorded.get('predict.quality_model')
   own = recorded_config_path(workdir, model)
-  if own != path and own is not None and model:  # that model's own settings, from its own record
+  if own != path and own is not None and model and model != 'mean':  # its own settings, from its own record
     kind = G_KIND[model if model in ('cheap_qc', 'rca') else 'cnn']
     known = as_flat(schema.get_config())
     recorded.update({k: v for k, v in read_recorded(own).items() if k in known and role(k) == kind})

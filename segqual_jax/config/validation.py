@@ -47,7 +47,9 @@ QUALITY_MODELS = schema.QUALITY_MODELS
 
 def _variants_ok(value: str) -> bool:
   names = [v.strip() for v in value.split(',') if v.strip()]
-  return bool(names) and len(set(names)) == len(names) and set(names) <= set(QUALITY_MODELS)
+  members = [n for n in names if n not in ('mean', 'rca')]
+  return (bool(names) and len(set(names)) == len(names) and set(names) <= set(QUALITY_MODELS)
+          and ('mean' not in names or len(members) >= 2))
 
 
 def _map_channels_ok(value) -> bool:
@@ -129,7 +131,8 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('sampling.auto_accelerator_memory_fraction',
        lambda v: isinstance(v, (int, float)) and 0 < v <= 1, 'must be in (0, 1]'),
       ('quality.models', lambda v: isinstance(v, str) and _variants_ok(v),
-       f'must be a comma-separated, non-empty subset of {",".join(QUALITY_MODELS)}'),
+       f'must be a comma-separated, non-empty subset of {",".join(QUALITY_MODELS)} (mean needs two '
+       'others besides rca to average)'),
       ('quality.label_source', lambda v: v in ('holdout', 'train', 'oof'),
        'must be holdout, train or oof'),
       ('quality.oof_folds', lambda v: _is_int(v) and v >= 2, 'must be >= 2'),
@@ -165,6 +168,9 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
           _is_int(s) and 1 <= s <= 3 for s in v), 'must be a non-empty tuple of severities in 1..3'),
       ('quality.shift_copies', _positive_int, 'must be >= 1'),
       ('predict.maps', lambda v: v in ('all', 'flagged', 'none'), 'must be all, flagged or none'),
+      ('predict.interval', lambda v: v in ('scaled', 'constant', 'none'), 'must be scaled, constant or none'),
+      ('predict.interval_alpha', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
+      ('predict.interval_floor', lambda v: isinstance(v, (int, float)) and v > 0, 'must be > 0'),
       ('predict.page_size', _positive_int, 'must be >= 1'),
       ('predict.chunk_cases', _positive_int, 'must be >= 1'),
       ('predict.read_threads', _positive_int, 'must be >= 1'),

@@ -30,7 +30,7 @@ from segqual_jax.data import loading
 from segqual_jax.evaluation import figures, report
 from segqual_jax.metrics import overlap
 from segqual_jax.metrics import quality as quality_metrics
-from segqual_jax.quality import applicability, policy, registry
+from segqual_jax.quality import applicability, interval as intervals, policy, registry
 from segqual_jax.segmenter import judged, runner
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,39 @@ def auto_accept_on_test(config, stored: dict, predicted_test: dict[str, np.ndarr
                                                           rule['threshold'])}
              for alpha, rule in entry['rules'].items()}
     out[name] = {'row': row, 'delta': entry['delta'], 'fail_dice': entry['fail_dice'], 'rules': rules}
+  return out
+
+
+def intervals_on_test(config, stored: dict, predicted_test: dict[str, np.ndarray], test_outputs,
+                      pvalues: np.ndarray | None = None) -> dict:
+  """Each model's conformal interval of the predicted Dice (``quality/interval.py``, fitted on
+  its stored calibration cases at ``predict.interval_alpha``) on the test cases the gate lets
+  through, as predict gives it: coverage of the true Dice and mean width, with 95 % bootstrap
+  intervals, for the scaled interval and the constant-width one of the same cases."""
+  keep = ~policy.flagged(pvalues, config.predict.ood_alpha) if pvalues is not None else \
+      np.ones(len(test_outputs.dice), bool)
+  out = {}
+  for name in stages.quality_model_names(config):
+    entry, row = stored['models'][name], report.model_row(config, name)
+    dice = np.asarray(predicted_test[row], np.float64)
+    if config.quality.target == 'jaccard':
+      dice = np.asarray(overlap.dice_from_jaccard(dice))
+    true = np.asarray(test_outputs.dice, np.float64)
+    kinds = {}
+    for kind in intervals.KINDS:
+      fitted, _ = intervals.from_calibration(entry, kind, config.predict.interval_alpha,
+                                             config.predict.interval_floor, config.calibration.fraction)
+      if fitted is None:
+        continue
+      low, high = fitted.bounds(dice[keep])
+      inside = ((true[keep] >= low) & (true[keep] <= high)).astype(float)
+      width = high - low
+      kinds[kind] = {**fitted.to_json(), 'test_cases': int(keep.sum()),
+                     'coverage': float(inside.mean()) if keep.any() else None,
+                     'coverage_ci': quality_metrics.mean_interval(inside),
+                     'mean_width': float(width.mean()) if keep.any() else None,
+                     'mean_width_ci': quality_metrics.mean_interval(width)}
+    out[name] = {'row': row, 'alpha': config.predict.interval_alpha, 'kinds': kinds}
   return out
 
 
@@ -143,6 +176,7 @@ def evaluate(config, workdir: str) -> dict:
             for name, pred in predicted.items()}
   scores = score_metrics(config, outputs)
   calibration = auto_accept_on_test(config, rules, predicted, outputs, pvalues) if rules else None
+  interval_result = intervals_on_test(config, rules, predicted, outputs, pvalues) if rules else None
   seg = outputs.summary(fail_d)
   seg[f'fail_rate_jaccard_{fail_j}'] = float(np.mean(outputs.jaccard < fail_j))
   result = {
@@ -164,6 +198,8 @@ def evaluate(config, workdir: str) -> dict:
     result['applicability'] = gate
   if calibration is not None:
     result['auto_accept'] = calibration
+  if interval_result is not None:
+    result['intervals'] = interval_result
 
   text = write_table(config, workdir, result, len(test))
   write_predictions_csv(workdir, test, outputs, predicted)
@@ -186,6 +222,8 @@ def write_table(config, workdir: str, result: dict, num_cases: int) -> str:
     table += '\n' + report.applicability_markdown(result['applicability'])
   if 'auto_accept' in result:
     table += '\n' + report.auto_accept_markdown(result['auto_accept'])
+  if 'intervals' in result:
+    table += '\n' + report.intervals_markdown(result['intervals'])
   dropped = result.get('dropped_cases', {})
   header = (f'# {config.method}, seed {config.seed}: quality prediction on the test split '
             f'({num_cases} cases, {config.data.name} data)\n\n'

@@ -65,6 +65,8 @@ def model_row(config, variant: str) -> str:
     return f'Outside model, g with maps [{config.external.map_channels}] (surrogate {surrogate})'
   if variant == 'cheap_qc':
     return f'Outside model, cheap QC (surrogate {surrogate})'
+  if variant == 'mean':
+    return f'Outside model, mean of the quality models (surrogate {surrogate})'
   return f'Outside model, {BASELINE_NAMES[variant]}'
 
 
@@ -79,6 +81,8 @@ def row_name(method: str, variant: str) -> str:
   """The table row of a quality model: its uncertainty method, the baseline, or cheap QC on the method's scores."""
   if variant == 'cheap_qc':
     return f'Cheap QC ({METHOD_NAMES[method]})'
+  if variant == 'mean':
+    return f'Mean of the quality models ({METHOD_NAMES[method]})'
   return ROW_NAMES.get((method, variant)) or BASELINE_NAMES[variant]
 
 
@@ -109,6 +113,22 @@ def auto_accept_markdown(calibration: dict) -> str:
                    f"{_accepted_text(test)} | "
                    + ('n/a' if bare is None else
                       f"{100 * bare['automation_rate']:.1f} %, {_accepted_text(bare)}") + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def intervals_markdown(intervals: dict) -> str:
+  """Each model's conformal interval of the predicted Dice on the test split (behind the gate)."""
+  ci = lambda v: '' if not v else f' [{100 * v[0]:.1f}, {100 * v[1]:.1f}]'
+  wci = lambda v: '' if not v else f' [{v[0]:.3f}, {v[1]:.3f}]'
+  lines = ['### Interval of the predicted Dice (test split, behind the applicability gate)\n',
+           '| Quality model | interval | nominal | calibration cases | test cases | coverage (%) | mean width |',
+           '|---|---|---|---|---|---|---|']
+  for entry in intervals.values():
+    for kind, k in entry['kinds'].items():
+      cov = 'n/a' if k['coverage'] is None else f"{100 * k['coverage']:.1f}{ci(k['coverage_ci'])}"
+      width = 'n/a' if k['mean_width'] is None else f"{k['mean_width']:.3f}{wci(k['mean_width_ci'])}"
+      lines.append(f"| {entry['row']} | {kind} | {100 * (1 - entry['alpha']):g} % | {k['cases']} | "
+                   f"{k['test_cases']} | {cov} | {width} |")
   return '\n'.join(lines) + '\n'
 
 

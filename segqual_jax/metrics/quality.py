@@ -60,6 +60,14 @@ def auroc_rows(predicted: np.ndarray, passed: np.ndarray) -> np.ndarray:
   return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
+def mean_interval(values: np.ndarray) -> list[float] | None:
+  """95 % bootstrap interval of the mean of per-case ``values`` (a coverage, a width)."""
+  values = np.asarray(values, float)
+  if len(values) < 2:
+    return None
+  return _interval(values[_resamples(len(values))].mean(1))
+
+
 def auroc_interval(predicted: np.ndarray, passed: np.ndarray) -> list[float] | None:
   """95 % bootstrap interval of the AUROC."""
   passed = np.asarray(passed, bool)

@@ -83,6 +83,11 @@ def load(config, workdir: str, name: str) -> QualityModel:
       sharded = parallel.shard_batch((images, outputs['masks'], outputs['maps']))
       return np.asarray(parallel.fetch(jitted(replicated, *sharded)))
     return QualityModel(name, target, False, predict, fn, variables, rules)
+  if name == 'mean':
+    members = [load(config, workdir, m) for m in mean_members(config)]
+    return QualityModel(name, target, any(m.needs_scores for m in members),
+                        lambda images, outputs: np.mean([m.predict(images, outputs) for m in members], 0),
+                        rules=rules)
   if name == 'cheap_qc':
     regressor = cheap_qc.load_predictor(out_dir)
     return QualityModel(name, target, True,
@@ -93,6 +98,16 @@ def load(config, workdir: str, name: str) -> QualityModel:
   def predict_rca(images, outputs):
     return scorer(*parallel.shard_batch((images, outputs['masks'])))
   return QualityModel(name, target, False, predict_rca, rules=rules)
+
+
+def mean_members(config) -> list[str]:
+  """The quality models ``mean`` averages: every other configured one but RCA (whose
+  predictions need a registration per reference: too slow to run beside the others).
+
+  An ensemble of unlike predictors (g sees the image, mask and map; cheap QC f's image-level
+  scores) errs less than either where their errors differ; it needs no training of its own,
+  and it is calibrated, gated and given an interval like any other quality model."""
+  return [n for n in config.quality.models.split(',') if n.strip() and n.strip() not in ('mean', 'rca')]
 
 
 def calibration_rules(workdir: str, name: str) -> dict | None:

@@ -28,6 +28,7 @@ import optax
 from segqual_jax.config import stages
 from segqual_jax.core import artifacts, checkpointing, keys, parallel, values, workdir as run_dirs
 from segqual_jax.data import loading, pipeline
+from segqual_jax.metrics import overlap
 from segqual_jax.core.errors import ConfigError
 from segqual_jax.quality import applicability, auto_accept, cheap_qc, cnn, policy, rca, registry
 from segqual_jax.segmenter import external, runner
@@ -164,7 +165,8 @@ def calibrate(config, workdir: str) -> dict | None:
   settings = stages.calibration_settings(config)
   names = stages.quality_model_names(config)
   done = run_dirs.completed(path, 'calibration', lambda c: values.same(c['settings'], settings)
-                            and set(names) <= set(c['models']))
+                            and set(names) <= set(c['models'])
+                            and all('interval_cases' in c['models'][n] for n in names))
   if done is not None:
     return done
   quality = loading.load_splits(config.data, names=('quality',))['quality']
@@ -180,16 +182,33 @@ def calibrate(config, workdir: str) -> dict | None:
     batch = config.quality.eval_batch_size
     grid = auto_accept.threshold_grid(registry.predict_cases(model, fit_split.images, fit_out, batch),
                                       cal.grid_size)
-    cal_pred = policy.gated(registry.predict_cases(model, cal_split.images, cal_out, batch), cal_p,
-                            config.predict.ood_alpha)
+    predicted = registry.predict_cases(model, cal_split.images, cal_out, batch)
+    cal_pred = policy.gated(predicted, cal_p, config.predict.ood_alpha)
     rules = {str(alpha): auto_accept.calibrate(cal_pred, failed, grid, alpha, cal.delta, cal.starts)
              for alpha in cal.alphas}
     result['models'][name] = {'delta': cal.delta, 'fail_dice': config.eval.fail_dice,
-                              'ood_alpha': config.predict.ood_alpha, 'rules': rules}
+                              'ood_alpha': config.predict.ood_alpha, 'rules': rules,
+                              'interval_cases': interval_cases(predicted, cal_out.dice, model.target,
+                                                               cal_p, config.predict.ood_alpha)}
     log.info('calibrated auto-accept of %s on %d cases: %s', name, len(cal_split),
              ', '.join(f'alpha {a}: threshold {r["threshold"]}' for a, r in rules.items()))
   artifacts.write_json(path, result)
   return result
+
+
+def interval_cases(predicted: np.ndarray, true_dice: np.ndarray, target: str,
+                   pvalues: np.ndarray | None, ood_alpha: float) -> dict:
+  """The calibration cases an interval around a predicted Dice is fitted on
+  (``quality/interval.py``): each case's predicted and true Dice, behind the gate -- a case
+  the gate sends to review gets no interval in predict, so it does not calibrate one. Kept
+  as numbers, not as a fitted interval, so ``predict.interval_alpha`` stays free."""
+  dice = np.asarray(predicted, np.float64)
+  if target == 'jaccard':
+    dice = np.asarray(overlap.dice_from_jaccard(dice))
+  keep = ~policy.flagged(pvalues, ood_alpha) if pvalues is not None else np.ones(len(dice), bool)
+  keep &= np.isfinite(dice) & np.isfinite(true_dice)
+  return {'predicted_dice': [round(float(v), 6) for v in dice[keep]],
+          'true_dice': [round(float(v), 6) for v in np.asarray(true_dice)[keep]]}
 
 
 def train_quality(config, workdir: str) -> dict[str, dict]:
@@ -218,7 +237,9 @@ def train_quality(config, workdir: str) -> dict[str, dict]:
     if (done := run_dirs.completed(done_path, f'quality model {name}')) is not None:
       results[name] = done
       continue
-    if name == 'cheap_qc':
+    if name == 'mean':  # nothing to fit: the average of the others (registry.mean_members)
+      results[name] = {'members': registry.mean_members(config)}
+    elif name == 'cheap_qc':
       results[name] = cheap_qc.fit(config, out_dir, outputs, targets)
     elif name == 'rca':
       results[name] = rca.fit(config, out_dir, split)

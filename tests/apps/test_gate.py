@@ -89,6 +89,7 @@ def test_a_batch_unlike_the_calibration_cases_suspends_auto_accept(gated_run, tm
   assert batch['rejected'] and batch['action'] == 'suspend' and batch['pvalue'] < config.predict.shift_alpha
   assert summary['decisions'] == {'pass': 0, 'fail': 0, 'review': 16}
   assert summary['applicability']['flagged'] < 16  # the batch test caught what the gate alone did not
+  assert summary['interval']['cases_with_interval'] == 0  # its promise is for cases like the calibration's
   assert summary['warnings'][0].startswith('AUTO-ACCEPT SUSPENDED')
   assert 'AUTO-ACCEPT SUSPENDED' in open(os.path.join(out, 'index.html')).read()
   # on_shift=review_unusual: only the cases Benjamini-Hochberg picks go to review
@@ -108,6 +109,46 @@ def test_a_batch_unlike_the_calibration_cases_suspends_auto_accept(gated_run, tm
   warned = predict.predict(config_warn, workdir, folder, str(tmp_path / 'warn'))
   assert warned['applicability']['batch_test']['action'] == 'warn'
   assert warned['decisions']['review'] < 16 and warned['warnings'][0].startswith('SHIFT WARNING')
+
+
+def test_each_decided_case_gets_its_interval_and_a_case_sent_to_review_none(gated_run, tmp_path):
+  """The conformal interval of the predicted Dice: on every pass/fail row (CSV, HTML,
+  summary with its coverage against the masks), on no review row; none when switched off."""
+  from segqual_jax.metrics import overlap
+  config, workdir = gated_run
+  config = config.copy_and_resolve_references()
+  config.predict.interval_alpha = 0.25  # 16 calibration cases bound a 75 % interval (>= 7 needed)
+  folder, masks = str(tmp_path / 'in'), str(tmp_path / 'masks')
+  os.makedirs(masks)
+  _synthetic_images(folder, 8, start=300)
+  for i in range(300, 308):
+    ex = synthetic.generate_example(0, 'test', i, synthetic.GeneratorConfig(image_size=32))
+    Image.fromarray(ex['mask'].astype(np.uint8) * 255).save(os.path.join(masks, f'case{i}.png'))
+  Image.fromarray(np.full((40, 40, 3), (30, 200, 90), np.uint8)).save(os.path.join(folder, 'flat.png'))
+  out = str(tmp_path / 'out')
+  summary = predict.predict(config, workdir, folder, out, masks_dir=masks)
+  rows = _rows(os.path.join(out, 'predictions.csv'))
+  assert rows['flat.png']['decision'] == 'review' and rows['flat.png']['dice_low'] == ''
+  decided = [r for r in rows.values() if r['decision'] in ('pass', 'fail')]
+  assert decided and summary['interval']['cases_with_interval'] == len(decided)
+  for r in decided:
+    low, high = float(r['dice_low']), float(r['dice_high'])
+    assert 0.0 <= low < high <= 1.0
+    assert abs(float(r['jaccard_low']) - overlap.jaccard_from_dice(low)) < 1e-4
+  for r in rows.values():
+    if r['decision'] == 'review':
+      assert r['dice_low'] == r['dice_high'] == r['jaccard_low'] == ''
+  interval = summary['interval']
+  assert interval['kind'] == 'scaled' and interval['alpha'] == 0.25 and interval['text'].startswith('75 %')
+  assert interval['cases_with_truth'] == len(decided) and 0.0 <= interval['coverage'] <= 1.0
+  inside = [float(r['dice_low']) <= float(r['true_dice']) <= float(r['dice_high']) for r in decided]
+  assert interval['coverage'] == pytest.approx(np.mean(inside))
+  html = open(os.path.join(out, 'index.html')).read()
+  assert '75 % interval' in html and '75 % conformal interval' in html
+  config.predict.interval = 'none'
+  off = predict.predict(config, workdir, folder, str(tmp_path / 'off'))
+  assert off['interval']['cases_with_interval'] == 0 and off['interval']['text'].startswith('no interval')
+  assert all(r['dice_low'] == '' for r in _rows(str(tmp_path / 'off' / 'predictions.csv')).values())
 
 
 def test_an_exchangeable_batch_is_not_suspended(gated_run, tmp_path):
@@ -131,6 +172,14 @@ def test_evaluate_reports_the_gate_and_rules_behind_it(gated_run):
   assert 'Applicability gate' in open(os.path.join(workdir, 'table.md')).read()
   cal = json.load(open(os.path.join(workdir, 'quality', 'calibration.json')))
   assert cal['settings']['ood_alpha'] == 0.05 and 'gated_calibration_cases' in cal
+  kept = cal['models']['uncertainty']['interval_cases']  # the calibration cases behind the gate
+  assert len(kept['predicted_dice']) == len(kept['true_dice']) == 16 - cal['gated_calibration_cases']
+  intervals = result['intervals']['uncertainty']
+  assert set(intervals['kinds']) == {'scaled', 'constant'}
+  for k in intervals['kinds'].values():  # 8 test cases: the coverage is a share of the gated ones
+    assert k['test_cases'] == config.data.num_test - gate['test_flagged']
+    assert k['coverage'] * k['test_cases'] == pytest.approx(round(k['coverage'] * k['test_cases']))
+  assert 'Interval of the predicted Dice' in open(os.path.join(workdir, 'table.md')).read()
 
 
 def test_the_shift_suite_reports_every_set(gated_run, tmp_path):

@@ -131,3 +131,10 @@ def test_main_rejects_invalid_value_before_any_work(tmp_path):
   assert r.returncode != 0
   assert 'config.uncertainty.mc_samples=-2' in r.stderr
   assert not os.listdir(tmp_path)
+
+
+def test_mean_needs_two_quality_models_to_average():
+  from segqual_jax.config import validation
+  assert validation._variants_ok('uncertainty,cheap_qc,mean')
+  assert not validation._variants_ok('uncertainty,mean')
+  assert not validation._variants_ok('uncertainty,rca,mean')  # RCA is not averaged

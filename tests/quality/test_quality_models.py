@@ -75,7 +75,7 @@ def calibrated_run(tmp_path_factory):
   root = tmp_path_factory.mktemp('calibrated')
   workdir, data_dir = str(root / 'run'), str(root / 'tfds')
   flags = ['--config=configs/test.py', f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-           '--config.method=mc_dropout', '--config.quality.models=uncertainty,cheap_qc,rca',
+           '--config.method=mc_dropout', '--config.quality.models=uncertainty,cheap_qc,rca,mean',
            '--config.calibration.fraction=0.5', '--config.data.num_quality=16', '--config.rca.steps=5']
   done = subprocess.run([sys.executable, 'main.py', *flags], cwd=REPO, capture_output=True, text=True,
                         timeout=600)
@@ -86,7 +86,14 @@ def calibrated_run(tmp_path_factory):
 def test_run_with_new_quality_models_and_calibration(calibrated_run):
   workdir, _ = calibrated_run
   metrics = json.load(open(os.path.join(workdir, 'metrics.json')))
-  assert set(metrics['quality_models']) == {'MC-dropout', 'Cheap QC (MC-dropout)', 'RCA'}
+  assert set(metrics['quality_models']) == {'MC-dropout', 'Cheap QC (MC-dropout)', 'RCA',
+                                            'Mean of the quality models (MC-dropout)'}
+  with open(os.path.join(workdir, 'predictions.csv')) as f:  # mean = the average of g and cheap QC
+    rows = list(csv.DictReader(f))
+  for r in rows:
+    members = (float(r['predicted[MC-dropout]']) + float(r['predicted[Cheap QC (MC-dropout)]'])) / 2
+    assert abs(float(r['predicted[Mean of the quality models (MC-dropout)]']) - members) < 2e-5
+  assert json.load(open(os.path.join(workdir, 'quality', 'mean', 'done.json')))['members'] == ['uncertainty', 'cheap_qc']
   scores = metrics['scores']
   assert 'MC-dropout: pairwise Dice' in scores and 'MC-dropout: map boundary mean' in scores
   assert all(m['rmse'] is None and m['aurc'] is not None for m in scores.values())
@@ -99,10 +106,10 @@ def test_run_with_new_quality_models_and_calibration(calibrated_run):
   assert json.load(open(os.path.join(workdir, 'quality', 'rca', 'done.json')))['references'] == 8
   # stage 2 calibrated the rules; the evaluation applied them to the test split
   stored = json.load(open(os.path.join(workdir, 'quality', 'calibration.json')))
-  assert set(stored['models']) == {'uncertainty', 'cheap_qc', 'rca'}
+  assert set(stored['models']) == {'uncertainty', 'cheap_qc', 'rca', 'mean'}
   assert stored['settings']['alphas'] == [0.05, 0.1] and stored['settings']['fraction'] == 0.5
   rules = metrics['auto_accept']
-  assert set(rules) == {'uncertainty', 'cheap_qc', 'rca'}
+  assert set(rules) == {'uncertainty', 'cheap_qc', 'rca', 'mean'}
   for name, entry in rules.items():
     assert set(entry['rules']) == {'0.05', '0.1'}
     for alpha, rule in entry['rules'].items():
