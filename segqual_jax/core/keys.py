@@ -40,6 +40,7 @@ RCA_REFERENCES = 0x4CA  # RCA's reference cases
 APPLICABILITY_SPLIT = 0xA99  # the applicability score's fitting and reference cases
 CORRUPTIONS = 0xC0E  # corrupted copies of cases (then the case hash, corruption, severity)
 MONITOR = 0x3017  # the stream monitor's tie-breaking uniforms (then the state's seed, the stream index)
+ERROR_MAP = 0xE44  # the pixels sampled to fit the error map
 
 
 def purpose_key(seed: int, purpose: int) -> jax.Array:
