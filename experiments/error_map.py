@@ -67,7 +67,7 @@ def measure(workdir: str) -> dict:
     split, outputs = value
     errors = error_map.errors_of(outputs.masks, split.masks)
     features = error_map.pixel_features(split.images, outputs.masks, outputs.probs, outputs.maps)
-    maps = {'uncertainty map': error_map._map(outputs.maps)}
+    maps = {'uncertainty map': error_map.uncertainty_of(outputs.maps)}
     for name, model in models.items():
       maps[f'error map, {name}'] = model.predict(features if name == 'all features' else features[..., :BASE])
     out['parts'][part] = {'cases': int(len(split)), 'error_pixels': float(errors.mean()),

@@ -59,6 +59,9 @@ def decide(case: dict, threshold: float, config, reference: np.ndarray, bh: bool
 
 def load(workdir: str, name: str) -> dict:
   with np.load(os.path.join(workdir, 'shift', f'test__{name}__cases.npz')) as f:
+    if 'batch_scores' not in f.files:
+      raise SystemExit(f'{workdir}: the shift suite predates the batch test\'s own score; rerun '
+                       'experiments/shift.py --suite=test')
     return {'scores': f['scores'], 'batch_scores': f['batch_scores'], 'pvalues': f['pvalues'], 'failed': f['failed'],
             'has_truth': bool(f['has_truth']), 'pred': f[f'pred__{_MODEL.value}'],
             'threshold': float(f[f'threshold__{_MODEL.value}'])}

@@ -29,7 +29,7 @@ from segqual_jax.core import keys, parallel, runtime
 from segqual_jax.data import images as image_io
 from segqual_jax.data import pipeline, segmentations
 from segqual_jax.metrics import overlap
-from segqual_jax.quality import interval as intervals, policy, registry
+from segqual_jax.quality import error_map, interval as intervals, policy, registry
 from segqual_jax.segmenter import external, runner
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class Case:
   mask: np.ndarray | None = None  # (S, S) uint8: f's segmentation
   probs: np.ndarray | None = None  # (S, S) float32: f's p(lesion), resampled for other sizes
   map: np.ndarray | None = None  # (S, S) float32: f's uncertainty map
+  error_map: np.ndarray | None = None  # (S, S) float32: P(pixel of the reviewed mask wrong), if fitted
   predicted_dice: float | None = None
   predicted_jaccard: float | None = None
   true_dice: float | None = None
@@ -86,6 +87,7 @@ class Case:
   def drop_arrays(self) -> None:
     """Forgets the images, maps and features (kept: every number, the decision's inputs)."""
     self.image = self.mask = self.probs = self.map = self.features = self.segmentation = None
+    self.error_map = None
 
   @property
   def reviewed(self) -> segmentations.Segmentation:
@@ -123,6 +125,7 @@ class PredictRun:
   whose: str  # whose segmentations were judged ("f's", "the outside model's")
   map_label: str  # which map is shown
   with_truth: bool  # true masks were given (--masks)
+  with_error_map: bool = False  # the run has an error map: a fourth picture per case
   interval: intervals.Interval | None = None  # the conformal interval of the predicted Dice
   interval_text: str = ''  # what the interval promises, or why there is none
 
@@ -179,6 +182,20 @@ def make_pass(method, f_params, model: registry.QualityModel, base_key: jax.Arra
     out = parallel.fetch(f_batch(f_params, *parallel.shard_batch((images, hashes)), base_key))
     return _with_units({**out, 'quality': model.predict(images, out)}, model.target)
   return run_host
+
+
+def with_error_map(run_pass: Callable, model) -> Callable:
+  """``run_pass`` whose outputs also hold ``'errors'``: the error map (``quality/error_map.py``)
+  of each case's reviewed mask -- f's or the outside model's, whichever the pass judged --
+  computed on the host from the pass's own masks, p(lesion) and maps."""
+  if model is None:
+    return run_pass
+
+  def run(images, hashes, seg_probs=None):
+    out = run_pass(images, hashes, seg_probs)
+    features = error_map.pixel_features(images, out['masks'], out['probs'], out['maps'])
+    return {**out, 'errors': model.predict(features)}
+  return run
 
 
 def make_outside_pass(method, f_params, model: registry.QualityModel, channels: tuple[str, ...],
@@ -285,6 +302,7 @@ def assess_batches(files: list[str], reader: Reader, run_pass: Callable, threads
           case.mask, case.map = np.asarray(out['masks'][i]), maps if maps.ndim == 2 else maps[..., 0]
           case.mean_uncertainty = float(case.map.mean())
           case.probs = np.asarray(out['probs'][i], np.float32)
+          case.error_map = np.asarray(out['errors'][i], np.float32) if 'errors' in out else None
           case.features = np.asarray(out['features'][i], np.float32)
           case.predicted_dice, case.predicted_jaccard = float(out['dice'][i]), float(out['jaccard'][i])
           case.content = hashlib.sha256(case.image.tobytes()).hexdigest()[:24]

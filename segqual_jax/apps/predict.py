@@ -70,7 +70,7 @@ from segqual_jax.data import images as image_io
 from segqual_jax.data import segmentations as seg_io
 from segqual_jax.evaluation import report
 from segqual_jax.metrics import overlap, quality as quality_metrics
-from segqual_jax.quality import applicability, interval as intervals, monitor, policy, registry
+from segqual_jax.quality import applicability, error_map, interval as intervals, monitor, policy, registry
 from segqual_jax.segmenter import external, runner
 
 log = logging.getLogger(__name__)
@@ -397,8 +397,10 @@ def judge(config, files: list[str], reader: assess.Reader, run_pass, score, jour
     render.write_masks(output_dir, pending)
     ok = [c for c in pending if c.ok]
     if ok:
+      errors = [c.error_map for c in ok]
       journal.save_chunk(chunk, [c.name for c in ok], np.stack([c.map for c in ok]),
-                         np.stack([c.probs for c in ok]))
+                         np.stack([c.probs for c in ok]),
+                         None if any(e is None for e in errors) else np.stack(errors))
     journal.append([record_of(c) for c in pending])
     for case in pending:
       case.drop_arrays()
@@ -416,22 +418,23 @@ def judge(config, files: list[str], reader: assess.Reader, run_pass, score, jour
   return timing
 
 
-def _chunks(journal: progress.Journal, cases) -> Iterator[tuple[list, np.ndarray, np.ndarray]]:
-  """``(cases, their maps, their p(lesion))`` of each saved chunk, with only the entries
-  whose journal line names that chunk (``cases``: their ``chunk`` per name)."""
+def _chunks(journal: progress.Journal, cases) -> Iterator[tuple[list, np.ndarray, np.ndarray, list]]:
+  """``(cases, their maps, their p(lesion), their error maps or Nones)`` of each saved chunk,
+  with only the entries whose journal line names that chunk (``cases``: their ``chunk`` per name)."""
   home = {c.name: c.chunk for c in cases}
   for chunk, path in journal.chunk_files():
-    names, maps, probs = progress.load_chunk(path)
+    names, maps, probs, errors = progress.load_chunk(path)
     keep = [i for i, n in enumerate(names) if home.get(n) == chunk]
     if keep:
-      yield [names[i] for i in keep], maps[keep], probs[keep]
+      yield ([names[i] for i in keep], maps[keep], probs[keep],
+             [None if errors is None else errors[i] for i in keep])
 
 
 def colour_scale(journal: progress.Journal, cases) -> float:
   """The run's map colour-scale top (``render.MapScale``) of the readable ``cases``, read
   chunk by chunk."""
   scale = render.MapScale()
-  for _, maps, _ in _chunks(journal, cases):
+  for _, maps, _, _ in _chunks(journal, cases):
     scale.add(maps)
   return scale.top()
 
@@ -442,12 +445,12 @@ def draw(output_dir: str, journal: progress.Journal, cases: dict, vmax: float, r
   bar. Returns the names drawn (a file gone or broken since it was judged is not)."""
   render.write_scale(output_dir)
   drawn = set()
-  for names, maps, probs in _chunks(journal, cases.values()):
-    for name, umap, p in zip(names, maps, probs):
+  for names, maps, probs, errors in _chunks(journal, cases.values()):
+    for name, umap, p, error in zip(names, maps, probs, errors):
       case = cases.get(name)
       if case is None:
         continue
-      case.map, case.probs = umap, p
+      case.map, case.probs, case.error_map = umap, p, error
       try:
         if reader.outside is not None:
           case.segmentation = reader.outside(case)
@@ -483,6 +486,7 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
   stages.check_matches_run(run_dirs.quality_dir(workdir, name), config, stages.quality_stage(name))
   method, f_params = runner.load_f(config, workdir)
   model = registry.load(config, workdir, name)
+  errors_model = error_map.for_run(config, workdir)
   score = applicability.load(config, workdir)
   rule = policy.decision_rule(config, model)
   origin = provenance(config, workdir, name)
@@ -522,6 +526,7 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
                                           config.uncertainty.score_band_px, base_key)
     else:
       run_pass = assess.make_pass(method, f_params, model, base_key)
+    run_pass = assess.with_error_map(run_pass, errors_model)
     timing = judge(config, files[process::processes], reader, run_pass, score, journal, output_dir, names)
   parallel.barrier('predict: every share judged')
   if process != 0:
@@ -564,7 +569,8 @@ def predict(config, workdir: str, input_path: str, output_dir: str,
       rule=rule, gate=gate, provenance=origin, provenance_text=provenance_text(origin),
       warnings=tuple(warnings), quality_model=name, target=model.target,
       vmax=colour_scale(journal, judged), whose=whose, map_label=map_label,
-      with_truth=bool(masks_dir), interval=interval, interval_text=interval_text)
+      with_truth=bool(masks_dir), interval=interval, interval_text=interval_text,
+      with_error_map=errors_model is not None)
   to_draw = draw(output_dir, journal, {c.name: c for c in judged if c.name in to_draw}, run.vmax, reader,
                  _truth_reader(masks_dir, warn=False))
   write_csv(os.path.join(output_dir, 'predictions.csv'), cases, run)

@@ -128,12 +128,14 @@ class Journal:
       f.flush()
       os.fsync(f.fileno())
 
-  def save_chunk(self, index: int, names: list[str], maps: np.ndarray, probs: np.ndarray) -> None:
-    """One chunk's maps and p(lesion) (float16), by case name."""
-    artifacts.write_atomic(self.chunk_path(index),
-                           lambda tmp: np.savez(tmp, names=np.array(names, dtype=str), maps=maps.astype(np.float16),
-                                                probs=probs.astype(np.float16)),
-                           suffix='.tmp.npz')
+  def save_chunk(self, index: int, names: list[str], maps: np.ndarray, probs: np.ndarray,
+                 errors: np.ndarray | None = None) -> None:
+    """One chunk's maps, p(lesion) and error maps if any (float16), by case name."""
+    arrays = {'names': np.array(names, dtype=str), 'maps': maps.astype(np.float16),
+              'probs': probs.astype(np.float16)}
+    if errors is not None:
+      arrays['errors'] = errors.astype(np.float16)
+    artifacts.write_atomic(self.chunk_path(index), lambda tmp: np.savez(tmp, **arrays), suffix='.tmp.npz')
 
   def chunk_files(self) -> list[tuple[str, str]]:
     """``(chunk id, path)`` of every process's saved chunks."""
@@ -190,6 +192,8 @@ def remove_temporaries(output_dir: str, folders: tuple[str, ...]) -> int:
   return removed
 
 
-def load_chunk(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+def load_chunk(path: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
+  """``(names, maps, p(lesion), error maps or None)`` of a saved chunk."""
   with np.load(path) as f:
-    return [str(n) for n in f['names']], f['maps'].astype(np.float32), f['probs'].astype(np.float32)
+    errors = f['errors'].astype(np.float32) if 'errors' in f.files else None
+    return [str(n) for n in f['names']], f['maps'].astype(np.float32), f['probs'].astype(np.float32), errors

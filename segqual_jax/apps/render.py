@@ -191,6 +191,8 @@ def draw_case(output_dir: str, case, vmax: float, input_root: str, truth=None) -
   _save_png(path('image'), shown)
   _save_png(path('overlay'), outline(shown, layers))
   _save_png(path('uncertainty'), _resize(heat(case.map, vmax, 1), shape))
+  if case.error_map is not None:  # P(pixel wrong) on a fixed 0-1 scale
+    _save_png(path('error'), _resize(heat(case.error_map, 1.0, 1), shape))
   return True
 
 
@@ -234,21 +236,27 @@ def report_order(cases) -> list:
                                       c.predicted_dice if c.ok else 0.0))
 
 
+def _pictures(run) -> tuple[str, ...]:
+  """The pictures of a case on the page: the image, the outline, the map, and the error map
+  when the run has one."""
+  return ('image', 'overlay', 'uncertainty') + (('error',) if run.with_error_map else ())
+
+
 def _row(c, run, drawn, prefix: str) -> str:
   e = html.escape
   if c.ok:
     if c.name in drawn:
       cells = ''.join(f'<td><img src="{prefix}{e(map_file(c.name, kind))}" loading="lazy"></td>'
-                      for kind in ('image', 'overlay', 'uncertainty'))
+                      for kind in _pictures(run))
     else:
-      cells = '<td colspan="3"><small>not drawn (predict.maps)</small></td>'
+      cells = f'<td colspan="{len(_pictures(run))}"><small>not drawn (predict.maps)</small></td>'
     label, colour = DECISION_LABELS[c.decision.decision]
     margin = f'<br><small>{e(interval_text(c, run))}{e(margin_text(c, run.rule.threshold, run.target))}</small>'
     numbers = (f'<td>{_fmt(c.predicted_dice, 3)}{margin}</td><td>{_fmt(c.predicted_jaccard, 3)}</td>'
                f'<td style="color:{colour}"><b>{e(label)}</b><br><small>{e(c.decision.reason)}</small></td>'
                f'<td>{_fmt(c.mean_uncertainty, 4)}</td><td>{_fmt(c.applicability_p, 3)}</td>')
   else:
-    cells = '<td colspan="3">—</td>'
+    cells = f'<td colspan="{len(_pictures(run))}">—</td>'
     numbers = '<td></td><td></td><td style="color:#c62828">unreadable</td><td></td><td></td>'
   truth = f'<td>{_fmt(c.true_dice, 3)}</td><td>{_fmt(c.true_jaccard, 3)}</td>' if run.with_truth else ''
   notes = ''.join(f'<br><small>{e(n)}</small>' for n in c.notes)
@@ -258,6 +266,7 @@ def _row(c, run, drawn, prefix: str) -> str:
 def _page(title: str, top: str, rows: list[str], run, nav: str) -> str:
   e = html.escape
   head = (f'<th>file</th><th>image</th><th>{e(run.whose)} segmentation</th><th>uncertainty</th>'
+          + ('<th>probably wrong (error map, 0-1)</th>' if run.with_error_map else '') +
           '<th>predicted Dice</th><th>predicted Jaccard</th><th>decision</th>'
           '<th>mean uncertainty</th><th>applicability p</th>'
           + ('<th>true Dice</th><th>true Jaccard</th>' if run.with_truth else '') + '<th>status</th>')

@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.quality.models = 'uncertainty,no_uncertainty,qualitynet'  # quality models: CNN g variants uncertainty | no_uncertainty | qualitynet, and cheap_qc | rca
   config.quality.label_source = 'holdout'  # cases g learns from: holdout (quality split) | train | oof
   config.quality.oof_folds = 5  # folds (extra copies of f) when label_source=oof
+  config.quality.error_map = True  # fit the per-pixel error map (quality/error_map.py) on the quality models' cases; predict draws it
   config.quality.target = 'jaccard'  # metric g regresses: jaccard (paper) | dice
   config.quality.label_resolution = 'native'  # where true Dice/Jaccard are measured (labels and every metric): native (each true mask's own file size; the segmentation resampled to it) | model (data.image_size copies)
   config.quality.widths = (16, 32, 64, 128)  # VGG block widths, one 2x down-sampling each
@@ -102,7 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.applicability.score = 'mahalanobis'  # how unlike f's in-distribution cases an image is: mahalanobis | knn (of f's pooled encoder features)
   config.applicability.knn_k = 10  # knn: the k-th nearest reference neighbour's distance is the score
   config.applicability.views = 'tone+texture'  # feature blocks the score uses, comma-separated: encoder (f's levels), encoder_grid (f's levels 1-2 on a 2x2 grid), colour, texture, layout, tone (image statistics; '+' joins them into one Gaussian); chosen on the dev suites (RESULTS, "Streams")
-  config.applicability.batch_views = 'encoder,layout'  # views of the batch test's score ('' = the gate's): f's own encoder (and where the image is bright or coloured), so a run is suspended when f sees it differently (harm), not when it merely looks different; chosen on the dev suites (RESULTS, "Streams")
+  config.applicability.batch_views = 'encoder,layout'  # views of the batch test's score ('' = the gate's; the knn score always uses its own): f's own encoder (and where the image is bright or coloured), so a run is suspended when f sees it differently (harm), not when it merely looks different; chosen on the dev suites (RESULTS, "Streams")
   config.applicability.image_fit = 'train'  # split whose images fit the image-statistics views (they do not depend on f, so f's training images serve); '' = the quality split's fitting cases
   config.applicability.reference_fraction = 0.3  # share of the quality split's non-calibration cases held out to turn scores into conformal p-values (the rest fits the score)
 

@@ -168,6 +168,7 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
           _is_int(s) and 1 <= s <= 3 for s in v), 'must be a non-empty tuple of severities in 1..3'),
       ('quality.shift_copies', _positive_int, 'must be >= 1'),
       ('predict.maps', lambda v: v in ('all', 'flagged', 'none'), 'must be all, flagged or none'),
+      ('quality.error_map', lambda v: isinstance(v, bool), 'must be True or False'),
       ('predict.interval', lambda v: v in ('scaled', 'constant', 'none'), 'must be scaled, constant or none'),
       ('predict.interval_alpha', lambda v: isinstance(v, (int, float)) and 0 < v < 1, 'must be in (0, 1)'),
       ('predict.interval_floor', lambda v: isinstance(v, (int, float)) and v > 0, 'must be > 0'),

@@ -55,6 +55,11 @@ def applicability_dir(workdir: str) -> str:
   return os.path.join(workdir, 'quality', 'applicability')
 
 
+def error_map_file(workdir: str) -> str:
+  """The fitted per-pixel error map (``quality/error_map.py``)."""
+  return os.path.join(workdir, 'quality', 'error_map', 'model.pkl')
+
+
 def calibration_file(workdir: str) -> str:
   return os.path.join(workdir, 'quality', 'calibration.json')
 

@@ -30,7 +30,7 @@ from segqual_jax.data import loading
 from segqual_jax.evaluation import figures, report
 from segqual_jax.metrics import overlap
 from segqual_jax.metrics import quality as quality_metrics
-from segqual_jax.quality import applicability, interval as intervals, policy, registry
+from segqual_jax.quality import applicability, error_map, interval as intervals, policy, registry
 from segqual_jax.segmenter import judged, runner
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,19 @@ def intervals_on_test(config, stored: dict, predicted_test: dict[str, np.ndarray
   return out
 
 
+def error_map_on_test(config, workdir: str, test, outputs) -> dict | None:
+  """The run's error map on the test split: pixel AUROC for the pixels where the segmentation
+  under review is wrong, beside the uncertainty map's (None without an error map)."""
+  fitted = error_map.for_run(config, workdir)
+  if fitted is None:
+    return None
+  errors = error_map.errors_of(outputs.masks, test.masks)
+  predicted = fitted.predict(error_map.pixel_features(test.images, outputs.masks, outputs.probs, outputs.maps))
+  return {'error_pixels': float(errors.mean()),
+          'error_map_auroc': error_map.pixel_auroc(predicted, errors),
+          'uncertainty_map_auroc': error_map.pixel_auroc(error_map.uncertainty_of(outputs.maps), errors)}
+
+
 def applicability_on_test(config, score: applicability.Applicability, outputs) -> tuple[dict, np.ndarray]:
   """The gate on the (in-distribution) test split: ``(summary, p-values)``; the summary holds
   the share it sends to review, those cases' failure rate and the batch test."""
@@ -177,6 +190,7 @@ def evaluate(config, workdir: str) -> dict:
   scores = score_metrics(config, outputs)
   calibration = auto_accept_on_test(config, rules, predicted, outputs, pvalues) if rules else None
   interval_result = intervals_on_test(config, rules, predicted, outputs, pvalues) if rules else None
+  errors_on_test = error_map_on_test(config, workdir, test, outputs)
   seg = outputs.summary(fail_d)
   seg[f'fail_rate_jaccard_{fail_j}'] = float(np.mean(outputs.jaccard < fail_j))
   result = {
@@ -200,6 +214,8 @@ def evaluate(config, workdir: str) -> dict:
     result['auto_accept'] = calibration
   if interval_result is not None:
     result['intervals'] = interval_result
+  if errors_on_test is not None:
+    result['error_map'] = errors_on_test
 
   text = write_table(config, workdir, result, len(test))
   write_predictions_csv(workdir, test, outputs, predicted)
@@ -224,6 +240,11 @@ def write_table(config, workdir: str, result: dict, num_cases: int) -> str:
     table += '\n' + report.auto_accept_markdown(result['auto_accept'])
   if 'intervals' in result:
     table += '\n' + report.intervals_markdown(result['intervals'])
+  if 'error_map' in result:
+    e = result['error_map']
+    table += ('\n### Error map (pixels where the segmentation under review is wrong, test split)\n\n'
+              f"Pixel AUROC pooled over the test pixels ({100 * e['error_pixels']:.1f} % wrong): "
+              f"error map {100 * e['error_map_auroc']:.1f} %, uncertainty map {100 * e['uncertainty_map_auroc']:.1f} %.\n")
   dropped = result.get('dropped_cases', {})
   header = (f'# {config.method}, seed {config.seed}: quality prediction on the test split '
             f'({num_cases} cases, {config.data.name} data)\n\n'

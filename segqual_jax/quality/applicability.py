@@ -30,8 +30,10 @@ stands out more in one joint distance than in two separate ones. Each view's
 distance is standardised in units of its own in-distribution tail and the
 score is the largest, so the views are
 combined *before* the p-value: one score, one reference set, one exact
-p-value (no Bonferroni split of ``ood_alpha`` between views, and the batch
-test and the stream monitor watch the same number). The encoder blocks are
+p-value (no Bonferroni split of ``ood_alpha`` between views; the stream
+monitor watches the same number). The batch test may compare a score of
+views of its own (``applicability.batch_views``: f's encoder and the
+layout by default), the largest over its groups, fitted beside the gate's. The encoder blocks are
 fitted on the quality split's fitting cases; the image blocks, which do not
 depend on f, on f's own training images (``block_fit``;
 ``applicability.image_fit``), which are several times as many.
@@ -108,8 +110,9 @@ class _Gaussian:
 class Applicability:
   """A fitted applicability score and its reference scores.
 
-  ``mahalanobis``: one shrunk Gaussian per encoder level (``levels`` gives
-  each level's feature count); a level's distance is standardised by the
+  ``mahalanobis``: one shrunk Gaussian per view group (``levels`` gives each
+  group's feature count: an encoder level, an image statistic, or several
+  joined); a group's distance is standardised by the
   median and the 99th percentile of *out-of-fold* distances of the fitting
   cases (an in-sample distance is too small, the more so the more dimensions
   a level has; and the tail, not the spread, because a level whose

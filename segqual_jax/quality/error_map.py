@@ -8,8 +8,8 @@ cases, never the calibration or test ones) every pixel's error is known
 it from what is known at predict time, per pixel:
 
 * ``p_lesion``: f's p(lesion); ``inside``: the reviewed mask; ``disagreement``:
-  |mask - p_lesion| (zero-ish for f's own mask, the outside model's
-  disagreement with f for another model's);
+  |mask - p_lesion| (for f's own thresholded mask min(p, 1 - p), MSP's own
+  map; for another model's mask its disagreement with f);
 * ``uncertainty`` and its 5 x 5 local mean: the map and its neighbourhood;
 * ``signed_distance``: distance to the mask's boundary in units of the image
   side, negative inside -- errors lie along boundaries and in whole missed or
@@ -22,25 +22,28 @@ it from what is known at predict time, per pixel:
 
 A histogram gradient-boosting classifier (scikit-learn) on a seeded sample
 of pixels gives each pixel's probability of being wrong: the error map.
-Measured against f's true errors by pixel AUROC, beside the same AUROC of
-the uncertainty map itself (``experiments/error_map.py``).
+Stage 2 fits it on the quality models' training cases (``quality.error_map``);
+predict draws it per case (``maps/<name>_error.png``), for f's mask or an
+outside model's, and the evaluation reports its pixel AUROC for the wrong
+pixels beside the uncertainty map's (also ``experiments/error_map.py``).
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
 from scipy import ndimage
 
-from segqual_jax.core import artifacts, keys
+from segqual_jax.core import artifacts, keys, workdir as run_dirs
 
 FEATURES = ('p_lesion', 'inside', 'disagreement', 'uncertainty', 'local_uncertainty', 'signed_distance',
             'grey', 'saturation', 'lesion_likeness', 'mask_share')
 MAX_PIXELS = 300_000  # pixels sampled to fit the classifier (all of them when fewer)
 
 
-def _map(maps: np.ndarray) -> np.ndarray:
+def uncertainty_of(maps: np.ndarray) -> np.ndarray:
   """(N, H, W) uncertainty from maps (N, H, W) or (N, H, W, C) (channel 0: the method's map)."""
   maps = np.asarray(maps, np.float32)
   return maps[..., 0] if maps.ndim == 4 else maps
@@ -65,7 +68,7 @@ def pixel_features(images: np.ndarray, masks: np.ndarray, probs: np.ndarray, map
   images = np.asarray(images, np.float32) / 255.0
   inside = (np.asarray(masks) > 0).astype(np.float32)
   p = np.asarray(probs, np.float32)
-  u = _map(maps)
+  u = uncertainty_of(maps)
   local = ndimage.uniform_filter(u, size=(1, 5, 5), mode='nearest')
   distance = np.stack([signed_distance(m) for m in inside])
   value, low = images.max(-1), images.min(-1)
@@ -120,6 +123,15 @@ class ErrorMap:
     if tuple(saved['features']) != FEATURES:
       raise ValueError(f'{path} was fitted on features {saved["features"]}, this code computes {FEATURES}')
     return cls(saved['model'])
+
+
+def for_run(config, workdir: str) -> 'ErrorMap | None':
+  """The run's fitted error map; None when ``quality.error_map`` is off or the run predates it
+  (predict then draws no error map and says nothing more: it is a picture, not a decision)."""
+  path = run_dirs.error_map_file(workdir)
+  if not config.quality.error_map or not os.path.exists(path):
+    return None
+  return ErrorMap.load(path)
 
 
 def pixel_auroc(scores: np.ndarray, errors: np.ndarray) -> float | None:

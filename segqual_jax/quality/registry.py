@@ -83,8 +83,8 @@ def load(config, workdir: str, name: str) -> QualityModel:
       sharded = parallel.shard_batch((images, outputs['masks'], outputs['maps']))
       return np.asarray(parallel.fetch(jitted(replicated, *sharded)))
     return QualityModel(name, target, False, predict, fn, variables, rules)
-  if name == 'mean':
-    members = [load(config, workdir, m) for m in mean_members(config)]
+  if name == 'mean':  # the members it was trained and calibrated with, whatever the config lists now
+    members = [load(config, workdir, m) for m in artifacts.read_json(run_dirs.quality_done(workdir, name))['members']]
     return QualityModel(name, target, any(m.needs_scores for m in members),
                         lambda images, outputs: np.mean([m.predict(images, outputs) for m in members], 0),
                         rules=rules)
@@ -101,13 +101,16 @@ def load(config, workdir: str, name: str) -> QualityModel:
 
 
 def mean_members(config) -> list[str]:
-  """The quality models ``mean`` averages: every other configured one but RCA (whose
-  predictions need a registration per reference: too slow to run beside the others).
+  """The quality models ``mean`` averages when stage 2 makes it: every other configured one
+  but RCA (whose predictions need a registration per reference: too slow to run beside the
+  others). Stored in its ``done.json`` and read back by ``load``: the mean that was
+  calibrated is the one predict applies, whatever a later config lists.
 
   An ensemble of unlike predictors (g sees the image, mask and map; cheap QC f's image-level
   scores) errs less than either where their errors differ; it needs no training of its own,
   and it is calibrated, gated and given an interval like any other quality model."""
-  return [n for n in config.quality.models.split(',') if n.strip() and n.strip() not in ('mean', 'rca')]
+  names = [n.strip() for n in config.quality.models.split(',')]
+  return [n for n in names if n and n not in ('mean', 'rca')]
 
 
 def calibration_rules(workdir: str, name: str) -> dict | None:

@@ -111,7 +111,7 @@ def with_truth(outputs: SegOutputs, truth: np.ndarray) -> SegOutputs:
 def feature_levels(seg_config) -> tuple[int, ...]:
   """The blocks of a case's ``'features'``: f's encoder levels, pooled and on a grid
   (``unet.feature_levels``), then each block of the image's own statistics (``image_statistics.BLOCKS``). The gate
-  fits one shrunk Gaussian per block."""
+  fits one shrunk Gaussian per group of them (``feature_blocks``)."""
   return unet.feature_levels(seg_config) + image_statistics.BLOCKS
 
 

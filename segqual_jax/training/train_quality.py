@@ -30,7 +30,7 @@ from segqual_jax.core import artifacts, checkpointing, keys, parallel, values, w
 from segqual_jax.data import loading, pipeline
 from segqual_jax.metrics import overlap
 from segqual_jax.core.errors import ConfigError
-from segqual_jax.quality import applicability, auto_accept, cheap_qc, cnn, policy, rca, registry
+from segqual_jax.quality import applicability, auto_accept, cheap_qc, cnn, error_map, policy, rca, registry
 from segqual_jax.segmenter import external, runner
 from segqual_jax.training import loop, quality_cases
 
@@ -104,6 +104,16 @@ def image_block_fit(config) -> dict[int, np.ndarray]:
   return {b: stats[:, cols] for b, cols in runner.image_statistic_blocks(config.seg).items()}
 
 
+def batch_blocks(config):
+  """The batch test's own groups of blocks (``applicability.batch_views``), or None: the batch
+  test then compares the gate's score (``batch_views`` '', or the ``knn`` score, which has one
+  block and no views of its own)."""
+  a = config.applicability
+  if not a.batch_views or a.score != 'mahalanobis':
+    return None
+  return runner.feature_blocks(config.seg, a.batch_views)
+
+
 def fit_applicability(config, workdir: str) -> applicability.Applicability | None:
   """Fits the applicability score on f's features of the quality split's non-calibration cases
   (its image-statistics blocks on ``applicability.image_fit``'s images: ``image_block_fit``).
@@ -135,7 +145,7 @@ def fit_applicability(config, workdir: str) -> applicability.Applicability | Non
   score = applicability.fit(a.score, outputs.features[fit_idx], outputs.features[ref_idx], a.knn_k,
                             runner.feature_levels(config.seg), config.data.seed,
                             runner.feature_blocks(config.seg, a.views), block_fit,
-                            runner.feature_blocks(config.seg, a.batch_views) if a.batch_views else None)
+                            batch_blocks(config))
   os.makedirs(out_dir, exist_ok=True)
   score.save(path)
   done = {'settings': settings, 'fitting_cases': int(len(fit_idx)),
@@ -246,6 +256,26 @@ def train_quality(config, workdir: str) -> dict[str, dict]:
     else:
       results[name] = _train_cnn(config, name, out_dir, split, outputs, targets, z_scale)
     artifacts.write_json(done_path, results[name])
+  fit_error_map(config, workdir, split, outputs)
   fit_applicability(config, workdir)
   calibrate(config, workdir)
   return results
+
+
+def fit_error_map(config, workdir: str, split, outputs) -> None:
+  """Fits the per-pixel error map on the quality models' training cases (their true masks
+  say where the segmentation under review is wrong); skipped when fitted or switched off."""
+  path = run_dirs.error_map_file(workdir)
+  if not config.quality.error_map or os.path.exists(path):
+    return
+  t0 = time.time()
+  errors = error_map.errors_of(outputs.masks, split.masks)
+  if errors.all() or not errors.any():
+    log.warning('error map not fitted: the training masks are all right or all wrong')
+    return
+  fitted = error_map.ErrorMap.fit(error_map.pixel_features(split.images, outputs.masks, outputs.probs,
+                                                           outputs.maps), errors, seed=config.seed)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fitted.save(path)
+  log.info('error map fitted on %d cases (%.1f %% of pixels wrong) in %.1f s', len(split),
+           100 * errors.mean(), time.time() - t0)

@@ -90,12 +90,12 @@ def dying_append(self, records):
       append(self, records)
     os.kill(os.getpid(), signal.SIGKILL)
   append(self, records)
-def dying_save(self, index, names, maps, probs):
+def dying_save(self, index, names, maps, probs, errors=None):
   if len(calls) + 1 == kill_at and where == 'save':
     with open(self.chunk_path(index) + '.x1y2.tmp.npz', 'wb') as f:
       f.write(b'PK half a zip')
     os.kill(os.getpid(), signal.SIGKILL)
-  save(self, index, names, maps, probs)
+  save(self, index, names, maps, probs, errors)
 progress.Journal.append, progress.Journal.save_chunk = dying_append, dying_save
 import runpy
 runpy.run_path('main.py', run_name='__main__')

@@ -180,6 +180,10 @@ def test_evaluate_reports_the_gate_and_rules_behind_it(gated_run):
     assert k['test_cases'] == config.data.num_test - gate['test_flagged']
     assert k['coverage'] * k['test_cases'] == pytest.approx(round(k['coverage'] * k['test_cases']))
   assert 'Interval of the predicted Dice' in open(os.path.join(workdir, 'table.md')).read()
+  errors = result['error_map']  # stage 2 fitted the error map; the evaluation scores both maps
+  assert 0 < errors['error_pixels'] < 1
+  assert 0 <= errors['error_map_auroc'] <= 1 and 0 <= errors['uncertainty_map_auroc'] <= 1
+  assert 'Error map (pixels where' in open(os.path.join(workdir, 'table.md')).read()
 
 
 def test_the_shift_suite_reports_every_set(gated_run, tmp_path):

@@ -101,8 +101,10 @@ def test_predict_folder_every_row_and_page(trained, tmp_path, capsys, monkeypatc
       assert r['decision_rule'] == 'fixed: pass if predicted Dice >= 0.8'
       assert float(r['mean_uncertainty']) >= 0
       stem = os.path.splitext(name)[0]
-      for kind in ('image', 'overlay', 'uncertainty'):
+      for kind in ('image', 'overlay', 'uncertainty', 'error'):  # the run fitted an error map
         assert os.path.getsize(os.path.join(out, render.map_file(stem, kind))) > 0
+      shown = Image.open(os.path.join(out, render.map_file(stem, 'image'))).size
+      assert Image.open(os.path.join(out, render.map_file(stem, 'error'))).size == shown
     else:
       assert r['predicted_dice'] == '' and r['decision'] == ''
   for i in range(3):  # masks given for the good images only
@@ -118,6 +120,7 @@ def test_predict_folder_every_row_and_page(trained, tmp_path, capsys, monkeypatc
   assert max(positions[n] for n in bad) < min(positions[n] for n in ok)  # unreadable first
   assert [positions[n] for n in ok] == sorted(positions[n] for n in ok)  # then worst quality first
   assert render.map_file('good0', 'overlay') in page and 'predicted to fail' in page
+  assert render.map_file('good0', 'error') in page and 'probably wrong (error map' in page
   # a second run into the same folder refuses, unless told to overwrite
   with pytest.raises(predict.PredictError, match='not empty'):
     predict.predict(config, workdir, str(tmp_path / 'in'), out)
@@ -131,7 +134,7 @@ def test_predict_folder_every_row_and_page(trained, tmp_path, capsys, monkeypatc
   drawn = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(os.path.join(out, 'maps'))
                  for f in fs)
   assert drawn == sorted(['maps/colour_scale.png'] + [render.map_file('good0', k)
-                                                      for k in ('image', 'overlay', 'uncertainty')])
+                                                      for k in ('image', 'overlay', 'uncertainty', 'error')])
   assert os.listdir(os.path.join(out, 'masks')) == ['good0.png']
   assert open(os.path.join(out, 'notes.txt')).read() == 'the user\'s own file'  # not ours: kept
   assert not os.path.exists(os.path.join(out, 'predictions.csv.k3j9x.tmp'))  # ours: gone

@@ -56,7 +56,7 @@ def test_maps_and_page_at_the_inputs_own_resolution(tmp_path):
     cases.append(assess.Case(file=name, image=np.zeros((16, 16, 3), np.uint8),
                              native_size=(w, h), mask=(probs > 0.5).astype(np.uint8), probs=probs,
                              map=rng.random((16, 16)).astype(np.float32), predicted_dice=0.85,
-                             predicted_jaccard=0.74))
+                             predicted_jaccard=0.74, error_map=rng.random((16, 16)).astype(np.float32)))
   out = tmp_path / 'out'
   names = render.case_names([c.file for c in cases])
   render.write_scale(str(out))
@@ -65,7 +65,7 @@ def test_maps_and_page_at_the_inputs_own_resolution(tmp_path):
     assert render.draw_case(str(out), c, 1.0, str(tmp_path),
                             truth=lambda c: np.ones(c.native_size[::-1], np.uint8))
   shown = lambda name, kind: Image.open(out / render.map_file(names[name], kind)).size
-  for kind in ('image', 'overlay', 'uncertainty'):
+  for kind in ('image', 'overlay', 'uncertainty', 'error'):  # every picture at the input's own size
     assert shown('wide.png', kind) == (300, 120)
     assert shown('big.png', kind) == (256, render.DISPLAY_MAX_SIDE)
   assert (out / 'maps' / render.SCALE_FILE).exists()

@@ -305,3 +305,15 @@ def test_the_batch_test_scores_views_of_its_own(tmp_path):
   assert gate.batch_groups is None and np.array_equal(gate.batch_references, gate.reference_scores)
   with pytest.raises(ValueError, match='mahalanobis'):
     applicability.fit('knn', draw(50), draw(20), levels=levels, batch_blocks=((1,),))
+
+
+def test_the_knn_score_keeps_one_score_for_the_batch_test():
+  """``batch_views`` needs per-group distances; with ``score=knn`` (one block) the batch test
+  compares the gate's own score instead of failing after stage 2 trained everything."""
+  from segqual_jax.training import train_quality
+  config = schema.get_config()
+  assert config.applicability.batch_views and train_quality.batch_blocks(config)
+  config.applicability.score = 'knn'
+  assert train_quality.batch_blocks(config) is None
+  config.applicability.score, config.applicability.batch_views = 'mahalanobis', ''
+  assert train_quality.batch_blocks(config) is None

@@ -174,3 +174,18 @@ def test_predict_without_a_rule_for_its_alpha_says_so_everywhere(calibrated_run,
   assert len(not_calibrated) == 1 and 'predict.alpha=0.2' in not_calibrated[0]
   assert 'NOT CALIBRATED' in (out / 'index.html').read_text()
   assert list(csv.DictReader(open(out / 'predictions.csv')))[0]['decision_rule'].startswith('fixed')
+
+
+def test_mean_averages_the_members_it_was_trained_with(calibrated_run):
+  """A later config listing other models does not change which models the calibrated mean
+  averages (its members are read from its done.json), and blanks around names are ignored."""
+  from segqual_jax.config import schema, stages
+  from segqual_jax.quality import registry
+  workdir, _ = calibrated_run
+  config, _ = stages.for_run(workdir, schema.get_config(), from_file=False, overridden=set())
+  config.quality.models = 'uncertainty, mean'
+  assert registry.mean_members(config) == ['uncertainty']
+  members = json.load(open(os.path.join(workdir, 'quality', 'mean', 'done.json')))['members']
+  assert members == ['uncertainty', 'cheap_qc']
+  model = registry.load(config, workdir, 'mean')
+  assert model.needs_scores  # cheap QC is still a member: it needs f's image-level scores
