@@ -95,8 +95,7 @@ def measure_run(workdir: str) -> dict:
     with open(_METADATA.value) as f:
       origin = {r['id']: r[_COLUMN.value] for r in csv.DictReader(f)}
     ids = runner.case_ids(test.split)
-    keep = (np.ones(len(ids), bool) if pvalues is None
-            else ~policy.flagged(pvalues, config.predict.ood_alpha))
+    keep = policy.let_through(pvalues, config.predict.ood_alpha, len(ids))
     for part in sorted({origin.get(i, '?') for i in ids}):
       parts[part] = np.array([origin.get(i, '?') == part for i in ids]) & keep
   for name in names:
@@ -106,9 +105,8 @@ def measure_run(workdir: str) -> dict:
     out['models'][name] = {'row': on_test[name]['row'],
                            'calibration': choose_floor(entry['interval_cases'], config.predict.interval_alpha),
                            'test': on_test[name]['kinds'], 'test_parts': {}}
-    dice = np.asarray(predicted[on_test[name]['row']], np.float64)
-    if config.quality.target == 'jaccard':
-      dice = np.asarray(overlap.dice_from_jaccard(dice))
+    dice = np.asarray(overlap.as_dice(np.asarray(predicted[on_test[name]['row']], np.float64),
+                                      config.quality.target))
     for kind in interval.KINDS:
       fitted, _ = interval.from_calibration(entry, kind, config.predict.interval_alpha,
                                             config.predict.interval_floor, config.calibration.fraction)

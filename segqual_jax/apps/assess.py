@@ -148,7 +148,7 @@ class Reader:
 def _with_units(out: dict, target: str) -> dict:
   """The pass's outputs with the predicted quality in both units (``dice``, ``jaccard``)."""
   quality = np.asarray(out['quality'], np.float64)
-  dice = quality if target == 'dice' else np.asarray(overlap.dice_from_jaccard(quality))
+  dice = np.asarray(overlap.as_dice(quality, target))
   jaccard = quality if target == 'jaccard' else np.asarray(overlap.jaccard_from_dice(quality))
   return {**out, 'dice': dice, 'jaccard': jaccard}
 

@@ -94,14 +94,11 @@ def intervals_on_test(config, stored: dict, predicted_test: dict[str, np.ndarray
   its stored calibration cases at ``predict.interval_alpha``) on the test cases the gate lets
   through, as predict gives it: coverage of the true Dice and mean width, with 95 % bootstrap
   intervals, for the scaled interval and the constant-width one of the same cases."""
-  keep = ~policy.flagged(pvalues, config.predict.ood_alpha) if pvalues is not None else \
-      np.ones(len(test_outputs.dice), bool)
+  keep = policy.let_through(pvalues, config.predict.ood_alpha, len(test_outputs.dice))
   out = {}
   for name in stages.quality_model_names(config):
     entry, row = stored['models'][name], report.model_row(config, name)
-    dice = np.asarray(predicted_test[row], np.float64)
-    if config.quality.target == 'jaccard':
-      dice = np.asarray(overlap.dice_from_jaccard(dice))
+    dice = np.asarray(overlap.as_dice(np.asarray(predicted_test[row], np.float64), config.quality.target))
     true = np.asarray(test_outputs.dice, np.float64)
     kinds = {}
     for kind in intervals.KINDS:

@@ -38,6 +38,11 @@ def dice_from_jaccard(j):
   return 2.0 * j / (1.0 + j)
 
 
+def as_dice(quality, target: str):
+  """A predicted quality in ``target`` units (``dice`` | ``jaccard``) as Dice."""
+  return quality if target == 'dice' else dice_from_jaccard(quality)
+
+
 def jaccard_from_dice(d):
   """Jaccard of a segmentation whose Dice is ``d``: J = D / (2 - D)."""
   return d / (2.0 - d)

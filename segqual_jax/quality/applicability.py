@@ -214,6 +214,11 @@ class Applicability:
                    for name in ('gate_groups', 'batch_groups', 'batch_reference_scores')))
 
 
+def _as_groups(blocks) -> list[tuple[int, ...]]:
+  """Groups of block indices (a bare index is a group of one)."""
+  return [(g,) if isinstance(g, (int, np.integer)) else tuple(g) for g in blocks]
+
+
 def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
         k: int = 10, levels: tuple[int, ...] | None = None, seed: int = 0,
         blocks: tuple[tuple[int, ...], ...] | None = None,
@@ -246,16 +251,15 @@ def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
   if batch_blocks is not None:
     if kind != 'mahalanobis':
       raise ValueError('a batch test on views of its own needs the mahalanobis score')
-    as_groups = lambda bs: [(g,) if isinstance(g, (int, np.integer)) else tuple(g) for g in bs]
-    gate = as_groups(blocks if blocks is not None else [(b,) for b in range(len(levels or (0,)))])
-    batch = as_groups(batch_blocks)
+    gate = _as_groups(blocks if blocks is not None else range(len(levels or (0,))))
+    batch = _as_groups(batch_blocks)
     blocks = gate + [g for g in batch if g not in gate]
     gate_groups = np.arange(len(gate))
     batch_groups = np.array([blocks.index(g) for g in batch])
   if blocks is not None:
     if not levels:
       raise ValueError('choosing blocks needs the feature levels')
-    groups = [(g,) if isinstance(g, (int, np.integer)) else tuple(g) for g in blocks]
+    groups = _as_groups(blocks)
     bounds = np.cumsum((0,) + tuple(levels))
     columns = np.concatenate([np.arange(bounds[b], bounds[b + 1]) for g in groups for b in g])
     fit_features, reference_features = fit_features[:, columns], reference_features[:, columns]

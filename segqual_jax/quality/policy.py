@@ -84,14 +84,19 @@ def flagged(pvalues: np.ndarray, ood_alpha: float) -> np.ndarray:
   return p.reshape(np.shape(pvalues)) < ood_alpha
 
 
+def let_through(pvalues: np.ndarray | None, ood_alpha: float, num_cases: int) -> np.ndarray:
+  """(N,) bool: the cases the gate lets through (all of them without p-values)."""
+  if pvalues is None:
+    return np.ones(num_cases, bool)
+  return ~flagged(pvalues, ood_alpha).reshape(num_cases)
+
+
 def gated(predicted: np.ndarray, pvalues: np.ndarray | None, ood_alpha: float) -> np.ndarray:
   """Predicted quality with every case the gate flags set to -inf: no threshold accepts
   it. Calibration fits its threshold on these values, so the rules hold for the cases
   the gate lets through."""
   predicted = np.asarray(predicted, float)
-  if pvalues is None:
-    return predicted
-  return np.where(flagged(pvalues, ood_alpha).reshape(predicted.shape), -np.inf, predicted)
+  return np.where(let_through(pvalues, ood_alpha, predicted.size).reshape(predicted.shape), predicted, -np.inf)
 
 
 def accepted(predicted: np.ndarray, threshold: float | None, pvalues: np.ndarray | None = None,

@@ -212,11 +212,8 @@ def interval_cases(predicted: np.ndarray, true_dice: np.ndarray, target: str,
   (``quality/interval.py``): each case's predicted and true Dice, behind the gate -- a case
   the gate sends to review gets no interval in predict, so it does not calibrate one. Kept
   as numbers, not as a fitted interval, so ``predict.interval_alpha`` stays free."""
-  dice = np.asarray(predicted, np.float64)
-  if target == 'jaccard':
-    dice = np.asarray(overlap.dice_from_jaccard(dice))
-  keep = ~policy.flagged(pvalues, ood_alpha) if pvalues is not None else np.ones(len(dice), bool)
-  keep &= np.isfinite(dice) & np.isfinite(true_dice)
+  dice = np.asarray(overlap.as_dice(np.asarray(predicted, np.float64), target))
+  keep = policy.let_through(pvalues, ood_alpha, len(dice)) & np.isfinite(dice) & np.isfinite(true_dice)
   return {'predicted_dice': [round(float(v), 6) for v in dice[keep]],
           'true_dice': [round(float(v), 6) for v in np.asarray(true_dice)[keep]]}
 
