@@ -87,6 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.quality.batch_size = 16  # g's batch size (paper: 16)
   config.quality.learning_rate = 1e-3  # g's Adam learning rate (paper: 1e-3)
   config.quality.num_epochs = 30  # g's epochs (paper: 30)
+  config.quality.rank_weight = 0.0  # weight of a pairwise ranking term beside g's squared error (0 = the paper's loss; measured in experiments/regressors.py: it did not help)
   config.quality.eval_batch_size = 32  # g's batch size when predicting (no effect on results)
   config.quality.log_every_steps = 200  # progress line interval for g
   config.quality.checkpoint_every_steps = 300  # g's checkpoint interval (and at the end)

@@ -148,6 +148,7 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('quality.batch_size', _positive_int, 'must be >= 1'),
       ('quality.learning_rate', lambda v: isinstance(v, (int, float)) and v > 0, 'must be > 0'),
       ('quality.num_epochs', _positive_int, 'must be >= 1'),
+      ('quality.rank_weight', lambda v: isinstance(v, (int, float)) and v >= 0, 'must be >= 0'),
       ('quality.eval_batch_size', _positive_int, 'must be >= 1'),
       ('quality.log_every_steps', _positive_int, 'must be >= 1'),
       ('quality.checkpoint_every_steps', _positive_int, 'must be >= 1'),

@@ -37,7 +37,23 @@ from segqual_jax.training import loop, quality_cases
 log = logging.getLogger(__name__)
 
 
-def make_loss_fn(model, name: str):
+RANK_TEMPERATURE = 0.05  # a pair ordered wrongly by this much of Dice/Jaccard costs ~log 2 + 1
+
+
+def rank_loss(pred: jax.Array, targets: jax.Array) -> jax.Array:
+  """RankNet's pairwise logistic loss over the batch: for every pair whose true quality
+  differs, ``log(1 + exp(-(p_i - p_j) / T))`` with i the better case, averaged over them.
+
+  The squared error alone is satisfied by predicting the mean where g cannot tell cases
+  apart; the accept/review decision needs the order to be right.
+  """
+  better = (targets[:, None] > targets[None, :]).astype(pred.dtype)
+  margins = (pred[:, None] - pred[None, :]) / RANK_TEMPERATURE
+  pairs = jnp.maximum(better.sum(), 1.0)
+  return jnp.sum(better * jax.nn.softplus(-margins)) / pairs
+
+
+def make_loss_fn(model, name: str, rank_weight: float = 0.0):
   predict = cnn.predict_fn(model, name)
 
   def loss_fn(params, state, batch, key):
@@ -45,17 +61,29 @@ def make_loss_fn(model, name: str):
     # Flips/rot90 leave quality unchanged: transform image, mask and map alike.
     images, masks, maps = pipeline.augment(key, images, masks, maps)
     pred = predict(params, state, pipeline.to_float(images), masks, maps)
-    loss = jnp.mean((pred - targets) ** 2)
-    return loss, ({'loss': loss, 'rmse': jnp.sqrt(loss)}, state)
+    mse = jnp.mean((pred - targets) ** 2)
+    metrics = {'rmse': jnp.sqrt(mse)}
+    loss = mse
+    if rank_weight:
+      metrics['rank'] = rank_loss(pred, targets)
+      loss = loss + rank_weight * metrics['rank']
+    return loss, ({'loss': loss, **metrics}, state)
   return loss_fn
 
 
-def _train_cnn(config, name: str, out_dir: str, split, outputs, targets: np.ndarray, z_scale) -> dict:
-  """Trains (or resumes) one CNN g; returns its summary."""
+def train_cnn(config, name: str, out_dir: str, split, outputs, targets: np.ndarray, z_scale,
+              member: int = 0) -> dict:
+  """Trains (or resumes) one CNN g; returns its summary.
+
+  ``member`` > 0 draws another initialisation and batch order (a member of an ensemble
+  of g's, ``experiments/regressors.py``); member 0 is the run's own g.
+  """
   t_start = time.time()
   # Keyed by the model's fixed index, not its position in quality.models,
   # so adding a model to a run never changes another one's g.
   model_key = jax.random.fold_in(keys.purpose_key(config.seed, keys.QUALITY), cnn.NAMES.index(name))
+  if member:
+    model_key = jax.random.fold_in(model_key, 1000 + member)
   model = cnn.create_regressor(config.quality)
   tx = optax.adam(config.quality.learning_rate)
   params = cnn.init_params(model, name, jax.random.fold_in(model_key, 0), config.data.image_size,
@@ -70,7 +98,8 @@ def _train_cnn(config, name: str, out_dir: str, split, outputs, targets: np.ndar
   log_path = os.path.join(out_dir, 'log.jsonl')
 
   def batch_fn(step):
-    idx = pipeline.batch_indices(len(targets), config.quality.batch_size, config.seed, step)
+    order_seed = (config.seed, member) if member else config.seed
+    idx = pipeline.batch_indices(len(targets), config.quality.batch_size, order_seed, step)
     return (split.images[idx], outputs.masks[idx], outputs.maps[idx], targets[idx]), step_key
 
   def epoch_end_fn(state, epoch, train_metrics):
@@ -79,7 +108,7 @@ def _train_cnn(config, name: str, out_dir: str, split, outputs, targets: np.ndar
     log.info('quality %s epoch %d: train RMSE %.4f', name, epoch, train_metrics['rmse'])
 
   loop.run(name=f'train_quality[{name}]', state=state,
-           train_step=loop.make_train_step(make_loss_fn(model, name), tx),
+           train_step=loop.make_train_step(make_loss_fn(model, name, config.quality.rank_weight), tx),
            batch_fn=batch_fn, num_steps=num_steps, steps_per_epoch=per_epoch,
            checkpointer=checkpointer, log_every_steps=config.quality.log_every_steps,
            epoch_end_fn=epoch_end_fn)
@@ -251,7 +280,7 @@ def train_quality(config, workdir: str) -> dict[str, dict]:
     elif name == 'rca':
       results[name] = rca.fit(config, out_dir, split)
     else:
-      results[name] = _train_cnn(config, name, out_dir, split, outputs, targets, z_scale)
+      results[name] = train_cnn(config, name, out_dir, split, outputs, targets, z_scale)
     artifacts.write_json(done_path, results[name])
   fit_error_map(config, workdir, split, outputs)
   fit_applicability(config, workdir)

@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from segqual_jax.core import checkpointing, workdir as run_dirs
 from segqual_jax.data import loading
 from segqual_jax.evaluation import evaluate
 from segqual_jax.quality import cnn, registry
 from segqual_jax.segmenter import runner
-from segqual_jax.training import train_quality, train_seg
+from segqual_jax.training import quality_cases, train_quality, train_seg
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -171,3 +172,56 @@ def test_train_quality_resumes_after_sigkill(config, tmp_path, data_dir):
   b = registry.load_cnn_params(config, str(broken), 'uncertainty')[1]
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_rank_loss_by_hand():
+  pred = jnp.array([0.9, 0.5, 0.7])
+  targets = jnp.array([0.8, 0.2, 0.2])  # pairs with different truth: (0, 1) and (0, 2)
+  t = train_quality.RANK_TEMPERATURE
+  by_hand = (np.log1p(np.exp(-(0.9 - 0.5) / t)) + np.log1p(np.exp(-(0.9 - 0.7) / t))) / 2
+  assert float(train_quality.rank_loss(pred, targets)) == pytest.approx(by_hand, rel=1e-5)
+  # Ordered wrongly, the same pairs cost far more; no pair with different truth costs nothing.
+  assert float(train_quality.rank_loss(pred[::-1], targets)) > 10 * by_hand
+  assert float(train_quality.rank_loss(pred, jnp.full(3, 0.5))) == 0.0
+
+
+def test_rank_weight_adds_the_ranking_term_to_the_squared_error():
+  model = cnn.VGGRegressor(widths=(4,), dense=4)
+  params = cnn.init_params(model, 'no_uncertainty', jax.random.key(0), 8)
+  images = jnp.full((4, 8, 8, 3), 128, jnp.uint8)
+  masks = jnp.zeros((4, 8, 8), jnp.uint8).at[:2, 2:5, 2:5].set(1)
+  batch = (images, masks, jnp.zeros((4, 8, 8)), jnp.array([0.9, 0.1, 0.5, 0.3]))
+  state = cnn.model_state(1.0)
+  key = jax.random.key(1)
+  plain, (m0, _) = train_quality.make_loss_fn(model, 'no_uncertainty')(params, state, batch, key)
+  ranked, (m1, _) = train_quality.make_loss_fn(model, 'no_uncertainty', 2.0)(params, state, batch, key)
+  assert 'rank' not in m0 and float(m1['rank']) > 0
+  assert float(ranked) == pytest.approx(float(plain) + 2.0 * float(m1['rank']), rel=1e-5)
+
+
+def test_ensemble_members_train_other_g(config, tmp_path):
+  """A member > 0 is another g (its own init and batch order); member 0 is the run's g."""
+  config.quality.models = 'no_uncertainty'
+  config.quality.num_epochs = 1
+  workdir = str(tmp_path)
+  train_seg.train_and_evaluate(config, workdir)
+  train_quality.train_quality(config, workdir)
+  splits = loading.load_splits(config.data, names=('quality',))
+  split, outputs = quality_cases.training_cases(config, workdir, splits)
+  targets = outputs.jaccard.astype(np.float32)
+  z_scale = cnn.map_scale(outputs.maps)
+  for member in (0, 1):
+    train_quality.train_cnn(config, 'no_uncertainty', str(tmp_path / f'member{member}'), split, outputs,
+                            targets, z_scale, member)
+  model = cnn.create_regressor(config.quality)
+  target = jax.eval_shape(lambda: cnn.init_params(model, 'no_uncertainty', jax.random.key(0),
+                                                  config.data.image_size))
+
+  def weights(out_dir):
+    restored = checkpointing.Checkpointer(os.path.join(out_dir, 'checkpoints'), every_steps=1)
+    params = restored.restore_items({'params': target})['params']
+    restored.close()
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
+  run_g = weights(run_dirs.quality_dir(workdir, 'no_uncertainty'))
+  np.testing.assert_allclose(weights(str(tmp_path / 'member0')), run_g, atol=1e-6)
+  assert not np.allclose(weights(str(tmp_path / 'member1')), run_g, atol=1e-3)
