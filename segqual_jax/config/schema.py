@@ -31,8 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.method = 'msp'  # uncertainty method: msp | mc_dropout | hcnn | lce | ensemble | tta | hierarchical
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = 'synthetic'  # data set: synthetic (embedded generator) | folder | isic2017
-  config.data.root = ''  # folder: dir with images/ and masks/; isic2017: the official download (manual dir)
+  config.data.name = 'synthetic'  # data set: synthetic (embedded generator) | folder | isic2017 | nnunet (3D volumes, nnU-Net v2 raw layout)
+  config.data.root = ''  # folder: dir with images/ and masks/; isic2017: the official download (manual dir); nnunet: the DatasetXXX_Name folder
   config.data.splits = ''  # split lists 'train=a.txt,validation=b.txt,...' relative to root; '' = official / seeded 60-10-15-15
   config.data.data_dir = ''  # TFDS data dir for prepared data; '' = TFDS default (~/tensorflow_datasets)
   config.data.image_size = 64  # square image side in pixels

@@ -86,8 +86,8 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
   return [
       ('seed', _is_int, 'must be an integer'),
       ('method', lambda v: v in methods, f'must be one of {sorted(methods)}'),
-      ('data.name', lambda v: v in ('synthetic', 'folder', 'isic2017'),
-       'must be synthetic, folder or isic2017'),
+      ('data.name', lambda v: v in ('synthetic', 'folder', 'isic2017', 'nnunet'),
+       'must be synthetic, folder, isic2017 or nnunet'),
       ('data.root', lambda v: isinstance(v, str), 'must be a path'),
       ('data.data_dir', lambda v: isinstance(v, str), 'must be a path or empty'),
       ('data.seed', _is_int, 'must be an integer'),

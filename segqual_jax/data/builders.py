@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from segqual_jax.core import errors
-from segqual_jax.data import images, synthetic
+from segqual_jax.data import images, synthetic, volumes
 
 SPLITS = ('train', 'validation', 'quality', 'test')
 
@@ -327,3 +327,72 @@ def real_builder(data_config) -> FolderSegmentation:
                         splits=tuple((s, tuple(ids)) for s, ids in splits.items()))
   return FolderSegmentation(config=config, data_dir=data_config.data_dir or None,
                             file_format='array_record')
+
+
+# ---------------------------------------------------------------------------
+# nnU-Net v2 raw data sets: 3D volumes, judged per case, learned from as axial slices.
+
+
+@dataclasses.dataclass
+class VolumeConfig(tfds.core.BuilderConfig):
+  """An nnU-Net raw data set's cases and their split (by case: a patient's slices stay together)."""
+  image_size: int = 64
+  root: str = ''
+  splits: tuple = dataclasses.field(default=(), repr=False)  # ((split, (case, ...)), ...)
+
+
+class VolumeSlices(tfds.core.GeneratorBasedBuilder):
+  """Every axial slice of every volume, at one square size (``data/volumes.py``)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIG_CLASS = VolumeConfig
+  _info = FolderSegmentation._info  # the same features: image, mask, id (<case>:zNNN), index
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(cases) for split, cases in self.builder_config.splits if cases}
+
+  def _generate_examples(self, cases):
+    root, size = self.builder_config.root, self.builder_config.image_size
+    spec = volumes.read_dataset_json(root)
+    index = 0
+    for case in cases:
+      volume = volumes.read_case(os.path.join(root, 'imagesTr'), case, spec, os.path.join(root, 'labelsTr'))
+      images_z, masks_z = volumes.slices(volume, size)
+      for k in range(len(images_z)):
+        sid = volumes.slice_id(case, k)
+        yield sid, {'image': images_z[k], 'mask': masks_z[k], 'id': sid, 'index': index}
+        index += 1
+
+
+def check_volumes(root: str, cases) -> None:
+  """Every case of the data set reads as one checked volume; else a ``DataError`` naming each
+  bad case and its problem (a model is not trained on a data set with broken volumes)."""
+  spec = volumes.read_dataset_json(root)
+  bad = []
+  for case in cases:
+    try:
+      volumes.read_case(os.path.join(root, 'imagesTr'), case, spec, os.path.join(root, 'labelsTr'))
+    except volumes.VolumeError as e:
+      bad.append(str(e))
+  if bad:
+    raise DataError(f'{root}: {len(bad)} bad volume(s): ' + '; '.join(bad))
+
+
+def nnunet_builder(data_config) -> VolumeSlices:
+  """The builder of an nnU-Net raw data set (``config.data.root`` = ``DatasetXXX_Name``)."""
+  root = os.path.abspath(os.path.expanduser(data_config.root))
+  spec = volumes.read_dataset_json(root)
+  cases = volumes.list_cases(os.path.join(root, 'imagesTr'), spec.file_ending)
+  files = {c: tuple([volumes.channel_file(os.path.join(root, 'imagesTr'), c, i, spec.file_ending)
+                     for i in range(len(spec.channels))] + [os.path.join(root, 'labelsTr', c + spec.file_ending)])
+           for c in cases}
+  splits = resolve_splits(root, data_config.splits, files, data_config.seed)
+  used = sorted({c for ids in splits.values() for c in ids})
+  present = {c: tuple(p for p in files[c] if os.path.exists(p)) for c in used}
+  name = f'nnunet_{data_config.image_size}px_{_fingerprint(present, splits, data_config.image_size)}'
+  check_volumes(root, used)
+  return VolumeSlices(config=VolumeConfig(name=name, image_size=data_config.image_size, root=root,
+                                          splits=tuple((s, tuple(ids)) for s, ids in splits.items())),
+                      data_dir=data_config.data_dir or None, file_format='array_record')

@@ -53,13 +53,17 @@ def make_builder(data_config):
   from segqual_jax.data import builders  # pylint: disable=g-import-not-at-top  (imports TFDS)
   if data_config.name == 'synthetic':
     return builders.synthetic_builder(data_config)
+  if data_config.name == 'nnunet':
+    return builders.nnunet_builder(data_config)
   return builders.real_builder(data_config)
 
 
 def case_files(data_config) -> dict[str, tuple[str, str]]:
   """``{case id: (image path, true mask path)}`` of a real data set (``{}`` for synthetic data,
-  whose cases exist only at the model's size): where native-resolution labels are read."""
-  if data_config.name == 'synthetic':
+  whose cases exist only at the model's size, and for nnU-Net volumes, whose slices' true
+  overlaps are measured at the model's size and their volumes' on the volume's own grid by
+  ``evaluation/volumes.py``): where native-resolution labels are read."""
+  if data_config.name in ('synthetic', 'nnunet'):
     return {}
   key = (data_config.name, data_config.root, data_config.splits, data_config.seed)
   if key not in _CASE_FILES:

@@ -27,7 +27,7 @@ import numpy as np
 from segqual_jax.config import stages
 from segqual_jax.core import artifacts, errors, parallel, values, workdir as run_dirs
 from segqual_jax.data import loading
-from segqual_jax.evaluation import figures, report
+from segqual_jax.evaluation import figures, report, volume_table
 from segqual_jax.metrics import overlap
 from segqual_jax.metrics import quality as quality_metrics
 from segqual_jax.quality import applicability, error_map, interval as intervals, policy, registry
@@ -188,6 +188,8 @@ def evaluate(config, workdir: str) -> dict:
   calibration = auto_accept_on_test(config, rules, predicted, outputs, pvalues) if rules else None
   interval_result = intervals_on_test(config, rules, predicted, outputs, pvalues) if rules else None
   errors_on_test = error_map_on_test(config, workdir, test, outputs)
+  per_volume = (volume_table.on_test(config, runner.case_ids(test), outputs, test.masks, predicted)
+                if config.data.name == 'nnunet' else None)
   seg = outputs.summary(fail_d)
   seg[f'fail_rate_jaccard_{fail_j}'] = float(np.mean(outputs.jaccard < fail_j))
   result = {
@@ -213,6 +215,8 @@ def evaluate(config, workdir: str) -> dict:
     result['intervals'] = interval_result
   if errors_on_test is not None:
     result['error_map'] = errors_on_test
+  if per_volume is not None:
+    result['per_volume'] = per_volume
 
   text = write_table(config, workdir, result, len(test))
   write_predictions_csv(workdir, test, outputs, predicted)
@@ -226,7 +230,9 @@ def write_table(config, workdir: str, result: dict, num_cases: int) -> str:
   """``table.md``: Table 1 for both failure definitions, the score rows and the rules; returns it."""
   models, scores, seg = result['quality_models'], result['scores'], result['segmentation']
   keys = [f'dice<{config.eval.fail_dice}', f'jaccard<{config.eval.fail_jaccard}']
-  table = ''.join(f'\n### Failure = {report.threshold_title(k)} (fail rate {100 * models[next(iter(models))][k]["fail_rate"]:.1f} %)\n\n'
+  table = (volume_table.markdown(result['per_volume'], config.eval.fail_dice, report.table_markdown)
+           if 'per_volume' in result else '')
+  table += ''.join(f'\n### Failure = {report.threshold_title(k)} (fail rate {100 * models[next(iter(models))][k]["fail_rate"]:.1f} %)\n\n'
                   + report.table_markdown({n: [m] for n, m in models.items()}, k) for k in keys)
   if scores:
     table += (f'\n### Image-level scores as quality scores (no g), failure = {report.threshold_title(keys[0])}\n\n'

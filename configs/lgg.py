@@ -1,0 +1,44 @@
+"""Lower-grade glioma MRI volumes (nnU-Net v2 raw layout), f on axial slices, judged per patient.
+
+  python main.py --config=configs/lgg.py --workdir=runs/lgg                 # train, calibrate, evaluate
+  python main.py --config=configs/lgg.py:mc_dropout --workdir=runs/lgg_mc  # METHOD: msp | mc_dropout | ensemble | tta
+  python main.py --workdir=runs/lgg --mode=predict --input=NNUNET_INFERENCE_FOLDER --output=OUT
+
+Data: ../shared/data/lgg_mri/Dataset501_LGG (95 patients, three sequences
+each: pre-contrast, FLAIR, post-contrast as the three input channels; FLAIR
+abnormality labels), split by patient with the shared protocol lists: f
+trains on the slices of 57 patients, the quality models on f's slices of 19
+others, every metric comes from the 19 test patients. f's per-epoch
+validation log uses the quality patients (nothing is selected on it).
+Slices are 128 x 128 in the files, 64 px here (CPU scale).
+
+Why 2D slices: the volumes have 20-88 slices 1-3 mm apart, too few for a 3D
+U-Net to learn from 57 patients at this scale; each slice is one example and
+every uncertainty method of the 2D tool runs unchanged through the sampling
+engine. A patient's result is its slices' results gathered back
+(``quality/volume.py``): the volume's Dice over all its voxels, and the quality
+models' slice predictions aggregated into a predicted volume Dice.
+
+No calibration fraction: 19 quality patients are too few to hold out a
+calibration set of volumes and still fit g; predict then applies the fixed
+Dice 0.8 rule and says it is not calibrated per volume.
+"""
+
+import os
+
+from configs import isic2017
+
+SHARED = isic2017.SHARED
+PROTOCOL = isic2017.PROTOCOL
+
+
+def get_config(method: str = 'msp'):
+  config = isic2017.real_data_config('isic2017', method)
+  config.data.name = 'nnunet'
+  config.data.root = os.path.join(SHARED, 'lgg_mri', 'Dataset501_LGG')
+  config.data.splits = PROTOCOL
+  config.quality.models = 'uncertainty,cheap_qc,mean' if method == 'msp' else 'uncertainty,cheap_qc'
+  config.quality.label_resolution = 'model'  # slices at 64 px; volumes are also judged on their own grid
+  config.seg.num_epochs = 20  # ~1700 slices: 20 epochs are ~2100 steps, about the ISIC run's
+  config.calibration.fraction = 0.0
+  return config

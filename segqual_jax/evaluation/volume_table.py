@@ -1,0 +1,64 @@
+"""The evaluation per patient of a volume data set: the user's unit beside the slice-level table.
+
+The test slices' results are gathered back into their volumes (``quality/volume.py``). The
+true volume Dice is measured on the volume's own grid: f's slice masks are resized back
+onto it and compared with the label file itself, so the 64-px slices do not flatter (or
+punish) f. Every quality model's slice predictions give a predicted volume Dice; the same
+metrics as the slice table (AUROC at Dice < ``eval.fail_dice``, Spearman, RMSE, AURC, with
+95 % bootstrap intervals over volumes) are computed over the volumes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from segqual_jax.data import volumes
+from segqual_jax.metrics import overlap, quality as quality_metrics
+from segqual_jax.quality import volume
+
+
+def native_dice(config, cases: list[str], masks: np.ndarray, groups: np.ndarray) -> np.ndarray:
+  """Each case's volume Dice of f's slice masks resized onto the label file's own grid."""
+  root = config.data.root
+  spec = volumes.read_dataset_json(root)
+  out = []
+  for g, case in enumerate(cases):
+    vol = volumes.read_case(os.path.join(root, 'imagesTr'), case, spec, os.path.join(root, 'labelsTr'))
+    predicted = volumes.to_volume(masks[groups == g], vol.shape, nearest=True) > 0
+    truth = vol.label > 0
+    total = predicted.sum() + truth.sum()
+    out.append(float(2 * (predicted & truth).sum() / total) if total else 1.0)
+  return np.asarray(out)
+
+
+def on_test(config, ids, outputs, true_masks: np.ndarray, predicted: dict[str, np.ndarray]) -> dict:
+  """``{'volumes', 'mean_dice', 'mean_dice_model_grid', 'quality_models', 'rows'}`` of the test split."""
+  cases, groups = volume.groups_of(ids)
+  n = len(cases)
+  model_grid = volume.true_dice(outputs.masks, true_masks, groups, n)
+  true = native_dice(config, cases, outputs.masks, groups)
+  fail_d, fail_j = config.eval.fail_dice, config.eval.fail_jaccard
+  models, rows = {}, {c: {'case': c, 'slices': int(np.sum(groups == g)), 'true_dice': round(float(true[g]), 5),
+                          'true_dice_model_grid': round(float(model_grid[g]), 5)} for g, c in enumerate(cases)}
+  for name, pred in predicted.items():
+    slice_dice = np.asarray(overlap.as_dice(np.asarray(pred, np.float64), config.quality.target))
+    vol = volume.predicted_dice(slice_dice, outputs.masks, groups, n)
+    models[name] = quality_metrics.all_metrics(vol, true, overlap.jaccard_from_dice(true), 'dice', fail_d, fail_j)
+    for g, c in enumerate(cases):
+      rows[c][f'predicted[{name}]'] = round(float(vol[g]), 5)
+  return {'volumes': n, 'mean_dice': float(true.mean()), 'mean_dice_model_grid': float(model_grid.mean()),
+          'fail_rate': float(np.mean(true < fail_d)), 'quality_models': models, 'rows': list(rows.values())}
+
+
+def markdown(result: dict, fail_dice: float, table_markdown) -> str:
+  """The per-volume section of ``table.md`` (``table_markdown``: the slice table's renderer)."""
+  key = f'dice<{fail_dice}'
+  return (f'\n## Per patient ({result["volumes"]} test volumes; the user\'s unit)\n\n'
+          f'Mean volume Dice {result["mean_dice"]:.3f} on the volumes\' own grid '
+          f'({result["mean_dice_model_grid"]:.3f} on the slices at the model\'s size); '
+          f'{100 * result["fail_rate"]:.1f} % of volumes with Dice < {fail_dice}. '
+          'Predicted volume Dice: the slices\' predictions weighted by f\'s lesion area.\n\n'
+          + table_markdown({n: [m] for n, m in result['quality_models'].items()}, key)
+          + '\n## Per slice\n')

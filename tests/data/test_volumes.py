@@ -1,0 +1,174 @@
+"""nnU-Net raw volumes: the reader's named errors, slices, volume Dice by hand, outputs on the input grid.
+
+Every volume here is written by the test (tiny, random), never read from ../shared.
+"""
+
+import gzip
+import json
+import os
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from segqual_jax.data import volumes
+from segqual_jax.quality import volume
+
+AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
+SPEC = volumes.DatasetSpec(('t1', 'flair', 't2'), {'background': 0, 'lesion': 1})
+
+
+def write_nifti(path, data, affine=AFFINE):
+  nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
+
+
+def write_case(folder, case, shape=(12, 10, 4), channels=3, label_dir=None, seed=0, lesion=True,
+               affine=AFFINE):
+  rng = np.random.default_rng(seed)
+  os.makedirs(folder, exist_ok=True)
+  for c in range(channels):
+    write_nifti(os.path.join(folder, f'{case}_{c:04d}.nii.gz'), rng.uniform(10, 200, shape).astype(np.float32), affine)
+  if label_dir is not None:
+    os.makedirs(label_dir, exist_ok=True)
+    label = np.zeros(shape, np.uint8)
+    if lesion:
+      label[3:7, 2:6, 1:3] = 1
+    write_nifti(os.path.join(label_dir, f'{case}.nii.gz'), label, affine)
+
+
+def write_dataset(root, cases, channels=3):
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, 'dataset.json'), 'w') as f:
+    json.dump({'channel_names': {str(i): n for i, n in enumerate(SPEC.channels[:channels])},
+               'labels': SPEC.labels, 'numTraining': len(cases), 'file_ending': '.nii.gz'}, f)
+  for i, case in enumerate(cases):
+    write_case(os.path.join(root, 'imagesTr'), case, channels=channels,
+               label_dir=os.path.join(root, 'labelsTr'), seed=i)
+
+
+def test_reads_a_case_with_its_label(tmp_path):
+  write_case(tmp_path / 'images', 'p1', label_dir=tmp_path / 'labels')
+  vol = volumes.read_case(str(tmp_path / 'images'), 'p1', SPEC, str(tmp_path / 'labels'))
+  assert vol.image.shape == (12, 10, 4, 3) and vol.label.shape == (12, 10, 4)
+  assert vol.label.sum() == 4 * 4 * 2 and np.allclose(vol.affine, AFFINE)
+  assert volumes.list_cases(str(tmp_path / 'images')) == ['p1']
+
+
+@pytest.mark.parametrize('problem,expected', [
+    ('missing_channel', 'channel 2 (t2) missing'),
+    ('extra_channel', 'channel 3 present'),
+    ('shape', 'has shape (12, 10, 5)'),
+    ('affine', 'another affine'),
+    ('label_shape', 'label of shape'),
+    ('label_affine', 'label on another grid'),
+    ('label_values', 'label values [3] not in dataset.json'),
+    ('nan', 'NaN or infinite'),
+    ('truncated', 'truncated or corrupt'),
+    ('not_nifti', 'not a NIfTI image'),
+    ('two_d', 'a 2D image'),
+])
+def test_each_bad_volume_gets_a_named_error(tmp_path, problem, expected):
+  images, labels = tmp_path / 'images', tmp_path / 'labels'
+  write_case(images, 'bad', label_dir=labels)
+  channel = lambda c: images / f'bad_{c:04d}.nii.gz'
+  if problem == 'missing_channel':
+    os.remove(channel(2))
+  elif problem == 'extra_channel':
+    write_nifti(channel(3), np.ones((12, 10, 4), np.float32))
+  elif problem == 'shape':
+    write_nifti(channel(1), np.ones((12, 10, 5), np.float32))
+  elif problem == 'affine':
+    write_nifti(channel(1), np.ones((12, 10, 4), np.float32), np.diag([1.0, 2.0, 3.0, 1.0]))
+  elif problem == 'label_shape':
+    write_nifti(labels / 'bad.nii.gz', np.zeros((12, 10, 3), np.uint8))
+  elif problem == 'label_affine':
+    write_nifti(labels / 'bad.nii.gz', np.zeros((12, 10, 4), np.uint8), np.eye(4))
+  elif problem == 'label_values':
+    write_nifti(labels / 'bad.nii.gz', np.full((12, 10, 4), 3, np.uint8))
+  elif problem == 'nan':
+    data = np.ones((12, 10, 4), np.float32)
+    data[0, 0, 0] = np.nan
+    write_nifti(channel(0), data)
+  elif problem == 'truncated':
+    raw = channel(1).read_bytes()
+    channel(1).write_bytes(raw[:len(raw) // 2])
+  elif problem == 'not_nifti':
+    channel(0).write_bytes(gzip.compress(b'this is a PNG, honestly' * 40))
+  elif problem == 'two_d':
+    write_nifti(channel(0), np.ones((12, 10), np.float32))
+  with pytest.raises(volumes.VolumeError, match=re.escape(expected)) as raised:
+    volumes.read_case(str(images), 'bad', SPEC, str(labels))
+  assert 'bad' in str(raised.value)  # the case (or its file) is named
+
+
+def test_slices_and_back_onto_the_grid(tmp_path):
+  write_case(tmp_path / 'images', 'p1', label_dir=tmp_path / 'labels')
+  vol = volumes.read_case(str(tmp_path / 'images'), 'p1', SPEC, str(tmp_path / 'labels'))
+  images, masks = volumes.slices(vol, 8)
+  assert images.shape == (4, 8, 8, 3) and images.dtype == np.uint8 and masks.shape == (4, 8, 8)
+  assert masks[1].any() and not masks[0].any()  # the lesion is on slices 1 and 2
+  back = volumes.to_volume(masks, vol.shape, nearest=True)
+  assert back.shape == vol.shape and set(np.unique(back)) <= {0, 1}
+  assert volumes.case_of(volumes.slice_id('p1_x', 7)) == 'p1_x'
+
+
+def test_written_outputs_keep_the_input_grid(tmp_path):
+  write_case(tmp_path / 'images', 'p1', shape=(9, 7, 3))
+  vol = volumes.read_case(str(tmp_path / 'images'), 'p1', SPEC)
+  out = tmp_path / 'p1.nii.gz'
+  volumes.write_like(str(out), np.ones(vol.shape, np.uint8), vol)
+  back = nib.load(str(out))
+  assert back.shape == (9, 7, 3) and np.allclose(back.affine, AFFINE)
+  assert back.get_data_dtype() == np.uint8
+
+
+def test_volume_dice_by_hand():
+  # Two volumes of two slices each (4 px slices). Volume 0: slice 0 P = {0, 1}, T = {1};
+  # slice 1 P = {}, T = {2, 3}: Dice = 2 * 1 / (2 + 3) = 0.4. Volume 1: nothing anywhere: 1.
+  masks = np.zeros((4, 4), np.uint8)
+  truth = np.zeros((4, 4), np.uint8)
+  masks[0, [0, 1]] = 1
+  truth[0, 1] = 1
+  truth[1, [2, 3]] = 1
+  groups = np.array([0, 0, 1, 1])
+  np.testing.assert_allclose(volume.true_dice(masks, truth, groups, 2), [0.4, 1.0])
+  # One empty, the other not: 0.
+  np.testing.assert_allclose(volume.true_dice(masks[:1], np.zeros((1, 4), np.uint8), np.zeros(1, np.int64), 1), [0.0])
+  # Predicted: slices' predicted Dice weighted by f's area; f found nothing in volume 1: the mean.
+  predicted = volume.predicted_dice(np.array([0.9, 0.1, 0.8, 0.6]), masks, groups, 2)
+  np.testing.assert_allclose(predicted, [0.9, 0.7])
+  masks[1, 0] = 1  # a third predicted pixel on slice 1 (predicted Dice 0.1): (0.9 * 2 + 0.1) / 3
+  np.testing.assert_allclose(volume.predicted_dice(np.array([0.9, 0.1, 0.8, 0.6]), masks, groups, 2)[0],
+                             (0.9 * 2 + 0.1) / 3)
+  cases, where = volume.groups_of(['a:z000', 'a:z001', 'b:z000'])
+  assert cases == ['a', 'b'] and where.tolist() == [0, 0, 1]
+
+
+def test_nnunet_data_set_splits_by_patient(tmp_path):
+  from segqual_jax.config import schema
+  from segqual_jax.data import loading
+  root = tmp_path / 'Dataset001_Tiny'
+  write_dataset(str(root), [f'case{i}' for i in range(8)])
+  config = schema.get_config()
+  config.data.name, config.data.root, config.data.image_size = 'nnunet', str(root), 8
+  config.data.data_dir = str(tmp_path / 'tfds')
+  splits = loading.load_splits(config.data)
+  cases = {name: {volumes.case_of(i) for i in s.ids} for name, s in splits.items()}
+  assert sum(len(s) for s in splits.values()) == 8 * 4  # every slice of every volume once
+  assert not cases['train'] & cases['test'] and not cases['quality'] & cases['test']
+  assert splits['test'].images.shape[1:] == (8, 8, 3)
+
+
+def test_a_bad_volume_in_the_training_data_is_named(tmp_path):
+  from segqual_jax.config import schema
+  from segqual_jax.core import errors
+  from segqual_jax.data import loading
+  root = tmp_path / 'Dataset002_Bad'
+  write_dataset(str(root), [f'case{i}' for i in range(6)])
+  os.remove(root / 'imagesTr' / 'case3_0001.nii.gz')
+  config = schema.get_config()
+  config.data.name, config.data.root, config.data.image_size = 'nnunet', str(root), 8
+  config.data.data_dir = str(tmp_path / 'tfds')
+  with pytest.raises(errors.DataError, match='1 bad volume.*case3: channel 1 \\(flair\\) missing'):
+    loading.load_splits(config.data)
