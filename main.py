@@ -94,7 +94,7 @@ def main(argv):
     sys.exit(f'error: --config: cannot load the config file ({detail[-1] if detail else e})')
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported after validation: a bad config fails before JAX/TFDS load.
-  from segqual_jax.apps import bench, monitor, predict  # pylint: disable=g-import-not-at-top
+  from segqual_jax.apps import bench, monitor, predict, volume_predict  # pylint: disable=g-import-not-at-top
   from segqual_jax.core import runtime  # pylint: disable=g-import-not-at-top
   from segqual_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   from segqual_jax.training import train_quality, train_seg  # pylint: disable=g-import-not-at-top
@@ -105,9 +105,15 @@ def main(argv):
             'predict': lambda c, w: predict.predict(c, w, _INPUT.value, _OUTPUT.value,
                                                     _MASKS.value, _OVERWRITE.value,
                                                     _SEGMENTATIONS.value, _MONITOR.value),
+            'predict_volumes': lambda c, w: volume_predict.predict(c, w, _INPUT.value, _OUTPUT.value,
+                                                                   _MASKS.value, _OVERWRITE.value),
                'monitor': lambda c, w: monitor.run(c, w, _MONITOR.value, _MONITOR_ACTION.value),
             'bench': bench.run}
   todo = ['train_seg', 'train_quality', 'evaluate'] if _MODE.value == 'all' else [_MODE.value]
+  if todo == ['predict'] and config.data.name == 'nnunet':  # a volume run judges volumes
+    if _SEGMENTATIONS.value or _MONITOR.value:
+      sys.exit('error: --segmentations and --monitor are not supported for volume runs (data.name=nnunet) yet')
+    todo = ['predict_volumes']
   try:
     runtime.configure(config)  # once per process, before anything is traced
     for name in todo:

@@ -319,11 +319,24 @@ def fit(kind: str, fit_features: np.ndarray, reference_features: np.ndarray,
   return dataclasses.replace(fitted, columns=columns, width=width)
 
 
-def split_indices(num_cases: int, reference_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """``(fitting, reference)`` sorted indices: a seeded share of the cases becomes the reference."""
-  perm = np.random.default_rng([seed, keys.APPLICABILITY_SPLIT]).permutation(num_cases)
+def split_indices(num_cases: int, reference_fraction: float, seed: int,
+                  groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """``(fitting, reference)`` sorted indices: a seeded share of the cases becomes the reference.
+
+  With ``groups`` (a group index per case: the slices of one volume) whole groups go to one
+  side: a reference slice whose neighbours fitted the score would look more typical than a
+  new patient's slice, and the p-values would flag too few.
+  """
+  groups = np.arange(num_cases) if groups is None else np.asarray(groups)
+  names, members = np.unique(groups, return_inverse=True)
+  perm = np.random.default_rng([seed, keys.APPLICABILITY_SPLIT]).permutation(len(names))
   n_ref = min(max(int(round(reference_fraction * num_cases)), 1), num_cases - 2)
-  return np.sort(perm[n_ref:]), np.sort(perm[:n_ref])
+  sizes = np.bincount(members, minlength=len(names))[perm]
+  k = max(int(np.searchsorted(np.cumsum(sizes), n_ref)) + 1, 1)  # groups until n_ref cases
+  if np.sum(sizes[k:]) < 2:  # keep >= 2 fitting cases
+    k = max(len(names) - 1, 1)
+  reference = np.isin(members, perm[:k])
+  return np.flatnonzero(~reference), np.flatnonzero(reference)
 
 
 def powerless_warning(reference_cases: int, ood_alpha: float) -> str | None:

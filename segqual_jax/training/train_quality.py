@@ -30,7 +30,7 @@ from segqual_jax.core import artifacts, checkpointing, keys, parallel, values, w
 from segqual_jax.data import loading, pipeline
 from segqual_jax.metrics import overlap
 from segqual_jax.core.errors import ConfigError
-from segqual_jax.quality import applicability, auto_accept, cheap_qc, cnn, error_map, policy, rca, registry
+from segqual_jax.quality import applicability, auto_accept, cheap_qc, cnn, error_map, policy, rca, registry, volume
 from segqual_jax.segmenter import external, runner
 from segqual_jax.training import loop, quality_cases
 
@@ -167,9 +167,10 @@ def fit_applicability(config, workdir: str) -> applicability.Applicability | Non
   if len(quality) < 3:
     raise ConfigError(f'the applicability gate needs >= 3 cases in the quality split (it has '
                       f'{len(quality)}); add them, or set predict.ood_alpha=0 to run without the gate')
-  (_, outputs), _ = quality_cases.holdout_parts(config, workdir, quality)
+  (fit_split, outputs), _ = quality_cases.holdout_parts(config, workdir, quality)
   a = config.applicability
-  fit_idx, ref_idx = applicability.split_indices(len(outputs), a.reference_fraction, config.data.seed)
+  fit_idx, ref_idx = applicability.split_indices(len(outputs), a.reference_fraction, config.data.seed,
+                                                 volume.groups_of(runner.case_ids(fit_split))[1])
   block_fit = image_block_fit(config)
   score = applicability.fit(a.score, outputs.features[fit_idx], outputs.features[ref_idx], a.knn_k,
                             runner.feature_levels(config.seg), config.data.seed,

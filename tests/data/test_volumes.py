@@ -172,3 +172,59 @@ def test_a_bad_volume_in_the_training_data_is_named(tmp_path):
   config.data.data_dir = str(tmp_path / 'tfds')
   with pytest.raises(errors.DataError, match='1 bad volume.*case3: channel 1 \\(flair\\) missing'):
     loading.load_splits(config.data)
+
+
+def test_volume_run_end_to_end_with_one_bad_volume(tmp_path, data_dir):
+  """Train on a tiny nnU-Net data set, evaluate per patient, predict on an inference folder
+  with one broken volume: every good case gets its row and its NIfTI files on its own grid."""
+  import csv
+  from conftest import tiny_config
+  from segqual_jax.apps import volume_predict
+  from segqual_jax.evaluation import evaluate
+  from segqual_jax.training import train_quality, train_seg
+  root = tmp_path / 'Dataset003_Tiny'
+  write_dataset(str(root), [f'case{i}' for i in range(8)])
+  config = tiny_config(data_dir, 'uncertainty')
+  config.seg.num_epochs = config.quality.num_epochs = 1
+  config.data.name, config.data.root, config.data.image_size = 'nnunet', str(root), 16
+  config.quality.label_resolution = 'model'
+  workdir = str(tmp_path / 'run')
+  train_seg.train_and_evaluate(config, workdir)
+  train_quality.train_quality(config, workdir)
+  result = evaluate.evaluate(config, workdir)
+  per_volume = result['per_volume']
+  assert per_volume['volumes'] >= 1 and len(per_volume['rows']) == per_volume['volumes']
+  assert 0.0 <= per_volume['mean_dice'] <= 1.0 and 'MC-dropout' not in per_volume['quality_models']
+  assert '## Per patient' in (tmp_path / 'run' / 'table.md').read_text()
+
+  inference = tmp_path / 'imagesTs'
+  for i, shape in enumerate([(12, 10, 4), (9, 14, 3), (12, 10, 4)]):  # non-square, another depth
+    write_case(inference, f'new{i}', shape=shape, seed=20 + i)
+  os.remove(inference / 'new2_0002.nii.gz')  # a broken export: a channel missing
+  out = tmp_path / 'out'
+  summary = volume_predict.predict(config, workdir, str(inference), str(out))
+  rows = {r['case']: r for r in csv.DictReader(open(out / 'predictions.csv'))}
+  assert set(rows) == {'new0', 'new1', 'new2'} and summary['read'] == 2
+  assert rows['new2']['status'] == 'unreadable' and rows['new2']['decision'] == 'review'
+  assert 'channel 2 (t2) missing' in rows['new2']['error']
+  for case, shape in (('new0', (12, 10, 4)), ('new1', (9, 14, 3))):
+    assert rows[case]['status'] == 'ok' and rows[case]['decision'] in ('pass', 'fail', 'review')
+    assert 0.0 <= float(rows[case]['predicted_dice']) <= 1.0
+    for path in (out / 'masks' / f'{case}.nii.gz', out / 'maps' / f'{case}_uncertainty.nii.gz'):
+      written = nib.load(str(path))
+      assert written.shape == shape and np.allclose(written.affine, AFFINE)
+    assert (out / 'pages' / f'{case}.png').stat().st_size > 0
+  assert 'NOT CALIBRATED PER VOLUME' in (out / 'index.html').read_text()
+
+
+def test_volume_gate_flags_half_the_slices_at_half_alpha():
+  # In distribution each slice's p is uniform: P(share of p <= a/2 is >= 1/2) <= a (Markov).
+  rng = np.random.default_rng(0)
+  flagged = [volume_predict_gate(rng.uniform(size=30), 0.1) for _ in range(2000)]
+  assert np.mean(flagged) <= 0.1
+  assert volume_predict_gate(np.full(30, 0.01), 0.1) and not volume_predict_gate(np.full(30, 0.5), 0.1)
+
+
+def volume_predict_gate(pvalues, alpha):
+  from segqual_jax.apps import volume_predict
+  return volume_predict.gate_volume(pvalues, alpha)[0]

@@ -317,3 +317,12 @@ def test_the_knn_score_keeps_one_score_for_the_batch_test():
   assert train_quality.batch_blocks(config) is None
   config.applicability.score, config.applicability.batch_views = 'mahalanobis', ''
   assert train_quality.batch_blocks(config) is None
+
+
+def test_reference_split_keeps_a_volume_s_slices_together():
+  groups = np.repeat(np.arange(12), 7)  # 12 volumes of 7 slices
+  fit, ref = applicability.split_indices(len(groups), 0.3, 0, groups)
+  assert not set(groups[fit]) & set(groups[ref])
+  assert len(ref) == 28 and len(fit) + len(ref) == len(groups)  # 4 whole volumes: >= 30 % of 84 rounded to 25
+  ungrouped = applicability.split_indices(len(groups), 0.3, 0)
+  assert len(ungrouped[1]) == 25 and set(groups[ungrouped[0]]) & set(groups[ungrouped[1]])

@@ -1,0 +1,256 @@
+"""predict for a run trained on an nnU-Net data set: one decision per patient's volume.
+
+``--input`` is an nnU-Net inference folder (``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``,
+..., the channels the run's ``dataset.json`` names). For each case, every axial slice goes
+through the run's f and quality model (the same fused pass as a 2D image, each slice keyed
+by its own id ``<case>:zNNN``); the slices' results are gathered back into the volume
+(``quality/volume.py``). Outputs in ``--output``:
+
+* ``predictions.csv`` -- one row per case: predicted volume Dice and Jaccard, decision and
+  why, the gate's numbers, provenance; a case that cannot be read gets its row with the
+  file and the problem, and the other cases go on;
+* ``masks/<case>.nii.gz`` (uint8) and ``maps/<case>_uncertainty.nii.gz`` (float32) on the
+  input's own grid (its affine and header: they open over the input in any viewer);
+* ``pages/<case>.png`` and ``index.html`` -- per case its most uncertain slices (image,
+  outline, map) and the uncertainty of every slice;
+* ``summary.json``.
+
+**The gate per volume.** Each slice has its conformal p-value against the quality split's
+reference slices. A volume is sent to review when at least half of its slices have
+p <= ``ood_alpha`` / 2: for a volume like the reference ones each slice's p is
+(super-)uniform, so the expected share of such slices is at most ``ood_alpha`` / 2 and, by
+Markov's inequality, the chance that half of them are is at most ``ood_alpha`` -- the same
+bound as a 2D case, whatever the correlation between slices.
+
+**The rule per volume.** The run's calibrated rules are about slices; nothing calibrates a
+volume's rule (too few patients: 19 in the LGG quality split), so the fixed rule
+"predicted volume Dice >= eval.fail_dice" decides, and the run says plainly that its
+failure rate among accepted volumes is not calibrated.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import logging
+import os
+import time
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from segqual_jax.core import artifacts, errors, keys, workdir as run_dirs  # noqa: E402
+from segqual_jax.data import volumes  # noqa: E402
+from segqual_jax.metrics import overlap  # noqa: E402
+from segqual_jax.quality import applicability, registry, volume  # noqa: E402
+from segqual_jax.segmenter import runner  # noqa: E402
+from segqual_jax.apps import assess, predict as predict_2d, render  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ('case', 'status', 'decision', 'reason', 'predicted_dice', 'predicted_jaccard', 'slices',
+           'lesion_voxels', 'mean_uncertainty', 'applicability_p_median', 'gate_slices_share',
+           'true_dice', 'mask', 'map', 'error', 'run')
+NOT_CALIBRATED = ('NOT CALIBRATED PER VOLUME: a volume passes when its predicted Dice is >= {fail} '
+                  '(a fixed rule); the share of failures among accepted volumes is not bounded by '
+                  'any calibration.')
+PAGE_SLICES = 3  # the most uncertain slices shown per case
+
+
+def gate_volume(pvalues: np.ndarray | None, ood_alpha: float) -> tuple[bool, float | None, float | None]:
+  """``(flagged, median p, share of slices with p <= ood_alpha / 2)`` of one volume's slices."""
+  if pvalues is None or ood_alpha <= 0 or len(pvalues) == 0:
+    return False, None, None
+  share = float(np.mean(np.asarray(pvalues) <= ood_alpha / 2))
+  return share >= 0.5, float(np.median(pvalues)), share
+
+
+def judge_volume(config, vol: volumes.Volume, run_pass, score) -> dict:
+  """f and the quality model on every slice of ``vol``; the volume's numbers and arrays."""
+  size, batch = config.data.image_size, config.seg.eval_batch_size
+  images, _ = volumes.slices(vol, size)
+  ids = [volumes.slice_id(vol.case, k) for k in range(len(images))]
+  parts = []
+  for start in range(0, len(images), batch):
+    chunk = images[start:start + batch]
+    padded = np.zeros((batch, *chunk.shape[1:]), np.uint8)
+    padded[:len(chunk)] = chunk
+    hashes = np.zeros((batch, keys.HASH_WORDS), np.uint32)
+    hashes[:len(chunk)] = keys.case_hashes(ids[start:start + batch])
+    out = run_pass(padded, hashes)
+    parts.append({k: np.asarray(out[k])[:len(chunk)] for k in ('masks', 'maps', 'features', 'dice')})
+  out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  groups = np.zeros(len(images), np.int64)
+  dice = float(volume.predicted_dice(out['dice'], out['masks'], groups, 1)[0])
+  pvalues = None if score is None else score.pvalues(score.score(out['features']))
+  flagged, p_median, share = gate_volume(pvalues, config.predict.ood_alpha)
+  return {'images': images, 'masks': out['masks'], 'maps': out['maps'], 'dice': dice,
+          'flagged': flagged, 'p_median': p_median, 'share': share}
+
+
+def decide(judged: dict, config) -> tuple[str, str]:
+  fail = config.eval.fail_dice
+  if judged['flagged']:
+    return 'review', (f'outside the training distribution: {100 * judged["share"]:.0f} % of its slices '
+                      f'have applicability p <= {config.predict.ood_alpha / 2:g} (median p '
+                      f'{judged["p_median"]:.3g}): not judged')
+  if judged['dice'] >= fail:
+    return 'pass', f'predicted volume Dice {judged["dice"]:.3f} >= {fail} (fixed rule)'
+  return 'fail', f'predicted volume Dice {judged["dice"]:.3f} < {fail} (fixed rule)'
+
+
+def _display(plane: np.ndarray) -> np.ndarray:
+  """An axial plane (X, Y) as seen in a viewer (rows anterior to posterior)."""
+  return np.rot90(plane)
+
+
+def draw_page(path: str, case: str, judged: dict, vmax: float) -> None:
+  """The case's most uncertain slices (image, f's outline, map) and its per-slice uncertainty."""
+  per_slice = judged['maps'].reshape(len(judged['maps']), -1).mean(1)
+  shown = sorted(np.argsort(-per_slice)[:PAGE_SLICES])
+  fig, axes = plt.subplots(len(shown) + 1, 2, figsize=(6, 3 * (len(shown) + 1)), squeeze=False)
+  for row, k in enumerate(shown):
+    image = judged['images'][k]
+    drawn = render.outline(image, [(judged['masks'][k].astype(bool), (255, 220, 0))], width=1)
+    axes[row, 0].imshow(_display(drawn))
+    axes[row, 0].set_title(f'slice {k}: f\'s mask', fontsize=9)
+    axes[row, 1].imshow(_display(judged['maps'][k]), cmap='magma', vmin=0, vmax=vmax)
+    axes[row, 1].set_title(f'slice {k}: uncertainty (mean {per_slice[k]:.3f})', fontsize=9)
+  for ax in axes[:-1].ravel():
+    ax.axis('off')
+  gs = axes[-1, 0].get_gridspec()
+  for ax in axes[-1]:
+    ax.remove()
+  plot = fig.add_subplot(gs[-1, :])
+  plot.bar(np.arange(len(per_slice)), per_slice, color=['C3' if k in shown else 'C0' for k in range(len(per_slice))])
+  plot.set_xlabel('slice')
+  plot.set_ylabel('mean uncertainty')
+  fig.suptitle(f'{case}: predicted volume Dice {judged["dice"]:.3f}', fontsize=10)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png', dpi=80)
+  plt.close(fig)
+  artifacts.write_bytes(path, buf.getvalue())
+
+
+def _true_dice(masks_dir: str | None, vol: volumes.Volume, mask: np.ndarray, spec) -> str:
+  if not masks_dir:
+    return ''
+  path = os.path.join(masks_dir, vol.case + spec.file_ending)
+  try:
+    label, affine, _ = volumes.load_nifti(path)
+  except volumes.VolumeError as e:
+    log.warning('true mask of %s not read: %s', vol.case, e)
+    return ''
+  if label.shape != vol.shape or not np.allclose(affine, vol.affine, atol=1e-3):
+    log.warning('%s: true mask on another grid than the image; no true Dice', path)
+    return ''
+  truth, pred = label > 0, mask > 0
+  total = truth.sum() + pred.sum()
+  return f'{(2 * (truth & pred).sum() / total) if total else 1.0:.5f}'
+
+
+def write_index(path: str, rows: list[dict], title: str, notes: list[str]) -> None:
+  lines = [f'<!doctype html><meta charset="utf-8"><title>{html.escape(title)}</title>',
+           f'<h1>{html.escape(title)}</h1>'] + [f'<p><b>{html.escape(n)}</b></p>' for n in notes]
+  lines.append('<table border="1" cellpadding="4"><tr><th>case</th><th>decision</th><th>predicted Dice</th>'
+               '<th>reason</th><th>page</th></tr>')
+  for r in rows:
+    page = f'<img src="pages/{html.escape(r["case"])}.png" width="420">' if r['status'] == 'ok' else ''
+    lines.append(f'<tr><td>{html.escape(r["case"])}</td><td>{r["decision"]}</td><td>{r["predicted_dice"]}</td>'
+                 f'<td>{html.escape(r["reason"] or r["error"])}</td><td>{page}</td></tr>')
+  lines.append('</table>')
+  artifacts.write_text(path, '\n'.join(lines) + '\n')
+
+
+def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: str | None = None,
+            overwrite: bool = False) -> dict:
+  """Judges every volume of ``input_dir``; writes ``output_dir``; returns the summary."""
+  if not os.path.isdir(input_dir):
+    raise errors.PredictError(f'--input={input_dir}: an nnU-Net inference folder is needed (no such directory)')
+  spec = volumes.read_dataset_json(config.data.root)
+  cases = volumes.list_cases(input_dir, spec.file_ending)
+  if not cases:
+    raise errors.PredictError(f'{input_dir}: no nnU-Net channel files <case>_0000{spec.file_ending}')
+  if masks_dir and not os.path.isdir(masks_dir):
+    raise errors.PredictError(f'--masks={masks_dir}: no such directory')
+  predict_2d.check_output(output_dir, overwrite)
+  name = config.predict.quality_model
+  run_dirs.require_seg(workdir)
+  run_dirs.require_quality(workdir, name)
+  method, f_params = runner.load_f(config, workdir)
+  model = registry.load(config, workdir, name)
+  score = applicability.load(config, workdir)
+  origin = predict_2d.provenance(config, workdir, name)
+  notes = [NOT_CALIBRATED.format(fail=config.eval.fail_dice)]
+  if score is not None and (powerless := applicability.powerless_warning(len(score.reference_scores),
+                                                                         config.predict.ood_alpha / 2)):
+    notes.append(powerless)
+  for note in notes:
+    log.warning(note)
+  predict_2d.prepare_output(output_dir)
+  for sub in ('masks', 'maps', 'pages'):
+    os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+  run_pass = assess.make_pass(method, f_params, model, runner.cases_key(config))
+  t0 = time.time()
+  rows, judged_all, vmax = [], {}, None
+  for case in cases:
+    row = dict.fromkeys(COLUMNS, '')
+    row.update(case=case, run=predict_2d.provenance_text(origin))
+    try:
+      vol = volumes.read_case(input_dir, case, spec)
+      judged = judge_volume(config, vol, run_pass, score)
+    except volumes.VolumeError as e:
+      row.update(status='unreadable', decision='review', error=str(e),
+                 reason='the volume could not be read: not judged')
+      rows.append(row)
+      log.warning('%s', e)
+      continue
+    mask = volumes.to_volume(judged['masks'], vol.shape, nearest=True).astype(np.uint8)
+    umap = volumes.to_volume(judged['maps'].astype(np.float32), vol.shape, nearest=False).astype(np.float32)
+    volumes.write_like(os.path.join(output_dir, 'masks', f'{case}{spec.file_ending}'), mask, vol)
+    volumes.write_like(os.path.join(output_dir, 'maps', f'{case}_uncertainty{spec.file_ending}'), umap, vol)
+    decision, reason = decide(judged, config)
+    row.update(status='ok', decision=decision, reason=reason, predicted_dice=f'{judged["dice"]:.5f}',
+               predicted_jaccard=f'{overlap.jaccard_from_dice(judged["dice"]):.5f}',
+               slices=len(judged['masks']), lesion_voxels=int(mask.sum()),
+               mean_uncertainty=f'{float(judged["maps"].mean()):.5f}',
+               applicability_p_median='' if judged['p_median'] is None else f'{judged["p_median"]:.5f}',
+               gate_slices_share='' if judged['share'] is None else f'{judged["share"]:.3f}',
+               true_dice=_true_dice(masks_dir, vol, mask, spec),
+               mask=f'masks/{case}{spec.file_ending}', map=f'maps/{case}_uncertainty{spec.file_ending}')
+    rows.append(row)
+    judged_all[case] = judged
+    top = float(np.percentile(judged['maps'], 99.5))
+    vmax = top if vmax is None else max(vmax, top)
+  for case, judged in judged_all.items():
+    draw_page(os.path.join(output_dir, 'pages', f'{case}.png'), case, judged, vmax or 1.0)
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, COLUMNS)
+  writer.writeheader()
+  writer.writerows(rows)
+  artifacts.write_text(os.path.join(output_dir, 'predictions.csv'), buf.getvalue())
+  title = f'segqual-jax: {config.method} on the volumes of {os.path.basename(os.path.abspath(input_dir))}'
+  write_index(os.path.join(output_dir, 'index.html'), rows, title, notes)
+  decisions = {d: sum(r['decision'] == d for r in rows) for d in ('pass', 'fail', 'review')}
+  summary = {'volumes': len(cases), 'read': len(judged_all), 'unreadable': len(cases) - len(judged_all),
+             'decisions': decisions, 'rule': f'fixed: pass if predicted volume Dice >= {config.eval.fail_dice}',
+             'calibrated': False, 'notes': notes, 'provenance': origin,
+             'wall_time_s': round(time.time() - t0, 1)}
+  with_truth = [r for r in rows if r['true_dice'] != '']
+  if with_truth:
+    true = np.array([float(r['true_dice']) for r in with_truth])
+    accepted = np.array([r['decision'] == 'pass' for r in with_truth])
+    summary['against_truth'] = {'volumes': len(with_truth), 'mean_true_dice': float(true.mean()),
+                                'accepted': int(accepted.sum()),
+                                'accepted_failures': int(np.sum(accepted & (true < config.eval.fail_dice)))}
+  artifacts.write_json(os.path.join(output_dir, 'summary.json'), summary)
+  log.info('predict: %d volumes, %d read; %s; outputs in %s', len(cases), len(judged_all), decisions, output_dir)
+  if not judged_all:
+    raise errors.PredictError(f'none of the {len(cases)} volumes in {input_dir} could be read; see '
+                              f'{os.path.join(output_dir, "predictions.csv")}')
+  return summary
