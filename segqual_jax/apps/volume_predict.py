@@ -16,11 +16,18 @@ by its own id ``<case>:zNNN``); the slices' results are gathered back into the v
 * ``summary.json``.
 
 **The gate per volume.** Each slice has its conformal p-value against the quality split's
-reference slices. A volume is sent to review when at least half of its slices have
-p <= ``ood_alpha`` / 2: for a volume like the reference ones each slice's p is
-(super-)uniform, so the expected share of such slices is at most ``ood_alpha`` / 2 and, by
-Markov's inequality, the chance that half of them are is at most ``ood_alpha`` -- the same
-bound as a 2D case, whatever the correlation between slices.
+reference slices (whole volumes). A volume is sent to review when at least half of its
+slices, or slices holding at least half of f's lesion area (the slices its predicted Dice
+rests on), have p <= ``ood_alpha`` / 2. If each slice's p-value is valid -- the new
+patient's slices drawn like the reference slices -- the expected share of such slices is
+at most ``ood_alpha`` / 2, and by Markov's inequality each of the two shares reaches one
+half with probability at most ``ood_alpha``, whatever the correlation between slices: at
+most 2 ``ood_alpha`` of volumes like the reference ones go to review. The reference pools
+slices of a few volumes, so a patient whose volume is unlike theirs in size or extent is
+not covered by that bound (it is reviewed more, or less, often).
+
+Not yet for volumes: the batch test of a whole run (``predict.on_shift``), calibrated
+rules, ``--segmentations`` and ``--monitor``.
 
 **The rule per volume.** The run's calibrated rules are about slices; nothing calibrates a
 volume's rule (too few patients: 19 in the LGG quality split), so the fixed rule
@@ -54,6 +61,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ('case', 'status', 'decision', 'reason', 'predicted_dice', 'predicted_jaccard', 'slices',
            'lesion_voxels', 'mean_uncertainty', 'applicability_p_median', 'gate_slices_share',
+           'gate_lesion_share',
            'true_dice', 'mask', 'map', 'error', 'run')
 NOT_CALIBRATED = ('NOT CALIBRATED PER VOLUME: a volume passes when its predicted Dice is >= {fail} '
                   '(a fixed rule); the share of failures among accepted volumes is not bounded by '
@@ -61,12 +69,18 @@ NOT_CALIBRATED = ('NOT CALIBRATED PER VOLUME: a volume passes when its predicted
 PAGE_SLICES = 3  # the most uncertain slices shown per case
 
 
-def gate_volume(pvalues: np.ndarray | None, ood_alpha: float) -> tuple[bool, float | None, float | None]:
-  """``(flagged, median p, share of slices with p <= ood_alpha / 2)`` of one volume's slices."""
+def gate_volume(pvalues: np.ndarray | None, ood_alpha: float, lesion_area: np.ndarray | None = None
+                ) -> tuple[bool, float | None, float | None, float | None]:
+  """``(flagged, median p, share of slices with p <= ood_alpha / 2, the same share of f's
+  lesion area)`` of one volume's slices (the lesion share is None when f found no lesion)."""
   if pvalues is None or ood_alpha <= 0 or len(pvalues) == 0:
-    return False, None, None
-  share = float(np.mean(np.asarray(pvalues) <= ood_alpha / 2))
-  return share >= 0.5, float(np.median(pvalues)), share
+    return False, None, None, None
+  low = np.asarray(pvalues) <= ood_alpha / 2
+  share = float(np.mean(low))
+  area = None if lesion_area is None else np.asarray(lesion_area, np.float64)
+  lesion_share = float(np.sum(area * low) / np.sum(area)) if area is not None and area.sum() > 0 else None
+  flagged = share >= 0.5 or (lesion_share is not None and lesion_share >= 0.5)
+  return flagged, float(np.median(pvalues)), share, lesion_share
 
 
 def judge_volume(config, vol: volumes.Volume, run_pass, score) -> dict:
@@ -87,16 +101,18 @@ def judge_volume(config, vol: volumes.Volume, run_pass, score) -> dict:
   groups = np.zeros(len(images), np.int64)
   dice = float(volume.predicted_dice(out['dice'], out['masks'], groups, 1)[0])
   pvalues = None if score is None else score.pvalues(score.score(out['features']))
-  flagged, p_median, share = gate_volume(pvalues, config.predict.ood_alpha)
+  area = out['masks'].reshape(len(images), -1).sum(1)
+  flagged, p_median, share, lesion_share = gate_volume(pvalues, config.predict.ood_alpha, area)
   return {'images': images, 'masks': out['masks'], 'maps': out['maps'], 'dice': dice,
-          'flagged': flagged, 'p_median': p_median, 'share': share}
+          'flagged': flagged, 'p_median': p_median, 'share': share, 'lesion_share': lesion_share}
 
 
 def decide(judged: dict, config) -> tuple[str, str]:
   fail = config.eval.fail_dice
   if judged['flagged']:
-    return 'review', (f'outside the training distribution: {100 * judged["share"]:.0f} % of its slices '
-                      f'have applicability p <= {config.predict.ood_alpha / 2:g} (median p '
+    lesion = '' if judged['lesion_share'] is None else f', {100 * judged["lesion_share"]:.0f} % of f\'s lesion'
+    return 'review', (f'outside the training distribution: {100 * judged["share"]:.0f} % of its slices{lesion} '
+                      f'with applicability p <= {config.predict.ood_alpha / 2:g} (median p '
                       f'{judged["p_median"]:.3g}): not judged')
   if judged['dice'] >= fail:
     return 'pass', f'predicted volume Dice {judged["dice"]:.3f} >= {fail} (fixed rule)'
@@ -104,8 +120,9 @@ def decide(judged: dict, config) -> tuple[str, str]:
 
 
 def _display(plane: np.ndarray) -> np.ndarray:
-  """An axial plane (X, Y) as seen in a viewer (rows anterior to posterior)."""
-  return np.rot90(plane)
+  """An axial plane as stored (first axis down, second across): no reorientation is
+  guessed, so the page shows what the file holds, as the slices f saw."""
+  return plane
 
 
 def draw_page(path: str, case: str, judged: dict, vmax: float) -> None:
@@ -172,7 +189,8 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
   """Judges every volume of ``input_dir``; writes ``output_dir``; returns the summary."""
   if not os.path.isdir(input_dir):
     raise errors.PredictError(f'--input={input_dir}: an nnU-Net inference folder is needed (no such directory)')
-  spec = volumes.read_dataset_json(config.data.root)
+  spec = volumes.read_dataset_json(run_dirs.seg_dir(workdir) if os.path.exists(
+      os.path.join(run_dirs.seg_dir(workdir), 'dataset.json')) else config.data.root)
   cases = volumes.list_cases(input_dir, spec.file_ending)
   if not cases:
     raise errors.PredictError(f'{input_dir}: no nnU-Net channel files <case>_0000{spec.file_ending}')
@@ -204,16 +222,22 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
     try:
       vol = volumes.read_case(input_dir, case, spec)
       judged = judge_volume(config, vol, run_pass, score)
+      mask = volumes.to_volume(judged['masks'], vol.shape, nearest=True).astype(np.uint8)
+      umap = volumes.to_volume(judged['maps'].astype(np.float32), vol.shape, nearest=False).astype(np.float32)
+      volumes.write_like(os.path.join(output_dir, 'masks', f'{case}{spec.file_ending}'), mask, vol)
+      volumes.write_like(os.path.join(output_dir, 'maps', f'{case}_uncertainty{spec.file_ending}'), umap, vol)
     except volumes.VolumeError as e:
       row.update(status='unreadable', decision='review', error=str(e),
                  reason='the volume could not be read: not judged')
       rows.append(row)
       log.warning('%s', e)
       continue
-    mask = volumes.to_volume(judged['masks'], vol.shape, nearest=True).astype(np.uint8)
-    umap = volumes.to_volume(judged['maps'].astype(np.float32), vol.shape, nearest=False).astype(np.float32)
-    volumes.write_like(os.path.join(output_dir, 'masks', f'{case}{spec.file_ending}'), mask, vol)
-    volumes.write_like(os.path.join(output_dir, 'maps', f'{case}_uncertainty{spec.file_ending}'), umap, vol)
+    except Exception as e:  # pylint: disable=broad-except  (one case's failure is that case's row)
+      log.exception('%s: not judged', case)
+      row.update(status='error', decision='review', error=f'{type(e).__name__}: {e}',
+                 reason='the volume could not be judged: not judged')
+      rows.append(row)
+      continue
     decision, reason = decide(judged, config)
     row.update(status='ok', decision=decision, reason=reason, predicted_dice=f'{judged["dice"]:.5f}',
                predicted_jaccard=f'{overlap.jaccard_from_dice(judged["dice"]):.5f}',
@@ -221,6 +245,7 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
                mean_uncertainty=f'{float(judged["maps"].mean()):.5f}',
                applicability_p_median='' if judged['p_median'] is None else f'{judged["p_median"]:.5f}',
                gate_slices_share='' if judged['share'] is None else f'{judged["share"]:.3f}',
+               gate_lesion_share='' if judged['lesion_share'] is None else f'{judged["lesion_share"]:.3f}',
                true_dice=_true_dice(masks_dir, vol, mask, spec),
                mask=f'masks/{case}{spec.file_ending}', map=f'maps/{case}_uncertainty{spec.file_ending}')
     rows.append(row)

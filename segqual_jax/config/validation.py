@@ -268,6 +268,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError('config.quality.shift_corruptions labels corrupted copies by running f on '
                         'them; the outside model of config.external.predictions never saw them: '
                         'set quality.shift_corruptions=\'\'')
+  if config.data.name == 'nnunet':
+    refused = [(config.quality.label_resolution != 'model', 'quality.label_resolution must be model '
+                '(slices are labelled at the model\'s size; volumes are judged on their own grid)'),
+               (config.calibration.fraction > 0, 'calibration.fraction must be 0 (calibration cases would '
+                'split a patient\'s slices; volumes are not calibrated yet)'),
+               (config.quality.label_source == 'oof', 'quality.label_source=oof folds would split a '
+                'patient\'s slices'),
+               (bool(config.external.predictions.strip()), 'external.predictions is not supported for volumes yet')]
+    for bad, why in refused:
+      if bad:
+        raise ConfigError(f'config.data.name=nnunet: {why}')
   if config.seg.central_levels < 0 or config.seg.central_levels > config.seg.depth:
     raise ConfigError(f'config.seg.central_levels={config.seg.central_levels!r}: '
                       f'must be in [0, seg.depth={config.seg.depth}]')

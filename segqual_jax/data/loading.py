@@ -62,7 +62,7 @@ def case_files(data_config) -> dict[str, tuple[str, str]]:
   """``{case id: (image path, true mask path)}`` of a real data set (``{}`` for synthetic data,
   whose cases exist only at the model's size, and for nnU-Net volumes, whose slices' true
   overlaps are measured at the model's size and their volumes' on the volume's own grid by
-  ``evaluation/volumes.py``): where native-resolution labels are read."""
+  ``evaluation/volume_table.py``): where native-resolution labels are read."""
   if data_config.name in ('synthetic', 'nnunet'):
     return {}
   key = (data_config.name, data_config.root, data_config.splits, data_config.seed)

@@ -82,6 +82,8 @@ def read_dataset_json(root: str) -> DatasetSpec:
   if missing:
     raise errors.DataError(f'{path}: lacks {", ".join(missing)} (nnU-Net v2 dataset.json)')
   names = spec['channel_names']
+  if not all(str(k).isdigit() for k in names):
+    raise errors.DataError(f'{path}: channel_names keys must be 0, 1, ... (got {sorted(names)})')
   order = sorted(names, key=int)
   if [int(k) for k in order] != list(range(len(order))):
     raise errors.DataError(f'{path}: channel_names keys must be 0, 1, ... (got {order})')
@@ -122,6 +124,9 @@ def load_nifti(path: str) -> tuple[np.ndarray, np.ndarray, object]:
     raise VolumeError(f'{path}: not a NIfTI image ({e})') from e
   except (OSError, ValueError) as e:
     raise VolumeError(f'{path}: unreadable ({e})') from e
+  if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool) \
+      or np.iscomplexobj(data):
+    raise VolumeError(f'{path}: voxels of type {data.dtype}; expected real numbers (one channel per file)')
   while data.ndim > 3 and data.shape[-1] == 1:
     data = data[..., 0]
   if data.ndim != 3:

@@ -59,6 +59,7 @@ def markdown(result: dict, fail_dice: float, table_markdown) -> str:
           f'Mean volume Dice {result["mean_dice"]:.3f} on the volumes\' own grid '
           f'({result["mean_dice_model_grid"]:.3f} on the slices at the model\'s size); '
           f'{100 * result["fail_rate"]:.1f} % of volumes with Dice < {fail_dice}. '
-          'Predicted volume Dice: the slices\' predictions weighted by f\'s lesion area.\n\n'
+          'Predicted volume Dice: the slices\' predictions weighted by f\'s lesion area, with the '
+          'lesion f probably missed on its empty slices (quality/volume.py).\n\n'
           + table_markdown({n: [m] for n, m in result['quality_models'].items()}, key)
           + '\n## Per slice\n')

@@ -329,6 +329,9 @@ def split_indices(num_cases: int, reference_fraction: float, seed: int,
   """
   groups = np.arange(num_cases) if groups is None else np.asarray(groups)
   names, members = np.unique(groups, return_inverse=True)
+  if len(names) < 2:
+    raise errors.ConfigError(f'the applicability gate needs cases of >= 2 volumes in the quality split '
+                             f'(it has {len(names)}); add them, or set predict.ood_alpha=0')
   perm = np.random.default_rng([seed, keys.APPLICABILITY_SPLIT]).permutation(len(names))
   n_ref = min(max(int(round(reference_fraction * num_cases)), 1), num_cases - 2)
   sizes = np.bincount(members, minlength=len(names))[perm]

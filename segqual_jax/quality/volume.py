@@ -6,13 +6,15 @@ Dice of the whole volume over all its voxels (> 0.8). Gathering back:
 * ``true_dice``: 2 sum|P_k & T_k| / (sum|P_k| + sum|T_k|) over the slices k; a volume with no
   lesion in truth and none predicted has Dice 1, one where exactly one of them is empty 0
   (the convention of the 2D cases, ``metrics/overlap.py``).
-* ``predicted_dice``: each slice's predicted Dice d_k weighted by f's lesion area a_k on it,
-  sum d_k a_k / sum a_k -- the volume Dice if each slice's true lesion were as large as
-  f's (then |P_k & T_k| = d_k a_k). Slices where f found nothing contribute no area; when f
-  found nothing anywhere, the mean of the slices' predictions (each one says how likely an
-  empty slice is right) stands for the volume's. A lesion f missed on slices where it found
-  nothing at all is not in this estimate: the quality model sees such a slice as an empty,
-  probably correct mask unless the image tells it otherwise.
+* ``predicted_dice``: 2 sum d_k a_k / (2 sum a_k + sum_{a_k = 0} (1 - d_k) a_mean), with d_k
+  each slice's predicted Dice and a_k f's lesion area on it. On a slice with lesion, if its
+  true lesion were as large as f's, |P_k & T_k| = d_k a_k. On a slice where f found
+  nothing, d_k is the quality model's belief that the slice is truly empty, so 1 - d_k
+  times f's mean lesion area per lesion slice a_mean is the lesion f is expected to have
+  missed there: it enlarges the denominator, as a missed lesion does. When f found nothing
+  anywhere the smallest slice prediction stands for the volume (fail-safe: one slice the
+  quality model doubts is enough to doubt the volume; a volume with no lesion and none
+  predicted has Dice 1, but most volumes of a lesion data set hold one).
 """
 
 from __future__ import annotations
@@ -46,11 +48,17 @@ def true_dice(masks: np.ndarray, truth: np.ndarray, groups: np.ndarray, num: int
 def predicted_dice(slice_dice: np.ndarray, masks: np.ndarray, groups: np.ndarray, num: int) -> np.ndarray:
   """Predicted volume Dice per group from slices' predicted Dice and f's slice masks."""
   area = (masks.reshape(len(masks), -1) > 0).sum(1).astype(np.float64)
-  d = np.asarray(slice_dice, np.float64)
+  d = np.clip(np.asarray(slice_dice, np.float64), 0.0, 1.0)
   weighted = np.bincount(groups, d * area, num)
   total = np.bincount(groups, area, num)
-  mean = np.bincount(groups, d, num) / np.maximum(np.bincount(groups, minlength=num), 1)
-  return np.where(total > 0, weighted / np.maximum(total, 1e-12), mean)
+  lesion_slices = np.bincount(groups, area > 0, num)
+  mean_area = total / np.maximum(lesion_slices, 1)
+  missed = np.bincount(groups, np.where(area > 0, 0.0, 1.0 - d), num) * mean_area
+  smallest = np.full(num, np.inf)
+  np.minimum.at(smallest, groups, d)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    estimate = 2 * weighted / (2 * total + missed)
+  return np.where(total > 0, estimate, smallest)
 
 
 def slice_uncertainty(maps: np.ndarray, groups: np.ndarray, num: int) -> list[np.ndarray]:

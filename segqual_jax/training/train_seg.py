@@ -109,6 +109,8 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
   """
   out_dir = seg_dir or run_dirs.seg_dir(workdir)
   stages.record(out_dir, config, 'seg')
+  if config.data.name == 'nnunet':  # predict reads the channels f learned from here, data or not
+    shutil.copyfile(os.path.join(config.data.root, 'dataset.json'), os.path.join(out_dir, 'dataset.json'))
   metrics_path = os.path.join(out_dir, 'metrics.json')
   if (done := run_dirs.completed(metrics_path, 'stage 1')) is not None:
     return done

@@ -67,6 +67,7 @@ def test_reads_a_case_with_its_label(tmp_path):
     ('truncated', 'truncated or corrupt'),
     ('not_nifti', 'not a NIfTI image'),
     ('two_d', 'a 2D image'),
+    ('rgb', 'expected real numbers'),
 ])
 def test_each_bad_volume_gets_a_named_error(tmp_path, problem, expected):
   images, labels = tmp_path / 'images', tmp_path / 'labels'
@@ -97,6 +98,8 @@ def test_each_bad_volume_gets_a_named_error(tmp_path, problem, expected):
     channel(0).write_bytes(gzip.compress(b'this is a PNG, honestly' * 40))
   elif problem == 'two_d':
     write_nifti(channel(0), np.ones((12, 10), np.float32))
+  elif problem == 'rgb':
+    write_nifti(channel(0), np.zeros((12, 10, 4), [('R', 'u1'), ('G', 'u1'), ('B', 'u1')]))
   with pytest.raises(volumes.VolumeError, match=re.escape(expected)) as raised:
     volumes.read_case(str(images), 'bad', SPEC, str(labels))
   assert 'bad' in str(raised.value)  # the case (or its file) is named
@@ -135,10 +138,14 @@ def test_volume_dice_by_hand():
   np.testing.assert_allclose(volume.true_dice(masks, truth, groups, 2), [0.4, 1.0])
   # One empty, the other not: 0.
   np.testing.assert_allclose(volume.true_dice(masks[:1], np.zeros((1, 4), np.uint8), np.zeros(1, np.int64), 1), [0.0])
-  # Predicted: slices' predicted Dice weighted by f's area; f found nothing in volume 1: the mean.
+  # Predicted: 2 sum d a / (2 sum a + sum_{a = 0} (1 - d) a_mean). Volume 0: slice 0 has f's
+  # 2 px at d 0.9, slice 1 is empty with d 0.1 (a lesion of ~2 px probably missed there):
+  # 2 * 1.8 / (4 + 0.9 * 2). Volume 1: f found nothing anywhere: the lowest slice prediction.
   predicted = volume.predicted_dice(np.array([0.9, 0.1, 0.8, 0.6]), masks, groups, 2)
-  np.testing.assert_allclose(predicted, [0.9, 0.7])
-  masks[1, 0] = 1  # a third predicted pixel on slice 1 (predicted Dice 0.1): (0.9 * 2 + 0.1) / 3
+  np.testing.assert_allclose(predicted, [3.6 / 5.8, 0.6])
+  sure_empty = volume.predicted_dice(np.array([0.9, 1.0, 0.8, 0.6]), masks, groups, 2)
+  np.testing.assert_allclose(sure_empty[0], 0.9)  # the empty slice is surely right: no missed lesion
+  masks[1, 0] = 1  # a third predicted pixel, on slice 1 (predicted Dice 0.1): (0.9 * 2 + 0.1) / 3
   np.testing.assert_allclose(volume.predicted_dice(np.array([0.9, 0.1, 0.8, 0.6]), masks, groups, 2)[0],
                              (0.9 * 2 + 0.1) / 3)
   cases, where = volume.groups_of(['a:z000', 'a:z001', 'b:z000'])
@@ -222,9 +229,36 @@ def test_volume_gate_flags_half_the_slices_at_half_alpha():
   rng = np.random.default_rng(0)
   flagged = [volume_predict_gate(rng.uniform(size=30), 0.1) for _ in range(2000)]
   assert np.mean(flagged) <= 0.1
+  area = np.where(np.arange(30) % 7 == 0, 40.0, 0.0)  # lesion on 5 slices
+  assert np.mean([volume_predict_gate(rng.uniform(size=30), 0.1, area) for _ in range(2000)]) <= 0.2
   assert volume_predict_gate(np.full(30, 0.01), 0.1) and not volume_predict_gate(np.full(30, 0.5), 0.1)
 
 
-def volume_predict_gate(pvalues, alpha):
+def volume_predict_gate(pvalues, alpha, area=None):
   from segqual_jax.apps import volume_predict
-  return volume_predict.gate_volume(pvalues, alpha)[0]
+  return volume_predict.gate_volume(pvalues, alpha, area)[0]
+
+
+def test_volume_gate_looks_at_the_slices_the_estimate_rests_on():
+  # 3 of 30 slices hold all of f's lesion and are far out: flagged, though 90 % of slices look usual.
+  p = np.full(30, 0.5)
+  p[10:13] = 0.001
+  area = np.zeros(30)
+  area[10:13] = 50
+  assert not volume_predict_gate(p, 0.1) and volume_predict_gate(p, 0.1, area)
+
+
+@pytest.mark.parametrize('field,value,expected', [
+    ('calibration.fraction', 0.3, 'calibration.fraction must be 0'),
+    ('quality.label_source', 'oof', 'oof folds would split'),
+    ('quality.label_resolution', 'native', 'label_resolution must be model'),
+])
+def test_volume_runs_refuse_settings_that_split_a_patient(field, value, expected):
+  from segqual_jax.config import schema, validation
+  from segqual_jax.core import errors
+  config = schema.get_config()
+  config.data.name, config.data.root, config.quality.label_resolution = 'nnunet', '/x', 'model'
+  section, name = field.split('.')
+  config[section][name] = value
+  with pytest.raises(errors.ConfigError, match=expected):
+    validation.validate(config)
