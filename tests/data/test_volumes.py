@@ -156,13 +156,13 @@ def test_nnunet_data_set_splits_by_patient(tmp_path):
   from segqual_jax.config import schema
   from segqual_jax.data import loading
   root = tmp_path / 'Dataset001_Tiny'
-  write_dataset(str(root), [f'case{i}' for i in range(8)])
+  write_dataset(str(root), [f'case{i}' for i in range(12)])  # 2 volumes each for quality and test
   config = schema.get_config()
   config.data.name, config.data.root, config.data.image_size = 'nnunet', str(root), 8
   config.data.data_dir = str(tmp_path / 'tfds')
   splits = loading.load_splits(config.data)
   cases = {name: {volumes.case_of(i) for i in s.ids} for name, s in splits.items()}
-  assert sum(len(s) for s in splits.values()) == 8 * 4  # every slice of every volume once
+  assert sum(len(s) for s in splits.values()) == 12 * 4  # every slice of every volume once
   assert not cases['train'] & cases['test'] and not cases['quality'] & cases['test']
   assert splits['test'].images.shape[1:] == (8, 8, 3)
 
@@ -190,7 +190,7 @@ def test_volume_run_end_to_end_with_one_bad_volume(tmp_path, data_dir):
   from segqual_jax.evaluation import evaluate
   from segqual_jax.training import train_quality, train_seg
   root = tmp_path / 'Dataset003_Tiny'
-  write_dataset(str(root), [f'case{i}' for i in range(8)])
+  write_dataset(str(root), [f'case{i}' for i in range(12)])  # 2 volumes each for quality and test
   config = tiny_config(data_dir, 'uncertainty')
   config.seg.num_epochs = config.quality.num_epochs = 1
   config.data.name, config.data.root, config.data.image_size = 'nnunet', str(root), 16
