@@ -179,7 +179,7 @@ def write_index(path: str, rows: list[dict], title: str, notes: list[str]) -> No
   for r in rows:
     page = f'<img src="pages/{html.escape(r["case"])}.png" width="420">' if r['status'] == 'ok' else ''
     lines.append(f'<tr><td>{html.escape(r["case"])}</td><td>{r["decision"]}</td><td>{r["predicted_dice"]}</td>'
-                 f'<td>{html.escape(r["reason"] or r["error"])}</td><td>{page}</td></tr>')
+                 f'<td>{html.escape(": ".join(t for t in (r["reason"], r["error"]) if t))}</td><td>{page}</td></tr>')
   lines.append('</table>')
   artifacts.write_text(path, '\n'.join(lines) + '\n')
 

@@ -222,6 +222,7 @@ def test_volume_run_end_to_end_with_one_bad_volume(tmp_path, data_dir):
       assert written.shape == shape and np.allclose(written.affine, AFFINE)
     assert (out / 'pages' / f'{case}.png').stat().st_size > 0
   assert 'NOT CALIBRATED PER VOLUME' in (out / 'index.html').read_text()
+  assert 'channel 2 (t2) missing' in (out / 'index.html').read_text()  # the broken file named on the page
 
 
 def test_volume_gate_flags_half_the_slices_at_half_alpha():
