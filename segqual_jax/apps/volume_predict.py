@@ -166,9 +166,7 @@ def _true_dice(masks_dir: str | None, vol: volumes.Volume, mask: np.ndarray, spe
   if label.shape != vol.shape or not np.allclose(affine, vol.affine, atol=1e-3):
     log.warning('%s: true mask on another grid than the image; no true Dice', path)
     return ''
-  truth, pred = label > 0, mask > 0
-  total = truth.sum() + pred.sum()
-  return f'{(2 * (truth & pred).sum() / total) if total else 1.0:.5f}'
+  return f'{volume.dice(mask, label):.5f}'
 
 
 def write_index(path: str, rows: list[dict], title: str, notes: list[str]) -> None:

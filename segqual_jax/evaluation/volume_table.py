@@ -26,10 +26,7 @@ def native_dice(config, cases: list[str], masks: np.ndarray, groups: np.ndarray)
   out = []
   for g, case in enumerate(cases):
     vol = volumes.read_case(os.path.join(root, 'imagesTr'), case, spec, os.path.join(root, 'labelsTr'))
-    predicted = volumes.to_volume(masks[groups == g], vol.shape, nearest=True) > 0
-    truth = vol.label > 0
-    total = predicted.sum() + truth.sum()
-    out.append(float(2 * (predicted & truth).sum() / total) if total else 1.0)
+    out.append(volume.dice(volumes.to_volume(masks[groups == g], vol.shape, nearest=True), vol.label))
   return np.asarray(out)
 
 

@@ -45,6 +45,11 @@ def true_dice(masks: np.ndarray, truth: np.ndarray, groups: np.ndarray, num: int
   return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
 
 
+def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
+  """The Dice of one whole volume's masks (any shape), by the same rule as ``true_dice``."""
+  return float(true_dice(predicted.reshape(1, -1), truth.reshape(1, -1), np.zeros(1, np.int64), 1)[0])
+
+
 def predicted_dice(slice_dice: np.ndarray, masks: np.ndarray, groups: np.ndarray, num: int) -> np.ndarray:
   """Predicted volume Dice per group from slices' predicted Dice and f's slice masks."""
   area = (masks.reshape(len(masks), -1) > 0).sum(1).astype(np.float64)
