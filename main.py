@@ -45,7 +45,8 @@ _OUTPUT = flags.DEFINE_string('output', None, 'predict: folder for predictions.c
 _MASKS = flags.DEFINE_string('masks', None, 'predict: optional folder of true masks (same stems).')
 _SEGMENTATIONS = flags.DEFINE_string(
     'segmentations', None, 'predict: folder of another model\'s segmentations of the --input '
-    'images (<stem>.png or .npy: masks or p(lesion)), for a run trained with config.external.')
+    'images (<stem>.png or .npy: masks or p(lesion)); for a volume run, nnU-Net\'s prediction '
+    'folder (<case>.npz probabilities or <case>.nii.gz labels); for a run trained with config.external.')
 _MONITOR = flags.DEFINE_string(
     'monitor', None, 'predict: the stream monitor\'s state file (made by --mode=monitor '
     '--monitor_action=start); the cases of every predict given it form one stream, tested for a '
@@ -106,13 +107,14 @@ def main(argv):
                                                     _MASKS.value, _OVERWRITE.value,
                                                     _SEGMENTATIONS.value, _MONITOR.value),
             'predict_volumes': lambda c, w: volume_predict.predict(c, w, _INPUT.value, _OUTPUT.value,
-                                                                   _MASKS.value, _OVERWRITE.value),
+                                                                   _MASKS.value, _OVERWRITE.value,
+                                                                   _SEGMENTATIONS.value),
                'monitor': lambda c, w: monitor.run(c, w, _MONITOR.value, _MONITOR_ACTION.value),
             'bench': bench.run}
   todo = ['train_seg', 'train_quality', 'evaluate'] if _MODE.value == 'all' else [_MODE.value]
   if todo == ['predict'] and config.data.name == 'nnunet':  # a volume run judges volumes
-    if _SEGMENTATIONS.value or _MONITOR.value:
-      sys.exit('error: --segmentations and --monitor are not supported for volume runs (data.name=nnunet) yet')
+    if _MONITOR.value:
+      sys.exit('error: --monitor is not supported for volume runs (data.name=nnunet) yet')
     todo = ['predict_volumes']
   try:
     runtime.configure(config)  # once per process, before anything is traced

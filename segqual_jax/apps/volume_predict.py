@@ -26,8 +26,16 @@ most 2 ``ood_alpha`` of volumes like the reference ones go to review. The refere
 slices of a few volumes, so a patient whose volume is unlike theirs in size or extent is
 not covered by that bound (it is reviewed more, or less, often).
 
+**Another model's volumes** (``--segmentations=DIR``, a run trained with
+``external.predictions``): DIR is an nnU-Net prediction folder, ``<case>.npz`` (its
+``--save_probabilities`` output) or ``<case><ending>`` label maps
+(``volumes.read_prediction``). Each volume is checked against its input's grid and cut into
+the slices f sees; f runs as the surrogate and the quality model judges the outside
+slices, as stage 2 taught it (``assess.make_outside_pass``). ``masks/`` then holds the
+outside model's own mask on the input grid and ``maps/`` g's first map channel.
+
 Not yet for volumes: the batch test of a whole run (``predict.on_shift``), calibrated
-rules, ``--segmentations`` and ``--monitor``.
+rules and ``--monitor``.
 
 **The rule per volume.** The run's calibrated rules are about slices; nothing calibrates a
 volume's rule (too few patients: 19 in the LGG quality split), so the fixed rule
@@ -51,10 +59,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from segqual_jax.core import artifacts, errors, keys, workdir as run_dirs  # noqa: E402
-from segqual_jax.data import volumes  # noqa: E402
+from segqual_jax.data import segmentations as seg_io, volumes  # noqa: E402
 from segqual_jax.metrics import overlap  # noqa: E402
 from segqual_jax.quality import applicability, registry, volume  # noqa: E402
-from segqual_jax.segmenter import runner  # noqa: E402
+from segqual_jax.segmenter import external, runner  # noqa: E402
 from segqual_jax.apps import assess, predict as predict_2d, render  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -83,10 +91,16 @@ def gate_volume(pvalues: np.ndarray | None, ood_alpha: float, lesion_area: np.nd
   return flagged, float(np.median(pvalues)), share, lesion_share
 
 
-def judge_volume(config, vol: volumes.Volume, run_pass, score) -> dict:
-  """f and the quality model on every slice of ``vol``; the volume's numbers and arrays."""
+def judge_volume(config, vol: volumes.Volume, run_pass, score, outside=None) -> dict:
+  """f and the quality model on every slice of ``vol``; the volume's numbers and arrays.
+  ``outside``: ``(p(lesion) (X, Y, Z), kind)`` of another model's volume under review."""
   size, batch = config.data.image_size, config.seg.eval_batch_size
   images, _ = volumes.slices(vol, size)
+  seg_probs = None
+  if outside is not None:
+    probs, kind = outside
+    seg_probs = np.stack([seg_io.to_shape(seg_io.Segmentation(probs[:, :, k], kind), (size, size)).probs
+                          for k in range(len(images))])
   ids = [volumes.slice_id(vol.case, k) for k in range(len(images))]
   parts = []
   for start in range(0, len(images), batch):
@@ -95,9 +109,15 @@ def judge_volume(config, vol: volumes.Volume, run_pass, score) -> dict:
     padded[:len(chunk)] = chunk
     hashes = np.zeros((batch, keys.HASH_WORDS), np.uint32)
     hashes[:len(chunk)] = keys.case_hashes(ids[start:start + batch])
-    out = run_pass(padded, hashes)
+    chunk_probs = None
+    if seg_probs is not None:
+      chunk_probs = np.zeros((batch, size, size), np.float32)
+      chunk_probs[:len(chunk)] = seg_probs[start:start + batch]
+    out = run_pass(padded, hashes, chunk_probs)
     parts.append({k: np.asarray(out[k])[:len(chunk)] for k in ('masks', 'maps', 'features', 'dice')})
   out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  if out['maps'].ndim == 4:  # what g sees of an outside segmentation: its first channel is shown
+    out['maps'] = out['maps'][..., 0]
   groups = np.zeros(len(images), np.int64)
   dice = float(volume.predicted_dice(out['dice'], out['masks'], groups, 1)[0])
   pvalues = None if score is None else score.pvalues(score.score(out['features']))
@@ -125,8 +145,9 @@ def _display(plane: np.ndarray) -> np.ndarray:
   return plane
 
 
-def draw_page(path: str, case: str, judged: dict, vmax: float) -> None:
-  """The case's most uncertain slices (image, f's outline, map) and its per-slice uncertainty."""
+def draw_page(path: str, case: str, judged: dict, vmax: float, whose: str = "f's") -> None:
+  """The case's most uncertain slices (image, the reviewed outline, map) and its per-slice
+  uncertainty."""
   per_slice = judged['maps'].reshape(len(judged['maps']), -1).mean(1)
   shown = sorted(np.argsort(-per_slice)[:PAGE_SLICES])
   fig, axes = plt.subplots(len(shown) + 1, 2, figsize=(6, 3 * (len(shown) + 1)), squeeze=False)
@@ -134,7 +155,7 @@ def draw_page(path: str, case: str, judged: dict, vmax: float) -> None:
     image = judged['images'][k]
     drawn = render.outline(image, [(judged['masks'][k].astype(bool), (255, 220, 0))], width=1)
     axes[row, 0].imshow(_display(drawn))
-    axes[row, 0].set_title(f'slice {k}: f\'s mask', fontsize=9)
+    axes[row, 0].set_title(f'slice {k}: {whose} mask', fontsize=9)
     axes[row, 1].imshow(_display(judged['maps'][k]), cmap='magma', vmin=0, vmax=vmax)
     axes[row, 1].set_title(f'slice {k}: uncertainty (mean {per_slice[k]:.3f})', fontsize=9)
   for ax in axes[:-1].ravel():
@@ -182,9 +203,20 @@ def write_index(path: str, rows: list[dict], title: str, notes: list[str]) -> No
   artifacts.write_text(path, '\n'.join(lines) + '\n')
 
 
+def unmatched_predictions(segmentations_dir: str, cases: list[str], spec) -> list[str]:
+  """Cases with a prediction in ``segmentations_dir`` but no volume in ``--input``."""
+  found = set()
+  for name in os.listdir(segmentations_dir):
+    for ending in ('.npz', spec.file_ending):
+      if name.endswith(ending) and not name.startswith('.'):
+        found.add(name[:-len(ending)])
+  return sorted(found - set(cases))
+
+
 def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: str | None = None,
-            overwrite: bool = False) -> dict:
-  """Judges every volume of ``input_dir``; writes ``output_dir``; returns the summary."""
+            overwrite: bool = False, segmentations_dir: str | None = None) -> dict:
+  """Judges every volume of ``input_dir`` (f's segmentations, or with ``segmentations_dir``
+  another model's); writes ``output_dir``; returns the summary."""
   if not os.path.isdir(input_dir):
     raise errors.PredictError(f'--input={input_dir}: an nnU-Net inference folder is needed (no such directory)')
   spec = volumes.read_dataset_json(run_dirs.seg_dir(workdir) if os.path.exists(
@@ -194,6 +226,7 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
     raise errors.PredictError(f'{input_dir}: no nnU-Net channel files <case>_0000{spec.file_ending}')
   if masks_dir and not os.path.isdir(masks_dir):
     raise errors.PredictError(f'--masks={masks_dir}: no such directory')
+  predict_2d.check_segmentations(config, segmentations_dir)
   predict_2d.check_output(output_dir, overwrite)
   name = config.predict.quality_model
   run_dirs.require_seg(workdir)
@@ -211,7 +244,12 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
   predict_2d.prepare_output(output_dir)
   for sub in ('masks', 'maps', 'pages'):
     os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
-  run_pass = assess.make_pass(method, f_params, model, runner.cases_key(config))
+  if segmentations_dir:
+    run_pass = assess.make_outside_pass(method, f_params, model, external.channel_names(config),
+                                        config.uncertainty.score_band_px, runner.cases_key(config))
+  else:
+    run_pass = assess.make_pass(method, f_params, model, runner.cases_key(config))
+  whose, map_text = predict_2d.page_labels(config, segmentations_dir)
   t0 = time.time()
   rows, judged_all, vmax = [], {}, None
   for case in cases:
@@ -219,8 +257,18 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
     row.update(case=case, run=predict_2d.provenance_text(origin))
     try:
       vol = volumes.read_case(input_dir, case, spec)
-      judged = judge_volume(config, vol, run_pass, score)
-      mask = volumes.to_volume(judged['masks'], vol.shape, nearest=True).astype(np.uint8)
+      outside = None
+      if segmentations_dir:
+        probs, kind, path = volumes.read_prediction(segmentations_dir, case, spec, vol.shape, vol.affine)
+        if kind == 'mask' and external.needs_probabilities(config):
+          raise volumes.VolumeError(f'{path}: a label map, but this run\'s g needs the model\'s own '
+                                    'probabilities (nnU-Net --save_probabilities)')
+        outside = (probs, kind)
+      judged = judge_volume(config, vol, run_pass, score, outside)
+      if outside is None:
+        mask = volumes.to_volume(judged['masks'], vol.shape, nearest=True).astype(np.uint8)
+      else:  # the outside model's own mask, as it wrote it
+        mask = (outside[0] > 0.5).astype(np.uint8)
       umap = volumes.to_volume(judged['maps'].astype(np.float32), vol.shape, nearest=False).astype(np.float32)
       volumes.write_like(os.path.join(output_dir, 'masks', f'{case}{spec.file_ending}'), mask, vol)
       volumes.write_like(os.path.join(output_dir, 'maps', f'{case}_uncertainty{spec.file_ending}'), umap, vol)
@@ -250,19 +298,31 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
     judged_all[case] = judged
     top = float(np.percentile(judged['maps'], 99.5))
     vmax = top if vmax is None else max(vmax, top)
+  if segmentations_dir:
+    for case in unmatched_predictions(segmentations_dir, cases, spec):
+      row = dict.fromkeys(COLUMNS, '')
+      row.update(case=case, status='error', decision='review', run=predict_2d.provenance_text(origin),
+                 reason='a prediction without an input volume of that case: not judged',
+                 error=f'{segmentations_dir}: {case} has a prediction but no {case}_0000{spec.file_ending} '
+                       f'in {input_dir}')
+      rows.append(row)
+      log.warning('%s', row['error'])
   for case, judged in judged_all.items():
-    draw_page(os.path.join(output_dir, 'pages', f'{case}.png'), case, judged, vmax or 1.0)
+    draw_page(os.path.join(output_dir, 'pages', f'{case}.png'), case, judged, vmax or 1.0, whose)
   buf = io.StringIO()
   writer = csv.DictWriter(buf, COLUMNS)
   writer.writeheader()
   writer.writerows(rows)
   artifacts.write_text(os.path.join(output_dir, 'predictions.csv'), buf.getvalue())
-  title = f'segqual-jax: {config.method} on the volumes of {os.path.basename(os.path.abspath(input_dir))}'
+  title = (f'segqual-jax: {config.method} on the volumes of {os.path.basename(os.path.abspath(input_dir))}'
+           + (f', judging {whose} segmentations from {segmentations_dir} (map: {map_text})'
+              if segmentations_dir else ''))
   write_index(os.path.join(output_dir, 'index.html'), rows, title, notes)
   decisions = {d: sum(r['decision'] == d for r in rows) for d in ('pass', 'fail', 'review')}
   summary = {'volumes': len(cases), 'read': len(judged_all), 'unreadable': len(cases) - len(judged_all),
              'decisions': decisions, 'rule': f'fixed: pass if predicted volume Dice >= {config.eval.fail_dice}',
              'calibrated': False, 'notes': notes, 'provenance': origin,
+             'segmentations': segmentations_dir or "f's own",
              'wall_time_s': round(time.time() - t0, 1)}
   with_truth = [r for r in rows if r['true_dice'] != '']
   if with_truth:

@@ -97,7 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.quality.shift_copies = 2  # corrupted copies per case, each with a corruption and severity drawn from the case's own stream
 
   config.external = ml_collections.ConfigDict()
-  config.external.predictions = ''  # folder of another model's segmentations under review (<id>.png|.npy: masks or p(lesion)); relative = under data.root; '' = judge f's own
+  config.external.predictions = ''  # folder of another model's segmentations under review (<id>.png|.npy: masks or p(lesion); nnunet data: an nnU-Net prediction folder, <case>.npz or <case>.nii.gz); relative = under data.root; '' = judge f's own
   config.external.map_channels = 'surrogate,disagreement'  # g's map channels for them: msp | entropy (of their own p(lesion)), surrogate (f's map of the image), disagreement (|mask - p_f|)
 
   config.applicability = ml_collections.ConfigDict()

@@ -274,8 +274,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                (config.calibration.fraction > 0, 'calibration.fraction must be 0 (calibration cases would '
                 'split a patient\'s slices; volumes are not calibrated yet)'),
                (config.quality.label_source == 'oof', 'quality.label_source=oof folds would split a '
-                'patient\'s slices'),
-               (bool(config.external.predictions.strip()), 'external.predictions is not supported for volumes yet')]
+                'patient\'s slices')]
     for bad, why in refused:
       if bad:
         raise ConfigError(f'config.data.name=nnunet: {why}')

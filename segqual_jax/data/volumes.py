@@ -24,6 +24,7 @@ import gzip
 import json
 import os
 import re
+import zipfile
 import zlib
 
 import numpy as np
@@ -250,3 +251,112 @@ def write_like(path: str, array: np.ndarray, volume: Volume) -> None:
   tmp = path + '.tmp' + ('.nii.gz' if path.endswith('.gz') else '.nii')
   nib.save(image, tmp)
   os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# An nnU-Net model's own predictions: the segmentations under review (``--segmentations``).
+
+PROBABILITIES_KEY = 'probabilities'
+SUM_TOLERANCE = 1e-2  # softmax channels must sum to 1 within this
+
+
+def slice_index(sid: str) -> int:
+  """The axial index of a slice id ``<case>:zNNN``."""
+  return int(sid.rsplit(SLICE_SEPARATOR, 1)[1])
+
+
+def grid_of(path: str) -> tuple[tuple[int, int, int], np.ndarray]:
+  """``(shape, affine)`` of a NIfTI file from its header alone (no voxels read)."""
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    raise VolumeError(f'{path}: missing')
+  try:
+    image = nib.load(path)
+  except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as e:
+    raise VolumeError(f'{path}: not a readable NIfTI image ({e})') from e
+  shape = tuple(int(s) for s in image.shape)
+  while len(shape) > 3 and shape[-1] == 1:
+    shape = shape[:-1]
+  return shape, np.asarray(image.affine, np.float64)
+
+
+def prediction_file(folder: str, case: str, spec: DatasetSpec) -> str | None:
+  """The file of ``case`` in an nnU-Net prediction folder: ``<case>.npz`` (its probabilities,
+  written with ``--save_probabilities``) before ``<case><ending>`` (its label map); None if neither."""
+  for name in (case + '.npz', case + spec.file_ending):
+    if os.path.exists(path := os.path.join(folder, name)):
+      return path
+  return None
+
+
+def _lesion_from_npz(path: str, spec: DatasetSpec, shape: tuple[int, int, int]) -> np.ndarray:
+  """p(lesion) (X, Y, Z) from nnU-Net's ``.npz``: ``probabilities`` (C, z, y, x) on the input's
+  grid in SimpleITK's axis order (nnU-Net's readers, its NibabelIO included, turn nibabel's
+  (x, y, z) into (z, y, x)), so it is transposed back to the NIfTI file's order. Softmax
+  channels (labels 0, 1, ...): p(lesion) = 1 - p(background), the union of every foreground
+  label, as ``read_case`` makes the lesion of a label. Region channels (``dataset.json`` labels
+  given as lists: sigmoid outputs, no background channel): p(lesion) = the largest region's
+  probability, whose > 0.5 is nnU-Net's own foreground."""
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      if PROBABILITIES_KEY not in npz.files:
+        raise VolumeError(f'{path}: no array {PROBABILITIES_KEY!r} (has {", ".join(npz.files) or "none"}); '
+                          'expected nnU-Net\'s --save_probabilities output')
+      probs = np.asarray(npz[PROBABILITIES_KEY])
+  except VolumeError:
+    raise
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    raise VolumeError(f'{path}: truncated or unreadable .npz ({e})') from e
+  if probs.ndim != 4 or not np.issubdtype(probs.dtype, np.floating):
+    raise VolumeError(f'{path}: {PROBABILITIES_KEY} of shape {probs.shape} and type {probs.dtype}; '
+                      'expected float (C, z, y, x)')
+  probs = probs.transpose(0, 3, 2, 1).astype(np.float32)
+  if probs.shape[1:] != tuple(shape):
+    raise VolumeError(f'{path}: probabilities of shape {probs.shape[1:]} (x, y, z), the image '
+                      f'{tuple(shape)}: not a prediction of this volume (or written reoriented)')
+  if not np.isfinite(probs).all() or probs.min() < -1e-6 or probs.max() > 1 + 1e-6:
+    raise VolumeError(f'{path}: probabilities outside [0, 1] or not finite; save probabilities, '
+                      'not logits')
+  regions = any(isinstance(v, (list, tuple)) for v in spec.labels.values())
+  if regions:
+    return np.clip(probs.max(0), 0.0, 1.0)
+  if probs.shape[0] != len(spec.label_values):
+    raise VolumeError(f'{path}: {probs.shape[0]} probability channels, dataset.json has '
+                      f'{len(spec.label_values)} labels')
+  total = probs.sum(0)
+  if np.abs(total - 1).max() > SUM_TOLERANCE:
+    raise VolumeError(f'{path}: channels sum to {total.min():.3f}..{total.max():.3f}, not 1 '
+                      '(softmax probabilities expected for labels without regions)')
+  return np.clip(1.0 - probs[0], 0.0, 1.0)
+
+
+def read_prediction(folder: str, case: str, spec: DatasetSpec, shape: tuple[int, int, int],
+                    affine: np.ndarray) -> tuple[np.ndarray, str, str]:
+  """``(p(lesion) (X, Y, Z) float32, 'probabilities' | 'mask', path)`` of ``case`` in an
+  nnU-Net prediction folder, checked against its image's grid (``shape``, ``affine``);
+  ``VolumeError`` naming the file and the problem. A label map's lesion is every foreground
+  label (values from ``dataset.json``); a float NIfTI with values in [0, 1] that are not all
+  0/1 is read as p(lesion)."""
+  path = prediction_file(folder, case, spec)
+  if path is None:
+    raise VolumeError(f'{case}: no prediction {case}.npz or {case}{spec.file_ending} in {folder}')
+  if path.endswith('.npz'):
+    return _lesion_from_npz(path, spec, shape), 'probabilities', path
+  data, aff, _ = load_nifti(path)
+  if data.shape != tuple(shape):
+    raise VolumeError(f'{path}: prediction of shape {data.shape}, the image {tuple(shape)}')
+  if not _same_grid(aff, affine):
+    raise VolumeError(f'{path}: prediction on another grid (affine) than its image')
+  data = np.asarray(data, np.float64)
+  if not np.isfinite(data).all():
+    raise VolumeError(f'{path}: NaN or infinite values')
+  if np.all(data == np.round(data)):
+    values = set(np.unique(data).astype(int).tolist())
+    if (unknown := values - spec.label_values):
+      raise VolumeError(f'{path}: label values {sorted(unknown)} not in dataset.json labels '
+                        f'{sorted(spec.label_values)}')
+    return (data > 0).astype(np.float32), 'mask', path
+  if data.min() < 0 or data.max() > 1:
+    raise VolumeError(f'{path}: values {data.min():.4g}..{data.max():.4g} are neither labels nor '
+                      'probabilities in [0, 1]')
+  return data.astype(np.float32), 'probabilities', path

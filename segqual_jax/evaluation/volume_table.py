@@ -17,16 +17,23 @@ import numpy as np
 from segqual_jax.data import volumes
 from segqual_jax.metrics import overlap, quality as quality_metrics
 from segqual_jax.quality import volume
+from segqual_jax.segmenter import external, judged
 
 
 def native_dice(config, cases: list[str], masks: np.ndarray, groups: np.ndarray) -> np.ndarray:
-  """Each case's volume Dice of f's slice masks resized onto the label file's own grid."""
+  """Each case's volume Dice on the label file's own grid: of f's slice masks resized onto
+  it, or, with ``external.predictions``, of the outside model's own volume as it wrote it."""
   root = config.data.root
   spec = volumes.read_dataset_json(root)
+  folder = judged.predictions_dir(config) if external.active(config) else None
   out = []
   for g, case in enumerate(cases):
     vol = volumes.read_case(os.path.join(root, 'imagesTr'), case, spec, os.path.join(root, 'labelsTr'))
-    out.append(volume.dice(volumes.to_volume(masks[groups == g], vol.shape, nearest=True), vol.label))
+    if folder is None:
+      reviewed = volumes.to_volume(masks[groups == g], vol.shape, nearest=True)
+    else:
+      reviewed = volumes.read_prediction(folder, case, spec, vol.shape, vol.affine)[0] > 0.5
+    out.append(volume.dice(reviewed, vol.label))
   return np.asarray(out)
 
 

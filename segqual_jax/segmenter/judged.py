@@ -5,7 +5,9 @@ from f's cache directly, so one rule holds everywhere:
 
 * **Which segmentation.** f's own (``runner.cached_outputs``), or with
   ``external.predictions`` another model's, read from that folder
-  (``<id>.png|.npy``, ``data/segmentations.py``) at its image's size. f still
+  (``<id>.png|.npy``, ``data/segmentations.py``) at its image's size; for an
+  nnU-Net data set, an nnU-Net prediction folder of volumes cut into the
+  slices f sees (``read_outside_volumes``). f still
   runs on every case: it is the surrogate whose map, disagreement and scores
   g and cheap QC may see (``external.judge``), and its encoder features feed
   the applicability gate. A case without a readable segmentation is dropped
@@ -29,7 +31,7 @@ import numpy as np
 from segqual_jax.core import artifacts, workdir as run_dirs
 from segqual_jax.core.errors import DataError
 from segqual_jax.data import images as image_io
-from segqual_jax.data import loading, pipeline, segmentations
+from segqual_jax.data import loading, pipeline, segmentations, volumes
 from segqual_jax.segmenter import external, runner
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,36 @@ def read_outside(config, ids, image_paths: dict[str, str], folder: str):
   return np.asarray(kept, np.int64), segs, dropped
 
 
+def read_outside_volumes(config, slice_ids, folder: str):
+  """``read_outside`` for the slices of volumes (``<case>:zNNN``): each case's prediction in an
+  nnU-Net prediction folder (``<case>.npz`` probabilities or ``<case><ending>`` labels,
+  ``volumes.read_prediction``) is read once, checked against the case's image grid
+  (``imagesTr/<case>_0000``), and cut into its axial planes at the volume's own in-plane size.
+  A volume whose prediction cannot be used drops all its slices, each naming why."""
+  root = os.path.abspath(os.path.expanduser(config.data.root))
+  spec = volumes.read_dataset_json(root)
+  by_case: dict[str, list[int]] = {}
+  for i, sid in enumerate(slice_ids):
+    by_case.setdefault(volumes.case_of(sid), []).append(i)
+  found, dropped = {}, {}
+  for case, rows in by_case.items():
+    try:
+      shape, affine = volumes.grid_of(volumes.channel_file(os.path.join(root, 'imagesTr'), case, 0,
+                                                           spec.file_ending))
+      probs, kind, path = volumes.read_prediction(folder, case, spec, shape, affine)
+      if kind == 'mask' and external.needs_probabilities(config):
+        raise volumes.VolumeError(f'{path}: a label map, but external.map_channels='
+                                  f'{config.external.map_channels!r} needs the model\'s own '
+                                  'probabilities (nnU-Net --save_probabilities)')
+    except volumes.VolumeError as e:
+      dropped.update({slice_ids[i]: str(e) for i in rows})
+      continue
+    for i in rows:
+      found[i] = segmentations.Segmentation(probs[:, :, volumes.slice_index(slice_ids[i])], kind)
+  kept = sorted(found)
+  return np.asarray(kept, np.int64), [found[i] for i in kept], dropped
+
+
 def judged(config, workdir: str, split: pipeline.Split) -> Judged:
   """The judged cases of ``split`` (module doc); f's pass over it is cached by the runner."""
   f_out = runner.cached_outputs(config, workdir, split)
@@ -88,8 +120,11 @@ def judged(config, workdir: str, split: pipeline.Split) -> Judged:
     folder = predictions_dir(config)
     if not os.path.isdir(folder):
       raise DataError(f'config.external.predictions: {folder} is not a folder')
-    image_paths = {k: v[0] for k, v in (files or loading.case_files(config.data)).items()}
-    kept, segs, dropped = read_outside(config, ids, image_paths, folder)
+    if config.data.name == 'nnunet':
+      kept, segs, dropped = read_outside_volumes(config, ids, folder)
+    else:
+      image_paths = {k: v[0] for k, v in (files or loading.case_files(config.data)).items()}
+      kept, segs, dropped = read_outside(config, ids, image_paths, folder)
     if dropped:
       artifacts.write_json(left_out_file(workdir, split.name), dropped)
       log.warning('%s split: %d of %d cases have no usable segmentation in %s and are left out '

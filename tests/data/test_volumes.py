@@ -263,3 +263,136 @@ def test_volume_runs_refuse_settings_that_split_a_patient(field, value, expected
   config[section][name] = value
   with pytest.raises(errors.ConfigError, match=expected):
     validation.validate(config)
+
+
+# ---------------------------------------------------------------------------
+# An nnU-Net model's own predictions (--segmentations, external.predictions).
+
+def write_npz(path, p_lesion):
+  """nnU-Net's --save_probabilities file: softmax (C, z, y, x), SimpleITK's axis order."""
+  probs = np.stack([1 - p_lesion, p_lesion]).astype(np.float32).transpose(0, 3, 2, 1)
+  np.savez_compressed(str(path), probabilities=probs)
+
+
+def test_reads_nnunet_probabilities_in_its_axis_order(tmp_path):
+  shape = (12, 10, 4)  # every axis its own length: a wrong transpose cannot pass
+  p = np.random.default_rng(0).uniform(size=shape).astype(np.float32)
+  write_npz(tmp_path / 'p1.npz', p)
+  probs, kind, path = volumes.read_prediction(str(tmp_path), 'p1', SPEC, shape, AFFINE)
+  assert kind == 'probabilities' and path.endswith('p1.npz')
+  np.testing.assert_allclose(probs, p, atol=1e-6)
+  label = (p > 0.7).astype(np.uint8) * 1
+  write_nifti(tmp_path / 'p2.nii.gz', label)
+  probs, kind, _ = volumes.read_prediction(str(tmp_path), 'p2', SPEC, shape, AFFINE)
+  assert kind == 'mask' and np.array_equal(probs, label)
+  regions = volumes.DatasetSpec(SPEC.channels, {'background': 0, 'whole': [1, 2], 'core': 2})
+  np.savez_compressed(str(tmp_path / 'p3.npz'),
+                      probabilities=np.stack([p, p / 2]).transpose(0, 3, 2, 1))  # sigmoid regions
+  probs, _, _ = volumes.read_prediction(str(tmp_path), 'p3', regions, shape, AFFINE)
+  np.testing.assert_allclose(probs, p, atol=1e-6)
+
+
+@pytest.mark.parametrize('problem,expected', [
+    ('none', 'no prediction p1.npz or p1.nii.gz'),
+    ('shape', 'probabilities of shape (4, 10, 12)'),
+    ('key', "no array 'probabilities'"),
+    ('truncated', 'truncated or unreadable .npz'),
+    ('logits', 'outside [0, 1]'),
+    ('sums', 'channels sum to'),
+    ('labels', 'label values [3] not in dataset.json'),
+    ('affine', 'another grid (affine)'),
+])
+def test_each_bad_prediction_gets_a_named_error(tmp_path, problem, expected):
+  shape = (12, 10, 4)
+  p = np.random.default_rng(1).uniform(size=shape).astype(np.float32)
+  if problem == 'shape':
+    write_npz(tmp_path / 'p1.npz', p.transpose(2, 1, 0))  # written in the wrong order
+  elif problem == 'key':
+    np.savez_compressed(str(tmp_path / 'p1.npz'), softmax=p)
+  elif problem == 'truncated':
+    write_npz(tmp_path / 'p1.npz', p)
+    data = (tmp_path / 'p1.npz').read_bytes()
+    (tmp_path / 'p1.npz').write_bytes(data[:len(data) // 2])
+  elif problem == 'logits':
+    np.savez_compressed(str(tmp_path / 'p1.npz'), probabilities=np.stack([-p, 3 * p]).transpose(0, 3, 2, 1))
+  elif problem == 'sums':
+    np.savez_compressed(str(tmp_path / 'p1.npz'), probabilities=np.stack([p, p]).transpose(0, 3, 2, 1))
+  elif problem == 'labels':
+    write_nifti(tmp_path / 'p1.nii.gz', np.full(shape, 3, np.uint8))
+  elif problem == 'affine':
+    write_nifti(tmp_path / 'p1.nii.gz', np.zeros(shape, np.uint8), np.diag([1.0, 1.0, 1.0, 1.0]))
+  with pytest.raises(volumes.VolumeError, match=re.escape(expected)):
+    volumes.read_prediction(str(tmp_path), 'p1', SPEC, shape, AFFINE)
+
+
+def test_volume_run_judges_an_nnunet_models_predictions(tmp_path, data_dir):
+  """A run trained on an outside model's nnU-Net predictions (``external.predictions``):
+  stage 2 reads them per volume and drops the one case whose file is broken, by name; the
+  evaluation scores the outside volumes on their own grid; predict takes ``--segmentations``
+  with probabilities and label maps, a missing prediction and one without an input."""
+  import csv
+  from conftest import tiny_config
+  from segqual_jax.apps import volume_predict
+  from segqual_jax.core import errors, workdir as run_dirs
+  from segqual_jax.evaluation import evaluate
+  from segqual_jax.training import train_quality, train_seg
+  root = tmp_path / 'Dataset004_Tiny'
+  cases = [f'case{i}' for i in range(12)]
+  write_dataset(str(root), cases)
+  outside = tmp_path / 'outside'  # the "outside model": the truth, with a little noise and a miss
+  outside.mkdir()
+  for i, case in enumerate(cases):
+    label = np.asarray(nib.load(str(root / 'labelsTr' / f'{case}.nii.gz')).dataobj).astype(np.float32)
+    noisy = np.clip(0.8 * label + np.random.default_rng(i).uniform(0, 0.3, label.shape), 0, 1)
+    if i % 3 == 0:
+      noisy[..., 1] = 0.1  # misses a slice of the lesion
+    write_npz(outside / f'{case}.npz', noisy)
+  (outside / 'case9.npz').write_bytes(b'not a zip')  # a quality-split case
+  (root / 'lists').mkdir()
+  for split, ids in (('train', cases[:6]), ('quality', cases[6:10]), ('test', cases[10:])):
+    (root / 'lists' / f'{split}.txt').write_text('\n'.join(ids) + '\n')
+  config = tiny_config(data_dir, 'uncertainty,cheap_qc')
+  config.seg.num_epochs = config.quality.num_epochs = 1
+  config.data.name, config.data.root, config.data.image_size = 'nnunet', str(root), 16
+  config.quality.label_resolution = 'model'
+  config.data.splits = ('train=lists/train.txt,validation=lists/quality.txt,quality=lists/quality.txt,'
+                        'test=lists/test.txt')
+  config.external.predictions = str(outside)
+  workdir = str(tmp_path / 'run')
+  train_seg.train_and_evaluate(config, workdir)
+  train_quality.train_quality(config, workdir)
+  result = evaluate.evaluate(config, workdir)
+  dropped = json.load(open(os.path.join(run_dirs.f_outputs_dir(workdir), 'quality_left_out.json')))
+  assert sorted(dropped) == [volumes.slice_id('case9', k) for k in range(4)]
+  assert all('case9.npz: truncated or unreadable .npz' in v for v in dropped.values())
+  rows = {r['case']: r for r in result['per_volume']['rows']}
+  for case, row in rows.items():  # the outside volume's own Dice on the label's grid, by hand
+    label = np.asarray(nib.load(str(root / 'labelsTr' / f'{case}.nii.gz')).dataobj)
+    mine = volumes.read_prediction(str(outside), case, SPEC, label.shape, AFFINE)[0] > 0.5
+    assert row['true_dice'] == pytest.approx(volume.dice(mine, label), abs=1e-5)
+
+  inference = tmp_path / 'imagesTs'
+  preds = tmp_path / 'preds'
+  preds.mkdir()
+  for i in range(3):
+    write_case(inference, f'new{i}', seed=30 + i)
+  p = np.zeros((12, 10, 4), np.float32)
+  p[2:8, 3:7, 1:3] = 0.9
+  write_npz(preds / 'new0.npz', p)
+  write_nifti(preds / 'new1.nii.gz', (p > 0.5).astype(np.uint8))  # labels only
+  write_npz(preds / 'stray.npz', p)  # no input volume of that name; new2 has no prediction
+  with pytest.raises(errors.PredictError, match='give that model'):
+    volume_predict.predict(config, workdir, str(inference), str(tmp_path / 'refused'))
+  out = tmp_path / 'out'
+  summary = volume_predict.predict(config, workdir, str(inference), str(out), segmentations_dir=str(preds))
+  rows = {r['case']: r for r in csv.DictReader(open(out / 'predictions.csv'))}
+  assert set(rows) == {'new0', 'new1', 'new2', 'stray'} and summary['read'] == 2
+  assert rows['new2']['decision'] == 'review' and 'no prediction new2.npz' in rows['new2']['error']
+  assert rows['stray']['decision'] == 'review'
+  assert 'stray has a prediction but no stray_0000.nii.gz' in rows['stray']['error']
+  for case in ('new0', 'new1'):
+    assert rows[case]['status'] == 'ok' and 0.0 <= float(rows[case]['predicted_dice']) <= 1.0
+    written = nib.load(str(out / 'masks' / f'{case}.nii.gz'))
+    assert np.array_equal(np.asarray(written.dataobj), (p > 0.5).astype(np.uint8))  # theirs, as written
+    assert np.allclose(written.affine, AFFINE)
+  assert 'judging the outside model' in (out / 'index.html').read_text()
