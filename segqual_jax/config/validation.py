@@ -272,9 +272,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     refused = [(config.quality.label_resolution != 'model', 'quality.label_resolution must be model '
                 '(slices are labelled at the model\'s size; volumes are judged on their own grid)'),
                (config.calibration.fraction > 0, 'calibration.fraction must be 0 (calibration cases would '
-                'split a patient\'s slices; volumes are not calibrated yet)'),
-               (config.quality.label_source == 'oof', 'quality.label_source=oof folds would split a '
-                'patient\'s slices')]
+                'split a patient\'s slices; volumes are not calibrated yet)')]
     for bad, why in refused:
       if bad:
         raise ConfigError(f'config.data.name=nnunet: {why}')

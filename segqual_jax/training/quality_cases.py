@@ -7,7 +7,7 @@ Which cases (``config.quality.label_source``):
   there and g learns that everything passes);
 * ``oof`` -- out-of-fold outputs on the training split: k extra copies of
   f, each trained without one fold, predict that fold (this module trains
-  them, which is why it lives in ``training``).
+  them, which is why it lives in ``training``); folds hold whole patients.
 The cases come from ``segmenter.judged`` (f's segmentations or another
 model's, true overlaps at native resolution); f's outputs are cached per split
 (``segmenter.runner.cached_outputs``), so reruns, every quality model and the
@@ -24,12 +24,28 @@ import os
 import numpy as np
 
 from segqual_jax.core import keys, workdir as run_dirs
-from segqual_jax.data import corruptions, pipeline
+from segqual_jax.core.errors import ConfigError
+from segqual_jax.data import corruptions, pipeline, volumes
 from segqual_jax.quality import auto_accept
 from segqual_jax.segmenter import judged, runner
 from segqual_jax.training import train_seg
 
 log = logging.getLogger(__name__)
+
+
+def oof_folds(ids: list[str], k: int, seed: int) -> list[np.ndarray]:
+  """``k`` seeded folds of the indices of ``ids``, whole patients at a time: the slices of a
+  volume (``<case>:zNNN``) share a fold, so no copy of f has seen a slice of the patient it
+  labels; a 2D case is its own patient (the folds are then a permutation cut in k)."""
+  patients = list(dict.fromkeys(volumes.case_of(i) for i in ids))
+  if len(patients) < k:
+    raise ConfigError(f'quality.oof_folds={k}: the training split holds {len(patients)} patient(s)')
+  rows: dict[str, list[int]] = {}
+  for i, case_id in enumerate(ids):
+    rows.setdefault(volumes.case_of(case_id), []).append(i)
+  order = np.random.default_rng([seed, keys.OOF_FOLDS]).permutation(len(patients))
+  return [np.asarray([i for p in part for i in rows[patients[p]]], np.int64)
+          for part in np.array_split(order, k)]
 
 
 def oof_outputs(config, workdir: str, train: pipeline.Split) -> runner.SegOutputs:
@@ -39,8 +55,8 @@ def oof_outputs(config, workdir: str, train: pipeline.Split) -> runner.SegOutput
     cached = runner.SegOutputs.load(path)
     if cached.probs is not None:  # older caches lack p(lesion), which native-size labels need
       return cached
-  k = config.quality.oof_folds
-  folds = np.array_split(np.random.default_rng([config.seed, keys.OOF_FOLDS]).permutation(len(train)), k)
+  folds = oof_folds(runner.case_ids(train), config.quality.oof_folds, config.seed)
+  k = len(folds)
   parts = []
   for i, fold in enumerate(folds):
     fold_dir = run_dirs.oof_dir(workdir, i)

@@ -251,7 +251,6 @@ def test_volume_gate_looks_at_the_slices_the_estimate_rests_on():
 
 @pytest.mark.parametrize('field,value,expected', [
     ('calibration.fraction', 0.3, 'calibration.fraction must be 0'),
-    ('quality.label_source', 'oof', 'oof folds would split'),
     ('quality.label_resolution', 'native', 'label_resolution must be model'),
 ])
 def test_volume_runs_refuse_settings_that_split_a_patient(field, value, expected):
@@ -396,3 +395,17 @@ def test_volume_run_judges_an_nnunet_models_predictions(tmp_path, data_dir):
     assert np.array_equal(np.asarray(written.dataobj), (p > 0.5).astype(np.uint8))  # theirs, as written
     assert np.allclose(written.affine, AFFINE)
   assert 'judging the outside model' in (out / 'index.html').read_text()
+
+
+def test_out_of_fold_folds_keep_each_patient_whole():
+  from segqual_jax.core import keys
+  from segqual_jax.training import quality_cases
+  ids = [volumes.slice_id(f'p{c}', k) for c in range(7) for k in range(3 + c % 3)]
+  folds = quality_cases.oof_folds(ids, 3, seed=0)
+  assert sorted(np.concatenate(folds).tolist()) == list(range(len(ids)))  # each slice once
+  owner = {volumes.case_of(ids[i]): f for f, fold in enumerate(folds) for i in fold}
+  for f, fold in enumerate(folds):  # every slice of a patient in its patient's fold
+    assert len(fold) and all(owner[volumes.case_of(ids[i])] == f for i in fold)
+  flat = [f'img{i}' for i in range(10)]  # 2D: the permutation cut in k, as before
+  old = np.array_split(np.random.default_rng([0, keys.OOF_FOLDS]).permutation(10), 3)
+  assert all(np.array_equal(a, b) for a, b in zip(quality_cases.oof_folds(flat, 3, 0), old))
