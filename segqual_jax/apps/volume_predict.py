@@ -34,8 +34,11 @@ the slices f sees; f runs as the surrogate and the quality model judges the outs
 slices, as stage 2 taught it (``assess.make_outside_pass``). ``masks/`` then holds the
 outside model's own mask on the input grid and ``maps/`` g's first map channel.
 
-Not yet for volumes: the batch test of a whole run (``predict.on_shift``), calibrated
-rules and ``--monitor``.
+**The batch test per run of volumes** (``predict.on_shift``, ``shift_alpha``,
+``shift_min_cases`` counted in volumes): one statistic per volume, the median of its
+slices' batch score, against the reference volumes' (``volume_batch_test``).
+
+Not yet for volumes: calibrated rules and ``--monitor``.
 
 **The rule per volume.** The run's calibrated rules are about slices; nothing calibrates a
 volume's rule (too few patients: 19 in the LGG quality split), so the fixed rule
@@ -61,7 +64,7 @@ import numpy as np  # noqa: E402
 from segqual_jax.core import artifacts, errors, keys, workdir as run_dirs  # noqa: E402
 from segqual_jax.data import segmentations as seg_io, volumes  # noqa: E402
 from segqual_jax.metrics import overlap  # noqa: E402
-from segqual_jax.quality import applicability, registry, volume  # noqa: E402
+from segqual_jax.quality import applicability, policy, registry, volume  # noqa: E402
 from segqual_jax.segmenter import external, runner  # noqa: E402
 from segqual_jax.apps import assess, predict as predict_2d, render  # noqa: E402
 
@@ -123,8 +126,10 @@ def judge_volume(config, vol: volumes.Volume, run_pass, score, outside=None) -> 
   pvalues = None if score is None else score.pvalues(score.score(out['features']))
   area = out['masks'].reshape(len(images), -1).sum(1)
   flagged, p_median, share, lesion_share = gate_volume(pvalues, config.predict.ood_alpha, area)
+  batch_stat = None if score is None else applicability.volume_statistic(score.batch_score(out['features']))
   return {'images': images, 'masks': out['masks'], 'maps': out['maps'], 'dice': dice,
-          'flagged': flagged, 'p_median': p_median, 'share': share, 'lesion_share': lesion_share}
+          'flagged': flagged, 'p_median': p_median, 'share': share, 'lesion_share': lesion_share,
+          'batch_stat': batch_stat}
 
 
 def decide(judged: dict, config) -> tuple[str, str]:
@@ -201,6 +206,47 @@ def write_index(path: str, rows: list[dict], title: str, notes: list[str]) -> No
                  f'<td>{html.escape(": ".join(t for t in (r["reason"], r["error"]) if t))}</td><td>{page}</td></tr>')
   lines.append('</table>')
   artifacts.write_text(path, '\n'.join(lines) + '\n')
+
+
+def volume_batch_test(config, score, judged_all: dict, rows: list[dict], notes: list[str]) -> dict | None:
+  """The batch test of a run of volumes (``policy.batch_verdict``, one statistic per volume
+  against the reference volumes'), applied to ``rows`` in place: ``suspend`` sends every judged
+  volume to review, ``review_unusual`` the volumes Benjamini-Hochberg picks from their
+  conformal p-values among the reference volumes (every volume when it can pick none: with
+  few reference volumes the smallest p-value is large, and a shifted run is not let through
+  for that), ``warn`` only says so. Below ``predict.shift_min_cases`` volumes: no test."""
+  if score is None or not judged_all:
+    return None
+  refs = score.volume_references()
+  if refs is None:
+    notes.append('NO BATCH TEST: this run\'s gate was fitted without its reference volumes; rerun '
+                 '--mode=train_quality to refit it (nothing else is retrained).')
+    return None
+  cases = list(judged_all)
+  stats = np.array([judged_all[c]['batch_stat'] for c in cases])
+  batch = policy.batch_verdict(stats, refs, config.predict)
+  if batch is None or not batch['rejected']:
+    return batch
+  batch = {**batch, 'unit': 'volumes', 'reference_volumes': int(len(refs))}
+  notes.append(policy.shift_text(batch).replace('cases', 'volumes'))
+  reviewed, why = set(), ''
+  if batch['action'] == 'suspend':
+    reviewed, why = set(cases), 'auto-accept suspended for this run (its volumes unlike the reference volumes)'
+  elif batch['action'] == 'review_unusual':
+    pvalues = np.array([(1 + np.sum(refs >= t)) / (len(refs) + 1) for t in stats])
+    picked = policy.benjamini_hochberg(pvalues, batch['unusual_fdr'])
+    if not picked.any():
+      notes.append(f'{len(refs)} reference volumes cannot single out unusual volumes (smallest p-value '
+                   f'1/{len(refs) + 1}): every volume of this shifted run goes to review.')
+      picked[:] = True
+    reviewed = {c for c, p in zip(cases, picked) if p}
+    why = ('unusual within a run unlike the reference volumes (Benjamini-Hochberg at '
+           f'{batch["unusual_fdr"]}): not judged')
+  for row in rows:
+    if row['case'] in reviewed and row['status'] == 'ok' and row['decision'] != 'review':
+      row.update(decision='review', reason=f'{why}; {row["reason"]}')
+  log.warning('%s', notes[-1])
+  return batch
 
 
 def unmatched_predictions(segmentations_dir: str, cases: list[str], spec) -> list[str]:
@@ -298,6 +344,7 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
     judged_all[case] = judged
     top = float(np.percentile(judged['maps'], 99.5))
     vmax = top if vmax is None else max(vmax, top)
+  batch = volume_batch_test(config, score, judged_all, rows, notes)
   if segmentations_dir:
     for case in unmatched_predictions(segmentations_dir, cases, spec):
       row = dict.fromkeys(COLUMNS, '')
@@ -322,7 +369,7 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
   summary = {'volumes': len(cases), 'read': len(judged_all), 'unreadable': len(cases) - len(judged_all),
              'decisions': decisions, 'rule': f'fixed: pass if predicted volume Dice >= {config.eval.fail_dice}',
              'calibrated': False, 'notes': notes, 'provenance': origin,
-             'segmentations': segmentations_dir or "f's own",
+             'segmentations': segmentations_dir or "f's own", 'batch_test': batch,
              'wall_time_s': round(time.time() - t0, 1)}
   with_truth = [r for r in rows if r['true_dice'] != '']
   if with_truth:

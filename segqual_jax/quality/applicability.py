@@ -136,6 +136,7 @@ class Applicability:
   gate_groups: np.ndarray | None = None  # mahalanobis: the groups ``score`` takes the max of (None: all)
   batch_groups: np.ndarray | None = None  # the groups ``batch_score`` takes the max of (None: ``score``)
   batch_reference_scores: np.ndarray | None = None  # (M,) ``batch_score`` of the reference cases
+  reference_groups: np.ndarray | None = None  # (M,) the volume of each reference case (None: 2D cases)
 
   def score(self, features: np.ndarray) -> np.ndarray:
     """(N,) distance of each case from the in-distribution cases (higher = less like them).
@@ -153,6 +154,14 @@ class Applicability:
   def batch_references(self) -> np.ndarray:
     """The reference cases' ``batch_score``."""
     return self.reference_scores if self.batch_reference_scores is None else self.batch_reference_scores
+
+  def volume_references(self) -> np.ndarray | None:
+    """(V,) ``volume_statistic`` of each reference volume; None when the score was fitted
+    without its reference cases' volumes (2D cases, or a volume run fitted before they were kept)."""
+    if self.reference_groups is None:
+      return None
+    refs, groups = self.batch_references, np.asarray(self.reference_groups)
+    return np.array([volume_statistic(refs[groups == g]) for g in np.unique(groups)])
 
   def _max(self, features: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
     features = np.asarray(features)
@@ -194,7 +203,7 @@ class Applicability:
       arrays['columns'] = self.columns
     if self.width is not None:
       arrays['width'] = np.array(self.width)
-    for name in ('gate_groups', 'batch_groups', 'batch_reference_scores'):
+    for name in ('gate_groups', 'batch_groups', 'batch_reference_scores', 'reference_groups'):
       if getattr(self, name) is not None:
         arrays[name] = getattr(self, name)
     for i, g in enumerate(self.gaussians):
@@ -211,7 +220,8 @@ class Applicability:
                  f['columns'] if 'columns' in f.files else None,
                  int(f['width']) if 'width' in f.files else None,
                  *(f[name] if name in f.files else None
-                   for name in ('gate_groups', 'batch_groups', 'batch_reference_scores')))
+                   for name in ('gate_groups', 'batch_groups', 'batch_reference_scores',
+                                'reference_groups')))
 
 
 def _as_groups(blocks) -> list[tuple[int, ...]]:
@@ -352,6 +362,15 @@ def powerless_warning(reference_cases: int, ood_alpha: float) -> str | None:
           f'predict.ood_alpha={ood_alpha}: no case, however unlike the training cases, can be sent '
           f'to review. Give the quality split >= {int(np.floor(1.0 / ood_alpha + 1e-9))} '
           'reference cases (more cases or applicability.reference_fraction), or raise predict.ood_alpha.')
+
+
+def volume_statistic(slice_batch_scores: np.ndarray) -> float:
+  """One volume's score for the batch test of a run of volumes: the median of its slices'
+  ``batch_score``. A run's volumes, not its slices, are the exchangeable units (a volume's
+  slices are alike), so the test compares one number per volume with the reference volumes'
+  (non-finite slices count as the largest: the median stays defined)."""
+  x = np.asarray(slice_batch_scores, np.float64)
+  return float(np.median(np.where(np.isfinite(x), x, np.finfo(np.float64).max)))
 
 
 def batch_test(scores: np.ndarray, reference_scores: np.ndarray) -> dict:

@@ -16,6 +16,7 @@ whether or not the run was ever evaluated.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -169,13 +170,15 @@ def fit_applicability(config, workdir: str) -> applicability.Applicability | Non
                       f'{len(quality)}); add them, or set predict.ood_alpha=0 to run without the gate')
   (fit_split, outputs), _ = quality_cases.holdout_parts(config, workdir, quality)
   a = config.applicability
-  fit_idx, ref_idx = applicability.split_indices(len(outputs), a.reference_fraction, config.data.seed,
-                                                 volume.groups_of(runner.case_ids(fit_split))[1])
+  groups = volume.groups_of(runner.case_ids(fit_split))[1]
+  fit_idx, ref_idx = applicability.split_indices(len(outputs), a.reference_fraction, config.data.seed, groups)
   block_fit = image_block_fit(config)
   score = applicability.fit(a.score, outputs.features[fit_idx], outputs.features[ref_idx], a.knn_k,
                             runner.feature_levels(config.seg), config.data.seed,
                             runner.feature_blocks(config.seg, a.views), block_fit,
                             batch_blocks(config))
+  if config.data.name == 'nnunet':  # the batch test of a run of volumes compares volumes
+    score = dataclasses.replace(score, reference_groups=np.asarray(groups)[ref_idx])
   os.makedirs(out_dir, exist_ok=True)
   score.save(path)
   done = {'settings': settings, 'fitting_cases': int(len(fit_idx)),

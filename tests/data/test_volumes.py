@@ -409,3 +409,35 @@ def test_out_of_fold_folds_keep_each_patient_whole():
   flat = [f'img{i}' for i in range(10)]  # 2D: the permutation cut in k, as before
   old = np.array_split(np.random.default_rng([0, keys.OOF_FOLDS]).permutation(10), 3)
   assert all(np.array_equal(a, b) for a, b in zip(quality_cases.oof_folds(flat, 3, 0), old))
+
+
+@pytest.mark.parametrize('action', ['suspend', 'review_unusual', 'warn'])
+def test_a_run_of_volumes_unlike_the_reference_volumes(action):
+  """The batch test per run of volumes: one statistic per volume against the reference
+  volumes'; a shifted run is suspended, its unusual volumes reviewed, or only warned of."""
+  from segqual_jax.apps import volume_predict
+  from segqual_jax.config import schema
+  from segqual_jax.quality import applicability
+  config = schema.get_config()
+  config.predict.on_shift, config.predict.shift_min_cases = action, 5
+  groups = np.repeat(np.arange(8), 4)  # 8 reference volumes of 4 slices
+  score = applicability.Applicability('mahalanobis', (1,), (), np.zeros((1, 2)), np.zeros((0, 0)), 1,
+                                      np.linspace(0, 1, 32), reference_groups=groups)
+  assert len(score.volume_references()) == 8
+
+  def run(stats):
+    judged = {f'v{i}': {'batch_stat': t} for i, t in enumerate(stats)}
+    rows = [{'case': c, 'status': 'ok', 'decision': 'pass', 'reason': 'r'} for c in judged]
+    notes = []
+    return volume_predict.volume_batch_test(config, score, judged, rows, notes), rows, notes
+
+  batch, rows, notes = run(np.linspace(0.1, 0.9, 12))  # like the references: no shift
+  assert not batch['rejected'] and all(r['decision'] == 'pass' for r in rows) and not notes
+  batch, rows, notes = run(np.full(12, 50.0))  # every volume far above every reference volume
+  assert batch['rejected'] and batch['unit'] == 'volumes'
+  reviewed = [r['decision'] == 'review' for r in rows]
+  assert all(reviewed) if action != 'warn' else not any(reviewed)
+  assert 'volumes of this run as a whole look unlike' in notes[0]
+  if action == 'review_unusual':  # 8 references: p >= 1/9, BH at 0.1 picks none -> all reviewed
+    assert 'cannot single out' in notes[1]
+  assert volume_predict.volume_batch_test(config, score, {'v0': {'batch_stat': 1.0}}, [], []) is None
