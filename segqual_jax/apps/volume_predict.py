@@ -65,7 +65,7 @@ from segqual_jax.core import artifacts, errors, keys, workdir as run_dirs  # noq
 from segqual_jax.data import segmentations as seg_io, volumes  # noqa: E402
 from segqual_jax.metrics import overlap  # noqa: E402
 from segqual_jax.quality import applicability, policy, registry, volume  # noqa: E402
-from segqual_jax.segmenter import external, runner  # noqa: E402
+from segqual_jax.segmenter import external, judged as judged_cases, runner  # noqa: E402
 from segqual_jax.apps import assess, predict as predict_2d, render  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,8 @@ def judge_volume(config, vol: volumes.Volume, run_pass, score, outside=None) -> 
 def decide(judged: dict, config) -> tuple[str, str]:
   fail = config.eval.fail_dice
   if judged['flagged']:
-    lesion = '' if judged['lesion_share'] is None else f', {100 * judged["lesion_share"]:.0f} % of f\'s lesion'
+    lesion = ('' if judged['lesion_share'] is None
+              else f', {100 * judged["lesion_share"]:.0f} % of the reviewed mask\'s lesion')
     return 'review', (f'outside the training distribution: {100 * judged["share"]:.0f} % of its slices{lesion} '
                       f'with applicability p <= {config.predict.ood_alpha / 2:g} (median p '
                       f'{judged["p_median"]:.3g}): not judged')
@@ -225,6 +226,10 @@ def volume_batch_test(config, score, judged_all: dict, rows: list[dict], notes: 
   cases = list(judged_all)
   stats = np.array([judged_all[c]['batch_stat'] for c in cases])
   batch = policy.batch_verdict(stats, refs, config.predict)
+  if batch is not None and (powerless := applicability.batch_powerless(len(stats), len(refs),
+                                                                       config.predict.shift_alpha)):
+    notes.append(powerless)
+    log.warning('%s', powerless)
   if batch is None or not batch['rejected']:
     return batch
   batch = {**batch, 'unit': 'volumes', 'reference_volumes': int(len(refs))}
@@ -235,9 +240,10 @@ def volume_batch_test(config, score, judged_all: dict, rows: list[dict], notes: 
   elif batch['action'] == 'review_unusual':
     pvalues = np.array([(1 + np.sum(refs >= t)) / (len(refs) + 1) for t in stats])
     picked = policy.benjamini_hochberg(pvalues, batch['unusual_fdr'])
-    if not picked.any():
+    if 1.0 / (len(refs) + 1) > batch['unusual_fdr']:
       notes.append(f'{len(refs)} reference volumes cannot single out unusual volumes (smallest p-value '
-                   f'1/{len(refs) + 1}): every volume of this shifted run goes to review.')
+                   f'1/{len(refs) + 1} > {batch["unusual_fdr"]}): every volume of this shifted run goes '
+                   'to review.')
       picked[:] = True
     reviewed = {c for c, p in zip(cases, picked) if p}
     why = ('unusual within a run unlike the reference volumes (Benjamini-Hochberg at '
@@ -296,6 +302,7 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
   else:
     run_pass = assess.make_pass(method, f_params, model, runner.cases_key(config))
   whose, map_text = predict_2d.page_labels(config, segmentations_dir)
+  learned = judged_cases.learned_kinds(workdir) if segmentations_dir else None
   t0 = time.time()
   rows, judged_all, vmax = [], {}, None
   for case in cases:
@@ -309,6 +316,10 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
         if kind == 'mask' and external.needs_probabilities(config):
           raise volumes.VolumeError(f'{path}: a label map, but this run\'s g needs the model\'s own '
                                     'probabilities (nnU-Net --save_probabilities)')
+        if learned is not None and kind not in learned:
+          raise volumes.VolumeError(f'{path}: {"a label map" if kind == "mask" else "probabilities"}, but '
+                                    f'this run\'s quality models learned from {" and ".join(sorted(learned))} '
+                                    'only (their scores of the other kind mean something else)')
         outside = (probs, kind)
       judged = judge_volume(config, vol, run_pass, score, outside)
       if outside is None:

@@ -289,14 +289,20 @@ def prediction_file(folder: str, case: str, spec: DatasetSpec) -> str | None:
   return None
 
 
+def is_region(value) -> bool:
+  """nnU-Net's rule: a label is a region when its value lists more than one label."""
+  return isinstance(value, (list, tuple)) and len(value) > 1
+
+
 def _lesion_from_npz(path: str, spec: DatasetSpec, shape: tuple[int, int, int]) -> np.ndarray:
   """p(lesion) (X, Y, Z) from nnU-Net's ``.npz``: ``probabilities`` (C, z, y, x) on the input's
   grid in SimpleITK's axis order (nnU-Net's readers, its NibabelIO included, turn nibabel's
   (x, y, z) into (z, y, x)), so it is transposed back to the NIfTI file's order. Softmax
-  channels (labels 0, 1, ...): p(lesion) = 1 - p(background), the union of every foreground
-  label, as ``read_case`` makes the lesion of a label. Region channels (``dataset.json`` labels
-  given as lists: sigmoid outputs, no background channel): p(lesion) = the largest region's
-  probability, whose > 0.5 is nnU-Net's own foreground."""
+  channels (one per label but ``ignore``): p(lesion) = the sum of the foreground channels (the
+  union of every foreground label, as ``read_case`` makes the lesion of a label); voxels where
+  every channel is 0 -- outside the crop box in early nnU-Net v2 exports -- are background.
+  Region channels (sigmoid outputs, one per region, no background): p(lesion) = the largest
+  region's probability, whose > 0.5 is nnU-Net's own foreground."""
   try:
     with np.load(path, allow_pickle=False) as npz:
       if PROBABILITIES_KEY not in npz.files:
@@ -317,17 +323,31 @@ def _lesion_from_npz(path: str, spec: DatasetSpec, shape: tuple[int, int, int]) 
   if not np.isfinite(probs).all() or probs.min() < -1e-6 or probs.max() > 1 + 1e-6:
     raise VolumeError(f'{path}: probabilities outside [0, 1] or not finite; save probabilities, '
                       'not logits')
-  regions = any(isinstance(v, (list, tuple)) for v in spec.labels.values())
-  if regions:
+  labels = {k: v for k, v in spec.labels.items() if k != 'ignore'}
+  if any(is_region(v) for v in labels.values()):
+    regions = len(labels) - 1  # every label but background
+    if probs.shape[0] != regions:
+      raise VolumeError(f'{path}: {probs.shape[0]} probability channels, dataset.json has {regions} regions')
     return np.clip(probs.max(0), 0.0, 1.0)
-  if probs.shape[0] != len(spec.label_values):
+  if probs.shape[0] != len(labels):
     raise VolumeError(f'{path}: {probs.shape[0]} probability channels, dataset.json has '
-                      f'{len(spec.label_values)} labels')
+                      f'{len(labels)} labels')
   total = probs.sum(0)
-  if np.abs(total - 1).max() > SUM_TOLERANCE:
+  bad = (np.abs(total - 1) > SUM_TOLERANCE) & (total > SUM_TOLERANCE)
+  if bad.any():
     raise VolumeError(f'{path}: channels sum to {total.min():.3f}..{total.max():.3f}, not 1 '
                       '(softmax probabilities expected for labels without regions)')
-  return np.clip(1.0 - probs[0], 0.0, 1.0)
+  return np.clip(probs[1:].sum(0), 0.0, 1.0)
+
+
+def _reoriented(folder: str) -> bool:
+  """Whether nnU-Net wrote ``folder``'s probabilities in a reoriented frame: its ``plans.json``
+  names ``NibabelIOWithReorient``, which saves the ``.npz`` in RAS, not on the input's grid."""
+  try:
+    with open(os.path.join(folder, 'plans.json')) as f:
+      return 'Reorient' in str(json.load(f).get('image_reader_writer', ''))
+  except (OSError, ValueError):
+    return False
 
 
 def read_prediction(folder: str, case: str, spec: DatasetSpec, shape: tuple[int, int, int],
@@ -340,8 +360,28 @@ def read_prediction(folder: str, case: str, spec: DatasetSpec, shape: tuple[int,
   path = prediction_file(folder, case, spec)
   if path is None:
     raise VolumeError(f'{case}: no prediction {case}.npz or {case}{spec.file_ending} in {folder}')
+  label_path = os.path.join(folder, case + spec.file_ending)
   if path.endswith('.npz'):
-    return _lesion_from_npz(path, spec, shape), 'probabilities', path
+    if _reoriented(folder):
+      if not os.path.exists(label_path):
+        raise VolumeError(f'{path}: written by NibabelIOWithReorient (plans.json), in a reoriented '
+                          'frame, not on the input\'s grid; give the label maps (.nii.gz) instead')
+      path = label_path  # the label map is on the input's grid
+    else:
+      probs = _lesion_from_npz(path, spec, shape)
+      if os.path.exists(label_path):  # nnU-Net's own label map beside: the same prediction?
+        labels, _ = _prediction_labels(label_path, spec, shape, affine)
+        differ = int(np.sum((probs > 0.5) != (labels > 0)))
+        if differ > 0.01 * max(1, int(np.sum(labels > 0))):
+          raise VolumeError(f'{path}: its lesion differs from {label_path} on {differ} voxels: not the '
+                            'same prediction, or written in another frame')
+      return probs, 'probabilities', path
+  data, kind = _prediction_labels(path, spec, shape, affine)
+  return data, kind, path
+
+
+def _prediction_labels(path: str, spec: DatasetSpec, shape, affine) -> tuple[np.ndarray, str]:
+  """``(p(lesion), kind)`` of a NIfTI prediction (``read_prediction``)."""
   data, aff, _ = load_nifti(path)
   if data.shape != tuple(shape):
     raise VolumeError(f'{path}: prediction of shape {data.shape}, the image {tuple(shape)}')
@@ -355,8 +395,8 @@ def read_prediction(folder: str, case: str, spec: DatasetSpec, shape: tuple[int,
     if (unknown := values - spec.label_values):
       raise VolumeError(f'{path}: label values {sorted(unknown)} not in dataset.json labels '
                         f'{sorted(spec.label_values)}')
-    return (data > 0).astype(np.float32), 'mask', path
+    return (data > 0).astype(np.float32), 'mask'
   if data.min() < 0 or data.max() > 1:
     raise VolumeError(f'{path}: values {data.min():.4g}..{data.max():.4g} are neither labels nor '
                       'probabilities in [0, 1]')
-  return data.astype(np.float32), 'probabilities', path
+  return data.astype(np.float32), 'probabilities'

@@ -30,7 +30,7 @@ from segqual_jax.data import loading
 from segqual_jax.evaluation import figures, report, volume_table
 from segqual_jax.metrics import overlap
 from segqual_jax.metrics import quality as quality_metrics
-from segqual_jax.quality import applicability, error_map, interval as intervals, policy, registry
+from segqual_jax.quality import applicability, error_map, interval as intervals, policy, registry, volume
 from segqual_jax.segmenter import judged, runner
 
 log = logging.getLogger(__name__)
@@ -131,9 +131,17 @@ def error_map_on_test(config, workdir: str, test, outputs) -> dict | None:
           'uncertainty_map_auroc': error_map.pixel_auroc(error_map.uncertainty_of(outputs.maps), errors)}
 
 
-def applicability_on_test(config, score: applicability.Applicability, outputs) -> tuple[dict, np.ndarray]:
+def applicability_on_test(config, score: applicability.Applicability, outputs,
+                          ids=None) -> tuple[dict, np.ndarray]:
   """The gate on the (in-distribution) test split: ``(summary, p-values)``; the summary holds
-  the share it sends to review, those cases' failure rate and the batch test."""
+  the share it sends to review, those cases' failure rate and the batch test (of the test
+  volumes, one statistic each, when ``ids`` are slices of volumes whose reference is known)."""
+  batch = None
+  if ids is not None and config.data.name == 'nnunet':
+    if (inputs := applicability.volume_batch_inputs(score, outputs.features, volume.groups_of(ids)[1])):
+      batch = {**applicability.batch_test(*inputs), 'unit': 'volumes', 'reference_volumes': len(inputs[1])}
+  if batch is None:
+    batch = applicability.batch_test(score.batch_score(outputs.features), score.batch_references)
   scores = score.score(outputs.features)
   pvalues = score.pvalues(scores)
   flagged = policy.flagged(pvalues, config.predict.ood_alpha)
@@ -143,8 +151,7 @@ def applicability_on_test(config, score: applicability.Applicability, outputs) -
           'test_flagged': int(flagged.sum()), 'test_flagged_share': float(flagged.mean()),
           'fail_rate_flagged': float(failed[flagged].mean()) if flagged.any() else None,
           'fail_rate_not_flagged': float(failed[~flagged].mean()) if (~flagged).any() else None,
-          'batch_test': applicability.batch_test(score.batch_score(outputs.features),
-                                                 score.batch_references)}, pvalues
+          'batch_test': batch}, pvalues
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -176,7 +183,8 @@ def evaluate(config, workdir: str) -> dict:
   score = applicability.load(config, workdir)
   judged_test = judged.judged(config, workdir, loading.load_splits(config.data, names=('test',))['test'])
   test, outputs = judged_test.split, judged_test.outputs
-  gate, pvalues = applicability_on_test(config, score, outputs) if score is not None else (None, None)
+  gate, pvalues = (applicability_on_test(config, score, outputs, runner.case_ids(test)) if score is not None
+                   else (None, None))
   predicted = {row: registry.predict_cases(model, test.images, outputs, config.quality.eval_batch_size)
                for row, model in models_by_row.items()}
 

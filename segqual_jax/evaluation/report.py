@@ -140,8 +140,10 @@ def applicability_markdown(gate: dict) -> str:
           f"- test cases sent to review as unlike f's in-distribution cases: {gate['test_flagged']} "
           f"({100 * gate['test_flagged_share']:.1f} %); their failure rate {fail(gate['fail_rate_flagged'])}, "
           f"the others' {fail(gate['fail_rate_not_flagged'])}\n"
-          f"- batch test of the whole test split against the {gate['reference_cases']} reference cases "
-          f"(one-sided two-sample KS): D = {batch['statistic']:.3f}, p = {batch['pvalue']:.3g}\n")
+          f"- batch test of the whole test split against the "
+          + (f"{batch['reference_volumes']} reference volumes (one statistic per volume, {batch['cases']} "
+             "test volumes" if batch.get('unit') == 'volumes' else f"{gate['reference_cases']} reference cases (")
+          + f"one-sided two-sample KS): D = {batch['statistic']:.3f}, p = {batch['pvalue']:.3g}\n")
 
 
 def threshold_title(key: str) -> str:

@@ -60,6 +60,7 @@ images passes the gate one by one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -371,6 +372,28 @@ def volume_statistic(slice_batch_scores: np.ndarray) -> float:
   (non-finite slices count as the largest: the median stays defined)."""
   x = np.asarray(slice_batch_scores, np.float64)
   return float(np.median(np.where(np.isfinite(x), x, np.finfo(np.float64).max)))
+
+
+def volume_batch_inputs(score: 'Applicability', features: np.ndarray, groups: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray] | None:
+  """``(one statistic per volume of ``features``' cases, the reference volumes' own)`` for
+  the batch test of volumes (``groups``: each case's volume); None without reference volumes."""
+  refs = score.volume_references()
+  if refs is None:
+    return None
+  scores, groups = score.batch_score(features), np.asarray(groups)
+  return np.array([volume_statistic(scores[groups == g]) for g in np.unique(groups)]), refs
+
+
+def batch_powerless(run_units: int, reference_units: int, alpha: float) -> str | None:
+  """The note when the batch test cannot reject at ``alpha`` however unlike the run is: the
+  one-sided KS p-value of a run wholly above every reference is 1 / C(n + m, m)."""
+  smallest = 1.0 / math.comb(run_units + reference_units, reference_units)
+  if smallest < alpha:
+    return None
+  return (f'BATCH TEST POWERLESS: {run_units} run units against {reference_units} reference units '
+          f'give a smallest p-value of {smallest:.3g}, not below predict.shift_alpha={alpha}: no run, '
+          'however unlike the training cases, is rejected.')
 
 
 def batch_test(scores: np.ndarray, reference_scores: np.ndarray) -> dict:

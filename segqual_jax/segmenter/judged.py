@@ -56,6 +56,20 @@ def left_out_file(workdir: str, split_name: str) -> str:
   return os.path.join(run_dirs.f_outputs_dir(workdir), f'{split_name}_left_out.json')
 
 
+def kinds_file(workdir: str, split_name: str) -> str:
+  """Where the kinds of outside segmentation (mask, probabilities) a split held are listed."""
+  return os.path.join(run_dirs.f_outputs_dir(workdir), f'{split_name}_outside_kinds.json')
+
+
+def learned_kinds(workdir: str) -> set[str] | None:
+  """The kinds of outside segmentation the quality models learned from (their training split:
+  quality or train); None when the run did not record them."""
+  for split_name in ('quality', 'train'):
+    if os.path.exists(path := kinds_file(workdir, split_name)):
+      return set(artifacts.read_json(path)['kinds'])
+  return None
+
+
 def read_outside(config, ids, image_paths: dict[str, str], folder: str):
   """``(kept indices, segmentations at their images' sizes, {id: why dropped})`` of ``ids``."""
   listing = segmentations.index(folder)
@@ -135,6 +149,7 @@ def judged(config, workdir: str, split: pipeline.Split) -> Judged:
     if not len(kept):
       raise DataError(f'{split.name} split: none of its {len(ids)} cases has a usable segmentation '
                       f'in {folder} (e.g. {next(iter(dropped.values()))})')
+    artifacts.write_json(kinds_file(workdir, split.name), {'kinds': sorted({seg.kind for seg in segs})})
     sub = f_out.take(kept)
     at_model = np.stack([segmentations.to_shape(s, (size, size)).probs for s in segs])
     seen = external.judge(external.channel_names(config), config.uncertainty.score_band_px, at_model,

@@ -162,7 +162,8 @@ def fit_applicability(config, workdir: str) -> applicability.Applicability | Non
   path = applicability.score_path(out_dir)
   if run_dirs.completed(os.path.join(out_dir, run_dirs.DONE), 'applicability score',
                         lambda d: values.same(d['settings'], settings)
-                        and d.get('feature_dim') == applicability.feature_width(config)) is not None:
+                        and d.get('feature_dim') == applicability.feature_width(config)
+                        and (config.data.name != 'nnunet' or d.get('volume_groups'))) is not None:
     return applicability.Applicability.load(path)
   quality = loading.load_splits(config.data, names=('quality',))['quality']
   if len(quality) < 3:
@@ -184,7 +185,8 @@ def fit_applicability(config, workdir: str) -> applicability.Applicability | Non
   done = {'settings': settings, 'fitting_cases': int(len(fit_idx)),
           'image_fitting_cases': int(len(next(iter(block_fit.values()))) if block_fit else len(fit_idx)),
           'reference_cases': int(len(ref_idx)), 'feature_dim': int(outputs.features.shape[1]),
-          'smallest_pvalue': 1.0 / (len(ref_idx) + 1)}
+          'smallest_pvalue': 1.0 / (len(ref_idx) + 1),
+          'volume_groups': score.reference_groups is not None}  # the batch test per run of volumes needs them
   artifacts.write_json(os.path.join(out_dir, run_dirs.DONE), done)
   log.info('applicability score (%s) fitted on %d cases, %d reference cases (smallest p-value %.4f)',
            a.score, len(fit_idx), len(ref_idx), done['smallest_pvalue'])

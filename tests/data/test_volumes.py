@@ -79,6 +79,12 @@ def test_each_bad_volume_gets_a_named_error(tmp_path, problem, expected):
     write_nifti(channel(3), np.ones((12, 10, 4), np.float32))
   elif problem == 'shape':
     write_nifti(channel(1), np.ones((12, 10, 5), np.float32))
+  elif problem == 'reoriented':
+    write_npz(tmp_path / 'p1.npz', p)
+    (tmp_path / 'plans.json').write_text(json.dumps({'image_reader_writer': 'NibabelIOWithReorient'}))
+  elif problem == 'disagree':  # probabilities mirrored against the label map beside them
+    write_npz(tmp_path / 'p1.npz', p)
+    write_nifti(tmp_path / 'p1.nii.gz', (p[::-1] > 0.5).astype(np.uint8))
   elif problem == 'affine':
     write_nifti(channel(1), np.ones((12, 10, 4), np.float32), np.diag([1.0, 2.0, 3.0, 1.0]))
   elif problem == 'label_shape':
@@ -284,6 +290,14 @@ def test_reads_nnunet_probabilities_in_its_axis_order(tmp_path):
   write_nifti(tmp_path / 'p2.nii.gz', label)
   probs, kind, _ = volumes.read_prediction(str(tmp_path), 'p2', SPEC, shape, AFFINE)
   assert kind == 'mask' and np.array_equal(probs, label)
+  early = np.stack([1 - p, p]).transpose(0, 3, 2, 1).copy()
+  early[:, :1] = 0  # early nnU-Net v2: every channel 0 outside the crop box
+  np.savez_compressed(str(tmp_path / 'p4.npz'), probabilities=early)
+  probs, _, _ = volumes.read_prediction(str(tmp_path), 'p4', SPEC, shape, AFFINE)
+  assert np.all(probs[:, :, 0] == 0) and np.allclose(probs[:, :, 1:], p[:, :, 1:], atol=1e-6)
+  single = volumes.DatasetSpec(SPEC.channels, {'background': 0, 'lesion': [1]})  # not a region
+  probs, _, _ = volumes.read_prediction(str(tmp_path), 'p1', single, shape, AFFINE)
+  np.testing.assert_allclose(probs, p, atol=1e-6)
   regions = volumes.DatasetSpec(SPEC.channels, {'background': 0, 'whole': [1, 2], 'core': 2})
   np.savez_compressed(str(tmp_path / 'p3.npz'),
                       probabilities=np.stack([p, p / 2]).transpose(0, 3, 2, 1))  # sigmoid regions
@@ -300,6 +314,8 @@ def test_reads_nnunet_probabilities_in_its_axis_order(tmp_path):
     ('sums', 'channels sum to'),
     ('labels', 'label values [3] not in dataset.json'),
     ('affine', 'another grid (affine)'),
+    ('reoriented', 'written by NibabelIOWithReorient'),
+    ('disagree', 'its lesion differs from'),
 ])
 def test_each_bad_prediction_gets_a_named_error(tmp_path, problem, expected):
   shape = (12, 10, 4)
@@ -318,6 +334,12 @@ def test_each_bad_prediction_gets_a_named_error(tmp_path, problem, expected):
     np.savez_compressed(str(tmp_path / 'p1.npz'), probabilities=np.stack([p, p]).transpose(0, 3, 2, 1))
   elif problem == 'labels':
     write_nifti(tmp_path / 'p1.nii.gz', np.full(shape, 3, np.uint8))
+  elif problem == 'reoriented':
+    write_npz(tmp_path / 'p1.npz', p)
+    (tmp_path / 'plans.json').write_text(json.dumps({'image_reader_writer': 'NibabelIOWithReorient'}))
+  elif problem == 'disagree':  # probabilities mirrored against the label map beside them
+    write_npz(tmp_path / 'p1.npz', p)
+    write_nifti(tmp_path / 'p1.nii.gz', (p[::-1] > 0.5).astype(np.uint8))
   elif problem == 'affine':
     write_nifti(tmp_path / 'p1.nii.gz', np.zeros(shape, np.uint8), np.diag([1.0, 1.0, 1.0, 1.0]))
   with pytest.raises(volumes.VolumeError, match=re.escape(expected)):
@@ -385,15 +407,16 @@ def test_volume_run_judges_an_nnunet_models_predictions(tmp_path, data_dir):
   out = tmp_path / 'out'
   summary = volume_predict.predict(config, workdir, str(inference), str(out), segmentations_dir=str(preds))
   rows = {r['case']: r for r in csv.DictReader(open(out / 'predictions.csv'))}
-  assert set(rows) == {'new0', 'new1', 'new2', 'stray'} and summary['read'] == 2
+  assert set(rows) == {'new0', 'new1', 'new2', 'stray'} and summary['read'] == 1
   assert rows['new2']['decision'] == 'review' and 'no prediction new2.npz' in rows['new2']['error']
   assert rows['stray']['decision'] == 'review'
   assert 'stray has a prediction but no stray_0000.nii.gz' in rows['stray']['error']
-  for case in ('new0', 'new1'):
-    assert rows[case]['status'] == 'ok' and 0.0 <= float(rows[case]['predicted_dice']) <= 1.0
-    written = nib.load(str(out / 'masks' / f'{case}.nii.gz'))
-    assert np.array_equal(np.asarray(written.dataobj), (p > 0.5).astype(np.uint8))  # theirs, as written
-    assert np.allclose(written.affine, AFFINE)
+  # g learned from probabilities: a label map is another input, reviewed, not judged
+  assert rows['new1']['decision'] == 'review' and 'quality models learned from probabilities' in rows['new1']['error']
+  assert rows['new0']['status'] == 'ok' and 0.0 <= float(rows['new0']['predicted_dice']) <= 1.0
+  written = nib.load(str(out / 'masks' / 'new0.nii.gz'))
+  assert np.array_equal(np.asarray(written.dataobj), (p > 0.5).astype(np.uint8))  # theirs, as written
+  assert np.allclose(written.affine, AFFINE)
   assert 'judging the outside model' in (out / 'index.html').read_text()
 
 
@@ -441,3 +464,25 @@ def test_a_run_of_volumes_unlike_the_reference_volumes(action):
   if action == 'review_unusual':  # 8 references: p >= 1/9, BH at 0.1 picks none -> all reviewed
     assert 'cannot single out' in notes[1]
   assert volume_predict.volume_batch_test(config, score, {'v0': {'batch_stat': 1.0}}, [], []) is None
+
+
+def test_batch_test_of_volumes_picks_the_unusual_ones_and_says_when_it_cannot(tmp_path):
+  from segqual_jax.apps import volume_predict
+  from segqual_jax.config import schema
+  from segqual_jax.quality import applicability
+  config = schema.get_config()
+  config.predict.on_shift, config.predict.shift_min_cases = 'review_unusual', 5
+  refs = np.random.default_rng(0).uniform(size=60 * 3)
+  score = applicability.Applicability('mahalanobis', (1,), (), np.zeros((1, 2)), np.zeros((0, 0)), 1,
+                                      refs, reference_groups=np.repeat(np.arange(60), 3))
+  score.save(str(tmp_path / 'score.npz'))  # the volumes of the reference cases survive a reload
+  loaded = applicability.Applicability.load(str(tmp_path / 'score.npz'))
+  np.testing.assert_array_equal(loaded.reference_groups, score.reference_groups)
+  stats = np.r_[np.full(12, 9.0), np.linspace(0.1, 0.9, 8)]  # 12 far out, 8 usual
+  judged = {f'v{i}': {'batch_stat': t} for i, t in enumerate(stats)}
+  rows = [{'case': c, 'status': 'ok', 'decision': 'pass', 'reason': 'r'} for c in judged]
+  notes = []
+  batch = volume_predict.volume_batch_test(config, loaded, judged, rows, notes)
+  assert batch['rejected'] and len(notes) == 1  # 60 references: BH can pick, and picks the far ones
+  assert [r['decision'] for r in rows] == ['review'] * 12 + ['pass'] * 8
+  assert applicability.batch_powerless(20, 1, 0.001) and not applicability.batch_powerless(20, 60, 0.001)
