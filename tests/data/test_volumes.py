@@ -79,12 +79,6 @@ def test_each_bad_volume_gets_a_named_error(tmp_path, problem, expected):
     write_nifti(channel(3), np.ones((12, 10, 4), np.float32))
   elif problem == 'shape':
     write_nifti(channel(1), np.ones((12, 10, 5), np.float32))
-  elif problem == 'reoriented':
-    write_npz(tmp_path / 'p1.npz', p)
-    (tmp_path / 'plans.json').write_text(json.dumps({'image_reader_writer': 'NibabelIOWithReorient'}))
-  elif problem == 'disagree':  # probabilities mirrored against the label map beside them
-    write_npz(tmp_path / 'p1.npz', p)
-    write_nifti(tmp_path / 'p1.nii.gz', (p[::-1] > 0.5).astype(np.uint8))
   elif problem == 'affine':
     write_nifti(channel(1), np.ones((12, 10, 4), np.float32), np.diag([1.0, 2.0, 3.0, 1.0]))
   elif problem == 'label_shape':
