@@ -3,6 +3,8 @@
   python main.py --config=configs/lgg.py --workdir=runs/lgg                 # train, calibrate, evaluate
   python main.py --config=configs/lgg.py:mc_dropout --workdir=runs/lgg_mc  # METHOD: msp | mc_dropout | ensemble | tta
   python main.py --workdir=runs/lgg --mode=predict --input=NNUNET_INFERENCE_FOLDER --output=OUT
+  python main.py --config=configs/lgg.py --workdir=runs/lgg_nnunet --config.external.predictions=NNUNET_PREDS  # judge your nnU-Net's volumes
+  python main.py --workdir=runs/lgg_nnunet --mode=predict --input=NNUNET_INFERENCE_FOLDER --segmentations=ITS_PREDS --output=OUT
 
 Data: ../shared/data/lgg_mri/Dataset501_LGG (95 patients, three sequences
 each: pre-contrast, FLAIR, post-contrast as the three input channels; FLAIR
