@@ -238,7 +238,7 @@ def volume_batch_test(config, score, judged_all: dict, rows: list[dict], notes: 
   if batch['action'] == 'suspend':
     reviewed, why = set(cases), 'auto-accept suspended for this run (its volumes unlike the reference volumes)'
   elif batch['action'] == 'review_unusual':
-    pvalues = np.array([(1 + np.sum(refs >= t)) / (len(refs) + 1) for t in stats])
+    pvalues = applicability.conformal_pvalues(stats, refs)
     picked = policy.benjamini_hochberg(pvalues, batch['unusual_fdr'])
     if 1.0 / (len(refs) + 1) > batch['unusual_fdr']:
       notes.append(f'{len(refs)} reference volumes cannot single out unusual volumes (smallest p-value '
@@ -312,15 +312,8 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
       vol = volumes.read_case(input_dir, case, spec)
       outside = None
       if segmentations_dir:
-        probs, kind, path = volumes.read_prediction(segmentations_dir, case, spec, vol.shape, vol.affine)
-        if kind == 'mask' and external.needs_probabilities(config):
-          raise volumes.VolumeError(f'{path}: a label map, but this run\'s g needs the model\'s own '
-                                    'probabilities (nnU-Net --save_probabilities)')
-        if learned is not None and kind not in learned:
-          raise volumes.VolumeError(f'{path}: {"a label map" if kind == "mask" else "probabilities"}, but '
-                                    f'this run\'s quality models learned from {" and ".join(sorted(learned))} '
-                                    'only (their scores of the other kind mean something else)')
-        outside = (probs, kind)
+        outside = judged_cases.read_outside_volume(config, segmentations_dir, case, spec, vol.shape,
+                                                   vol.affine, learned)
       judged = judge_volume(config, vol, run_pass, score, outside)
       if outside is None:
         mask = volumes.to_volume(judged['masks'], vol.shape, nearest=True).astype(np.uint8)

@@ -191,10 +191,8 @@ class Applicability:
     return np.where(finite, out, np.inf)
 
   def pvalues(self, scores: np.ndarray) -> np.ndarray:
-    """(N,) conformal p-values: ``(1 + #{reference >= score}) / (M + 1)``."""
-    ref = np.sort(self.reference_scores)
-    at_least = len(ref) - np.searchsorted(ref, np.asarray(scores, np.float64), side='left')
-    return (1.0 + at_least) / (len(ref) + 1.0)
+    """(N,) conformal p-values against the reference cases (``conformal_pvalues``)."""
+    return conformal_pvalues(scores, self.reference_scores)
 
   def save(self, path: str) -> None:
     arrays = {'kind': np.array(self.kind), 'levels': np.array(self.levels), 'k': np.array(self.k),
@@ -363,6 +361,13 @@ def powerless_warning(reference_cases: int, ood_alpha: float) -> str | None:
           f'predict.ood_alpha={ood_alpha}: no case, however unlike the training cases, can be sent '
           f'to review. Give the quality split >= {int(np.floor(1.0 / ood_alpha + 1e-9))} '
           'reference cases (more cases or applicability.reference_fraction), or raise predict.ood_alpha.')
+
+
+def conformal_pvalues(scores: np.ndarray, references: np.ndarray) -> np.ndarray:
+  """(N,) conformal p-values: ``(1 + #{reference >= score}) / (M + 1)``."""
+  ref = np.sort(np.asarray(references, np.float64))
+  at_least = len(ref) - np.searchsorted(ref, np.asarray(scores, np.float64), side='left')
+  return (1.0 + at_least) / (len(ref) + 1.0)
 
 
 def volume_statistic(slice_batch_scores: np.ndarray) -> float:

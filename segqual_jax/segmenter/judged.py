@@ -91,6 +91,24 @@ def read_outside(config, ids, image_paths: dict[str, str], folder: str):
   return np.asarray(kept, np.int64), segs, dropped
 
 
+def read_outside_volume(config, folder: str, case: str, spec, shape, affine,
+                        learned: set[str] | None = None) -> tuple[np.ndarray, str]:
+  """``(p(lesion) (X, Y, Z), kind)`` of ``case``'s prediction in an nnU-Net prediction folder
+  (``volumes.read_prediction``), checked, as ``external.read`` checks a 2D one, against what g's
+  channels need, and against the kinds the quality models ``learned`` from (None: any);
+  ``VolumeError`` naming the file and the problem. Stage 2 and predict read through here."""
+  probs, kind, path = volumes.read_prediction(folder, case, spec, shape, affine)
+  if kind == 'mask' and external.needs_probabilities(config):
+    raise volumes.VolumeError(f'{path}: a label map, but external.map_channels='
+                              f'{config.external.map_channels!r} needs the model\'s own '
+                              'probabilities (nnU-Net --save_probabilities)')
+  if learned is not None and kind not in learned:
+    raise volumes.VolumeError(f'{path}: {"a label map" if kind == "mask" else "probabilities"}, but '
+                              f'this run\'s quality models learned from {" and ".join(sorted(learned))} '
+                              'only (their scores of the other kind mean something else)')
+  return probs, kind
+
+
 def read_outside_volumes(config, slice_ids, folder: str):
   """``read_outside`` for the slices of volumes (``<case>:zNNN``): each case's prediction in an
   nnU-Net prediction folder (``<case>.npz`` probabilities or ``<case><ending>`` labels,
@@ -107,11 +125,7 @@ def read_outside_volumes(config, slice_ids, folder: str):
     try:
       shape, affine = volumes.grid_of(volumes.channel_file(os.path.join(root, 'imagesTr'), case, 0,
                                                            spec.file_ending))
-      probs, kind, path = volumes.read_prediction(folder, case, spec, shape, affine)
-      if kind == 'mask' and external.needs_probabilities(config):
-        raise volumes.VolumeError(f'{path}: a label map, but external.map_channels='
-                                  f'{config.external.map_channels!r} needs the model\'s own '
-                                  'probabilities (nnU-Net --save_probabilities)')
+      probs, kind = read_outside_volume(config, folder, case, spec, shape, affine)
     except volumes.VolumeError as e:
       dropped.update({slice_ids[i]: str(e) for i in rows})
       continue
