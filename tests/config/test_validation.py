@@ -80,6 +80,8 @@ def test_every_field_has_a_rule():
     ('quality.models', 'uncertainty,svm', "config.quality.models='uncertainty,svm'"),
     ('cheap_qc.regressor', 'svm', "config.cheap_qc.regressor='svm'"),
     ('calibration.fraction', 1.0, 'config.calibration.fraction=1.0'),
+    ('seg.loss', 'dice', "config.seg.loss='dice'"),
+    ('seg.lr_schedule', 'poly', "config.seg.lr_schedule='poly'"),
     ('calibration.alphas', (0.1, 1.5), 'config.calibration.alphas='),
 ])
 def test_invalid_values_name_the_field(path, value, field):

@@ -181,6 +181,29 @@ def test_a_bad_volume_in_the_training_data_is_named(tmp_path):
     loading.load_splits(config.data)
 
 
+def _check_stage1_volume_dice(config, workdir, summary):
+  """Stage 1 reports the validation patients' mean volume Dice (MSP: the log's last epoch and
+  the summary are the same dropout-off pass), here recomputed by hand from f's slice masks."""
+  from segqual_jax.core import keys
+  from segqual_jax.data import loading
+  from segqual_jax.segmenter import runner
+  assert config.method == 'msp'
+  records = [json.loads(l) for l in open(os.path.join(workdir, 'seg', 'log.jsonl'))]
+  validation = loading.load_splits(config.data, names=('validation',))['validation']
+  method, params = runner.load_f(config, workdir)
+  masks = runner.run_split(runner.batch_fn(runner.method_case_fn(method, with_scores=False)), params,
+                           validation, keys.purpose_key(config.seed, keys.SEG_VALIDATION),
+                           config.seg.eval_batch_size).masks > 0
+  per_case = {}
+  for sid, p, t in zip(validation.ids, masks, validation.masks > 0):
+    inter, total = per_case.get(volumes.case_of(sid), (0, 0))
+    per_case[volumes.case_of(sid)] = (inter + (p & t).sum(), total + p.sum() + t.sum())
+  by_hand = np.mean([2 * i / t if t else 1.0 for i, t in per_case.values()])
+  assert len(per_case) >= 1 and 0 < len(validation.ids)
+  assert summary['mean_volume_dice'] == pytest.approx(by_hand, abs=1e-9)
+  assert records[-1]['val_volume_dice'] == pytest.approx(by_hand, abs=1e-9)
+
+
 def test_volume_run_end_to_end_with_one_bad_volume(tmp_path, data_dir):
   """Train on a tiny nnU-Net data set, evaluate per patient, predict on an inference folder
   with one broken volume: every good case gets its row and its NIfTI files on its own grid."""
@@ -196,7 +219,8 @@ def test_volume_run_end_to_end_with_one_bad_volume(tmp_path, data_dir):
   config.data.name, config.data.root, config.data.image_size = 'nnunet', str(root), 16
   config.quality.label_resolution = 'model'
   workdir = str(tmp_path / 'run')
-  train_seg.train_and_evaluate(config, workdir)
+  summary = train_seg.train_and_evaluate(config, workdir)
+  _check_stage1_volume_dice(config, workdir, summary)
   train_quality.train_quality(config, workdir)
   result = evaluate.evaluate(config, workdir)
   per_volume = result['per_volume']

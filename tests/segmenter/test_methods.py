@@ -116,3 +116,35 @@ def test_hcnn_loss_with_zero_noise_is_cross_entropy(config):
   import optax
   ce = optax.softmax_cross_entropy_with_integer_labels(out['logits'], masks).mean()
   np.testing.assert_allclose(float(loss), float(ce), rtol=1e-4)
+
+
+def test_overlap_loss_is_one_minus_the_batch_soft_dice_of_the_lesion(config):
+  config.seg.loss = 'ce_dice'
+  m = uncertainty.create_method(config)
+  masks = jnp.zeros((2, 8, 8), jnp.int32).at[0, 2:4, 2:4].set(1)  # slice 1 holds no lesion
+  sure = jnp.stack([jnp.where(masks == 1, -30.0, 30.0), jnp.where(masks == 1, 30.0, -30.0)], -1)
+  assert float(m.overlap_loss(sure, masks)) == pytest.approx(0.0, abs=1e-6)
+  assert float(m.overlap_loss(-sure, masks)) == pytest.approx(1.0, abs=1e-6)
+  # p = 0.5 everywhere: intersection 0.5 * 4, total 0.5 * 128 + 4 over both slices.
+  assert float(m.overlap_loss(jnp.zeros_like(sure), masks)) == pytest.approx(1 - 4 / 68, rel=1e-5)
+  config.seg.loss = 'ce'
+  assert float(uncertainty.create_method(config).overlap_loss(jnp.zeros_like(sure), masks)) == 0.0
+
+
+@pytest.mark.parametrize('method', ['msp', 'lce', 'hcnn', 'hierarchical'])
+def test_ce_dice_adds_the_overlap_term_to_each_methods_own_loss(config, method):
+  """Same weights, data and key: the ce_dice loss is the ce loss plus the soft Dice term of
+  the method's own logits (an ensemble's members use msp's loss)."""
+  m, params, images = _setup(config, method)
+  masks = (images[..., 0] > 0.7).astype(jnp.int32)
+  state = m.init_state()
+  ce, _ = jax.jit(m.loss)(params, state, images, masks, jax.random.key(2))
+  config.seg.loss = 'ce_dice'
+  m_cd = uncertainty.create_method(config)
+  total, (metrics, _) = jax.jit(m_cd.loss)(params, state, images, masks, jax.random.key(2))
+  overlap = float(metrics['overlap'])
+  assert 0.05 < overlap < 1.0
+  np.testing.assert_allclose(float(total), float(ce) + overlap, rtol=1e-4)
+  if method != 'hierarchical':  # its training pass also samples latents; the rest: one dropout pass
+    out = m_cd.apply(params, images, base.purpose_keys(jax.random.key(2))['dropout'])
+    assert float(m_cd.overlap_loss(out['logits'], masks)) == pytest.approx(overlap, rel=1e-4)

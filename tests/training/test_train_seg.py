@@ -36,6 +36,22 @@ def test_train_seg_end_to_end(config, tmp_path, method):
     assert records[-1]['train_lambda'] != pytest.approx(0.1)  # lambda adapted
 
 
+def test_dice_loss_and_cosine_schedule_train_end_to_end(config, tmp_path):
+  """nnU-Net's CE + soft Dice with a cosine-decayed rate: f still learns in 6 steps, its
+  Dice term falls, and the rate goes from the configured one to 0 at the run's last step."""
+  config.seg.loss, config.seg.lr_schedule = 'ce_dice', 'cosine'
+  summary = train_seg.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(l) for l in (tmp_path / 'seg' / 'log.jsonl').read_text().splitlines()]
+  assert records[-1]['train_overlap'] < records[0]['train_overlap'] < 1.0
+  assert records[-1]['val_dice'] > 0.5 and summary['mean_dice'] > 0.5, (records, summary)
+  rate = train_seg.learning_rate(config, 6)
+  assert float(rate(0)) == pytest.approx(config.seg.learning_rate)
+  assert float(rate(3)) == pytest.approx(config.seg.learning_rate / 2)
+  assert float(rate(6)) == 0.0
+  config.seg.lr_schedule = 'constant'
+  assert train_seg.learning_rate(config, 6) == config.seg.learning_rate
+
+
 def _run_main(workdir, data_dir, *overrides, interrupt=()):
   script = ['tests/interrupt_main.py', *interrupt] if interrupt else ['main.py']
   cmd = [sys.executable, *script, '--config=configs/test.py', f'--workdir={workdir}',

@@ -69,8 +69,9 @@ class Heteroscedastic(base.SamplingMethod):
     num_samples = self.config.uncertainty.hcnn_train_samples
     chunk = self.chunk_for(true_class_prob, keys['noise'], num_samples)
     picked = sampling.mean_over_samples(true_class_prob, keys['noise'], num_samples, chunk)
-    loss = -jnp.log(jnp.clip(picked, base.EPS, 1.0)).mean()
-    return loss, ({'loss': loss, 'sigma': out['variance'].mean()}, state)
+    overlap = self.overlap_loss(out['logits'], masks)
+    loss = -jnp.log(jnp.clip(picked, base.EPS, 1.0)).mean() + overlap
+    return loss, ({'loss': loss, 'sigma': out['variance'].mean(), 'overlap': overlap}, state)
 
   def sample_features(self, params, images):
     return self.apply(params, images)  # the network runs once; only the logits are noised

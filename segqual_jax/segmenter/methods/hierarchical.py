@@ -40,8 +40,9 @@ class Hierarchical(base.SamplingMethod):
     out = self.model.apply({'params': params}, images, deterministic=False, sample_latents=True,
                            rngs={'dropout': keys['dropout'], 'latent': keys['latent']})
     nll = optax.softmax_cross_entropy_with_integer_labels(out['logits'], masks).mean()
-    loss = nll + self.config.uncertainty.hier_kl_weight * out['kl']
-    return loss, ({'loss': loss, 'nll': nll, 'kl': out['kl']}, state)
+    overlap = self.overlap_loss(out['logits'], masks)
+    loss = nll + self.config.uncertainty.hier_kl_weight * out['kl'] + overlap
+    return loss, ({'loss': loss, 'nll': nll, 'kl': out['kl'], 'overlap': overlap}, state)
 
   def sample_features(self, params, images):
     return self.model.apply({'params': params}, images, method=unet.UNet.prefix)

@@ -42,10 +42,12 @@ class LearnedConfidence(base.Method):
     nll = -jnp.sum(onehot * jnp.log(mixed), -1).mean()
     confidence_loss = -jnp.log(conf).mean()
     lmbda = state['lmbda']
-    loss = nll + jax.lax.stop_gradient(lmbda) * confidence_loss
+    overlap = self.overlap_loss(out['logits'], masks)
+    loss = nll + jax.lax.stop_gradient(lmbda) * confidence_loss + overlap
     new_state = {'lmbda': update_lambda(lmbda, jax.lax.stop_gradient(confidence_loss),
                                         self.config.uncertainty.lce_budget)}
-    metrics = {'loss': loss, 'nll': nll, 'confidence_loss': confidence_loss, 'lambda': lmbda}
+    metrics = {'loss': loss, 'nll': nll, 'confidence_loss': confidence_loss, 'lambda': lmbda,
+               'overlap': overlap}
     return loss, (metrics, new_state)
 
   def predict(self, params, images, key):
