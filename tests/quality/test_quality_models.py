@@ -189,3 +189,19 @@ def test_mean_averages_the_members_it_was_trained_with(calibrated_run):
   assert members == ['uncertainty', 'cheap_qc']
   model = registry.load(config, workdir, 'mean')
   assert model.needs_scores  # cheap QC is still a member: it needs f's image-level scores
+
+
+def test_map_scale_brings_sparse_maps_to_order_one():
+  """A spread-out map keeps its 99th percentile as scale; a map whose uncertainty sits on
+  0.5 % of the pixels (a Dice-trained f) gets a tenth of its 99.9th, not the near-0 99th."""
+  from segqual_jax.quality import cnn
+  rng = np.random.default_rng(0)
+  spread = rng.uniform(0, 0.7, (20, 16, 16))
+  assert cnn.map_scale(spread) == pytest.approx(np.percentile(spread, 99))
+  sparse = np.full((20, 16, 16), 1e-5)
+  sparse.reshape(-1)[rng.choice(sparse.size, sparse.size // 200, replace=False)] = 0.5
+  scale = cnn.map_scale(sparse)
+  assert np.percentile(sparse, 99) < 1e-4 and scale == pytest.approx(0.5 / cnn.TAIL_SPAN)
+  assert (sparse / scale).max() == pytest.approx(cnn.TAIL_SPAN)
+  both = cnn.map_scale(np.stack([spread, sparse], -1))
+  assert both == pytest.approx([np.percentile(spread, 99), 0.5 / cnn.TAIL_SPAN])
