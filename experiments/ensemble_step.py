@@ -41,7 +41,7 @@ def make_variant(method_name: str, members: int, chunk: str):
   config.uncertainty.ensemble_members = members
   config.sampling.chunk_size = chunk
   method = uncertainty.create_method(config)
-  state, tx = train_seg.create_train_state(method, config, jax.random.key(0))
+  state, tx = train_seg.create_train_state(method, config, jax.random.key(0), _ROUNDS.value * _STEPS.value)
   step = loop.make_train_step(train_seg.make_loss_fn(method), tx)
   size, batch = config.data.image_size, config.seg.batch_size
   shape = (batch, members) if method.members > 1 else (batch,)

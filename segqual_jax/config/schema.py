@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seg.norm = 'group'  # normalisation: group | none
   config.seg.batch_size = 16  # training batch size (paper: 16)
   config.seg.learning_rate = 1e-3  # Adam learning rate (paper: 1e-3)
-  config.seg.lr_schedule = 'constant'  # learning rate over training: constant (the paper's) | cosine (decays to 0 at the last step)
+  config.seg.lr_schedule = 'constant'  # learning rate over training: constant (the paper's) | cosine (decays towards 0 over the run)
   config.seg.loss = 'ce'  # f's loss: ce (pixel cross-entropy, the paper's) | ce_dice (plus nnU-Net's soft Dice of the lesion classes over the batch)
   config.seg.num_epochs = 10  # epochs over the train split (paper: 120 at 224 px; 10 fits the CPU budget)
   config.seg.eval_batch_size = 32  # f's batch size for validation and prediction (no effect on results: each case has its own key)

@@ -93,6 +93,7 @@ def train_cnn(config, name: str, out_dir: str, split, outputs, targets: np.ndarr
                                             config.quality.checkpoint_every_steps)
   state = checkpointer.resume(loop.create_state(params, tx, cnn.model_state(z_scale)),
                               f'quality model {name}')
+  z_scale = np.asarray(state['model_state']['z_scale']).tolist()  # a resumed g keeps the scale it began with
   per_epoch = pipeline.steps_per_epoch(len(targets), config.quality.batch_size)
   num_steps = per_epoch * config.quality.num_epochs
   step_key = jax.random.fold_in(model_key, 1)

@@ -33,7 +33,8 @@ from segqual_jax.training import loop
 log = logging.getLogger(__name__)
 
 def learning_rate(config, num_steps: int):
-  """Adam's learning rate: the paper's constant one, or a cosine decay to 0 at ``num_steps``.
+  """Adam's learning rate: the paper's constant one, or a cosine decay over ``num_steps``
+  (the last update uses a rate just above 0).
 
   Why the decay: with a constant 1e-3 f's validation Dice still swings by a few
   points from one epoch to the next at the end of a short CPU-scale run, so
@@ -44,7 +45,7 @@ def learning_rate(config, num_steps: int):
   return config.seg.learning_rate
 
 
-def create_train_state(method: uncertainty.Method, config, key: jax.Array, num_steps: int = 0):
+def create_train_state(method: uncertainty.Method, config, key: jax.Array, num_steps: int):
   """Fresh stage-1 state and its optimiser (``num_steps``: the run's length, for a schedule)."""
   tx = optax.adam(learning_rate(config, num_steps))
   params = method.init_params(key, config.data.image_size)
@@ -83,6 +84,8 @@ def volume_summary_fn(config, split: pipeline.Split):
 
   Why: the user's bar on volumes is the Dice of each whole volume, which the
   slices' mean Dice does not show (its lesion-free slices count Dice 1 each).
+  Measured on the slices at the model's size (``data.image_size``), not on each
+  volume's own grid as the evaluation's table is: a cheap per-epoch reading.
   """
   if config.data.name != 'nnunet':
     return lambda outputs: {}

@@ -193,7 +193,8 @@ def test_mean_averages_the_members_it_was_trained_with(calibrated_run):
 
 def test_map_scale_brings_sparse_maps_to_order_one():
   """A spread-out map keeps its 99th percentile as scale; a map whose uncertainty sits on
-  0.5 % of the pixels (a Dice-trained f) gets a tenth of its 99.9th, not the near-0 99th."""
+  0.5 % or 0.01 % of the pixels (a Dice-trained f) gets a tenth of its largest value, not
+  the near-0 99th percentile."""
   from segqual_jax.quality import cnn
   rng = np.random.default_rng(0)
   spread = rng.uniform(0, 0.7, (20, 16, 16))
@@ -205,3 +206,6 @@ def test_map_scale_brings_sparse_maps_to_order_one():
   assert (sparse / scale).max() == pytest.approx(cnn.TAIL_SPAN)
   both = cnn.map_scale(np.stack([spread, sparse], -1))
   assert both == pytest.approx([np.percentile(spread, 99), 0.5 / cnn.TAIL_SPAN])
+  sparser = np.full((100, 16, 16), 1e-5)
+  sparser.reshape(-1)[:3] = [0.5, 0.2, 0.1]  # uncertainty on 3 of 25600 pixels
+  assert cnn.map_scale(sparser) == pytest.approx(0.5 / cnn.TAIL_SPAN)

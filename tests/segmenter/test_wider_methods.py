@@ -14,7 +14,7 @@ from segqual_jax.segmenter.methods import base, ensemble, tta
 
 def _train(method, config, init_key, loss_fn, batches, steps):
   """A few plain steps of the stage-1 step function from a given init key."""
-  state, tx = train_seg.create_train_state(method, config, init_key)
+  state, tx = train_seg.create_train_state(method, config, init_key, steps)
   step = loop.make_train_step(loss_fn, tx)
   step_key = jax.random.key(7)
   for s in range(steps):

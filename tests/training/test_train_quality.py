@@ -225,3 +225,30 @@ def test_ensemble_members_train_other_g(config, tmp_path):
   run_g = weights(run_dirs.quality_dir(workdir, 'no_uncertainty'))
   np.testing.assert_allclose(weights(str(tmp_path / 'member0')), run_g, atol=1e-6)
   assert not np.allclose(weights(str(tmp_path / 'member1')), run_g, atol=1e-3)
+
+
+def test_a_resumed_g_keeps_the_map_scale_it_began_with(config, tmp_path, monkeypatch):
+  """g stopped after step 2 and resumed with another scale on offer (the scale rule changed
+  between the two runs) trains on with, and records, the scale in its checkpoint: the scale
+  predict reads from done.json is the one g learned with."""
+  from segqual_jax.training import loop
+  config.quality.models, config.quality.num_epochs = 'uncertainty', 1
+  workdir = str(tmp_path)
+  train_seg.train_and_evaluate(config, workdir)
+  splits = loading.load_splits(config.data, names=('quality',))
+  split, outputs = quality_cases.training_cases(config, workdir, splits)
+  targets = outputs.jaccard.astype(np.float32)
+  out_dir = str(tmp_path / 'g')
+
+  class Stop(Exception):
+    pass
+
+  def stop_after_2(name, step):
+    if step == 2:
+      raise Stop
+  monkeypatch.setattr(loop, 'STEP_HOOKS', [stop_after_2])
+  with pytest.raises(Stop):
+    train_quality.train_cnn(config, 'uncertainty', out_dir, split, outputs, targets, 0.25)
+  monkeypatch.setattr(loop, 'STEP_HOOKS', [])
+  done = train_quality.train_cnn(config, 'uncertainty', out_dir, split, outputs, targets, 0.5)
+  assert done['z_scale'] == pytest.approx(0.25)

@@ -67,21 +67,23 @@ def _final_state(config, workdir):
   return params
 
 
-@pytest.mark.parametrize('sig,code', [('SIGKILL', -9), ('SIGINT', 1)])
-def test_interrupted_run_resumes_to_identical_parameters(config, data_dir, tmp_path, sig, code):
+@pytest.mark.parametrize('sig,code,schedule', [('SIGKILL', -9, 'cosine'), ('SIGINT', 1, 'constant')])
+def test_interrupted_run_resumes_to_identical_parameters(config, data_dir, tmp_path, sig, code, schedule):
   """Kill after step 4 of 9; the rerun of the same command ends where an
-  uninterrupted run ends, bit for bit (same keys, same batches, same lambda)."""
+  uninterrupted run ends, bit for bit (same keys, same batches, same lambda, and a
+  decaying rate that goes on from step 4 instead of starting over)."""
   full, broken = tmp_path / 'full', tmp_path / 'broken'
-  r = _run_main(full, data_dir)
+  r = _run_main(full, data_dir, f'--config.seg.lr_schedule={schedule}')
   assert r.returncode == 0, r.stderr
-  r = _run_main(broken, data_dir, interrupt=('4', sig))
+  r = _run_main(broken, data_dir, f'--config.seg.lr_schedule={schedule}', interrupt=('4', sig))
   assert r.returncode == code, r.stderr
   if sig == 'SIGINT':
     assert 'interrupted after step 4' in r.stderr and 'Rerun the same command' in r.stderr
   assert not (broken / 'seg' / 'metrics.json').exists()
-  r = _run_main(broken, data_dir)
+  r = _run_main(broken, data_dir, f'--config.seg.lr_schedule={schedule}')
   assert r.returncode == 0, r.stderr
   assert 'resuming stage 1 from step 4' in r.stderr
+  config.seg.lr_schedule = schedule
   a, b = _final_state(config, full), _final_state(config, broken)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)

@@ -23,7 +23,7 @@ from segqual_jax.segmenter import sampling
 from segqual_jax.segmenter.sampling import EPS, entropy  # noqa: F401  (the methods' shared names)
 
 
-DICE_SMOOTH = 1e-5  # nnU-Net's: keeps a batch without lesion at soft Dice ~1 when f finds none
+DICE_SMOOTH = 1e-5  # nnU-Net's: keeps the soft Dice finite on a batch without lesion
 
 
 def purpose_keys(key: jax.Array) -> dict[str, jax.Array]:
@@ -91,7 +91,7 @@ class Method:
     Dice term weighs the lesion as the user's bar does. Summed over the batch,
     a slice without lesion adds its false positives to the denominator instead
     of an undefined 0/0. Every method adds it to its own likelihood term, on
-    the logits it predicts with.
+    its mean logits (HCNN's noise scale gets no gradient from it).
     """
     if self.config.seg.loss == 'ce':
       return jnp.zeros((), jnp.float32)
