@@ -21,6 +21,12 @@ engine. A patient's result is its slices' results gathered back
 (``quality/volume.py``): the volume's Dice over all its voxels, and the quality
 models' slice predictions aggregated into a predicted volume Dice.
 
+f's loss: the paper's cross-entropy at a constant rate, which every LGG
+table of RESULTS.md rests on. nnU-Net's recipe (``--config.seg.loss=ce_dice
+--config.seg.lr_schedule=cosine``) balances f's missed and false lesion
+voxels; its measurements are in RESULTS.md ("f's loss, its resolution, and g
+on a Dice-trained f"). Neither reaches the volume-Dice bar of 0.80.
+
 No calibration fraction: 19 quality patients are too few to hold out a
 calibration set of volumes and still fit g; predict then applies the fixed
 Dice 0.8 rule and says it is not calibrated per volume.
