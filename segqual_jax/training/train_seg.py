@@ -1,10 +1,11 @@
 """Stage 1: train the segmentation network f with its uncertainty method.
 
 Outputs in ``<workdir>/seg/``: ``checkpoints/`` (orbax), ``log.jsonl`` (one
-record per epoch: train loss, validation Dice/Jaccard from a dropout-off pass),
-``config.json`` and, at the end, ``metrics.json`` -- the method's own
-prediction (e.g. 20 MC-dropout passes) on the validation split: mean Dice,
-Jaccard, share of cases with Dice < 0.8, mean uncertainty and wall time.
+record per epoch: train loss, validation Dice/Jaccard from a dropout-off pass,
+on volumes also the validation patients' mean volume Dice), ``config.json`` and,
+at the end, ``metrics.json`` -- the method's own prediction (e.g. 20 MC-dropout
+passes) on the validation split: mean Dice, Jaccard (and volume Dice), share of
+cases with Dice < 0.8, mean uncertainty and wall time.
 """
 
 from __future__ import annotations
