@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seg.learning_rate = 1e-3  # Adam learning rate (paper: 1e-3)
   config.seg.lr_schedule = 'constant'  # learning rate over training: constant (the paper's) | cosine (decays towards 0 over the run)
   config.seg.loss = 'ce'  # f's loss: ce (pixel cross-entropy, the paper's) | ce_dice (plus nnU-Net's soft Dice of the lesion classes over the batch)
+  config.seg.foreground_fraction = 0.0  # share of each batch forced to hold lesion (nnU-Net: 0.33); 0 = uniform batches, the paper's
   config.seg.num_epochs = 10  # epochs over the train split (paper: 120 at 224 px; 10 fits the CPU budget)
   config.seg.eval_batch_size = 32  # f's batch size for validation and prediction (no effect on results: each case has its own key)
   config.seg.log_every_steps = 50  # progress line (loss, steps/s, ETA) every this many steps

@@ -44,8 +44,17 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 def batch_indices(num_examples: int, batch_size: int, seed: int | tuple[int, ...],
-                  step: int) -> np.ndarray:
+                  step: int, foreground: np.ndarray | None = None,
+                  foreground_fraction: float = 0.0) -> np.ndarray:
   """Example indices of training batch ``step``: a fresh permutation per epoch.
+
+  With ``foreground`` (a bool per example: does it hold lesion) and a
+  ``foreground_fraction`` > 0, the last ``round(fraction * batch_size)`` places of
+  the batch hold lesion: a drawn example without any is swapped for one drawn
+  from the lesion examples (nnU-Net's ``oversample_foreground_percent``, 0.33).
+  Why: in a volume most slices hold no lesion, so a uniform batch often has
+  little of it for the loss to learn from; the first places stay uniform, so f
+  still sees lesion-free slices at their usual rate there.
 
   A pure function of its arguments, so resuming at any step is exact.
   """
@@ -54,7 +63,17 @@ def batch_indices(num_examples: int, batch_size: int, seed: int | tuple[int, ...
   perm = np.random.default_rng([*np.atleast_1d(seed), epoch]).permutation(num_examples)
   if num_examples < batch_size:  # tiny data sets: repeat to fill one batch
     perm = np.resize(perm, batch_size)
-  return perm[i * batch_size:(i + 1) * batch_size]
+  idx = perm[i * batch_size:(i + 1) * batch_size]
+  forced = int(round(foreground_fraction * batch_size))
+  if foreground is None or forced == 0:
+    return idx
+  pool = np.flatnonzero(foreground)
+  if not len(pool):
+    raise ValueError('foreground oversampling: no example holds foreground')
+  swap = np.arange(batch_size) >= batch_size - forced
+  swap &= ~np.asarray(foreground, bool)[idx]
+  draws = np.random.default_rng([*np.atleast_1d(seed), epoch, i, 1]).choice(pool, batch_size)
+  return np.where(swap, draws, idx)
 
 
 def to_float(images: jax.Array) -> jax.Array:

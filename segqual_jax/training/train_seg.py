@@ -69,12 +69,14 @@ def make_loss_fn(method: uncertainty.Method):
 
 
 def batch_indices(method: uncertainty.Method, num_examples: int, batch_size: int, seed: int,
-                  step: int) -> np.ndarray:
-  """Training batch ``step``: (B,) indices, or (B, M) with member m's own data order."""
-  if method.members == 1:
-    return pipeline.batch_indices(num_examples, batch_size, seed, step)
-  return np.stack([pipeline.batch_indices(num_examples, batch_size, ensemble.member_seed(seed, m), step)
-                   for m in range(method.members)], axis=1)
+                  step: int, foreground: np.ndarray | None = None,
+                  foreground_fraction: float = 0.0) -> np.ndarray:
+  """Training batch ``step``: (B,) indices, or (B, M) with member m's own data order
+  (``foreground``, ``foreground_fraction``: ``pipeline.batch_indices``' oversampling)."""
+  seeds = [seed] if method.members == 1 else [ensemble.member_seed(seed, m) for m in range(method.members)]
+  idx = [pipeline.batch_indices(num_examples, batch_size, s, step, foreground, foreground_fraction)
+         for s in seeds]
+  return idx[0] if method.members == 1 else np.stack(idx, axis=1)
 
 
 VALIDATION_LOGGED = ('mean_dice', 'mean_jaccard', 'mean_volume_dice')  # -> val_dice, ... in log.jsonl
@@ -173,8 +175,14 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
   log_path = os.path.join(out_dir, 'log.jsonl')
   volume_summary = volume_summary_fn(config, validation)
 
+  foreground = train.masks.reshape(len(train), -1).any(axis=1)
+  if config.seg.foreground_fraction > 0 and not foreground.any():
+    raise ConfigError(f'config.seg.foreground_fraction={config.seg.foreground_fraction}: no training '
+                      'image holds lesion to oversample')
+
   def batch_fn(step):
-    idx = batch_indices(method, len(train), config.seg.batch_size, config.seed, step)
+    idx = batch_indices(method, len(train), config.seg.batch_size, config.seed, step,
+                        foreground, config.seg.foreground_fraction)
     return (train.images[idx], train.masks[idx]), step_key
 
   def epoch_end_fn(state, epoch, train_metrics):

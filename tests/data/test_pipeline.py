@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from segqual_jax.data import loading, pipeline
 
@@ -15,6 +16,24 @@ def test_batch_indices_cover_each_epoch_once_and_are_reproducible():
   assert sorted(epoch1) == list(range(n)) and not np.array_equal(epoch0, epoch1)
   np.testing.assert_array_equal(pipeline.batch_indices(n, bs, 1, 7), pipeline.batch_indices(n, bs, 1, 7))
   assert len(pipeline.batch_indices(3, 8, 0, 0)) == 8  # tiny splits fill a batch
+
+
+def test_foreground_oversampling_fills_the_batch_tail_with_lesion_examples():
+  n, bs = 60, 8
+  foreground = np.zeros(n, bool)
+  foreground[[3, 17, 42]] = True  # 5 % of the examples hold lesion
+  batches = [pipeline.batch_indices(n, bs, 1, s, foreground, 0.33) for s in range(30)]
+  uniform = [pipeline.batch_indices(n, bs, 1, s) for s in range(30)]
+  for got, plain in zip(batches, uniform):
+    assert foreground[got[-3:]].all()  # round(0.33 * 8) = 3 places hold lesion
+    np.testing.assert_array_equal(got[:-3], plain[:-3])  # the rest stays the uniform order
+    keep = foreground[plain[-3:]]
+    np.testing.assert_array_equal(got[-3:][keep], plain[-3:][keep])  # lesion examples are not swapped
+  assert {int(i) for b in batches for i in b[-3:]} == {3, 17, 42}  # every lesion example is drawn
+  np.testing.assert_array_equal(pipeline.batch_indices(n, bs, 1, 7, foreground, 0.33), batches[7])
+  np.testing.assert_array_equal(pipeline.batch_indices(n, bs, 1, 7, foreground, 0.0), uniform[7])
+  with pytest.raises(ValueError, match='no example holds foreground'):
+    pipeline.batch_indices(n, bs, 1, 0, np.zeros(n, bool), 0.5)
 
 
 def _dihedral(a):

@@ -37,9 +37,10 @@ def test_train_seg_end_to_end(config, tmp_path, method):
 
 
 def test_dice_loss_and_cosine_schedule_train_end_to_end(config, tmp_path):
-  """nnU-Net's CE + soft Dice with a cosine-decayed rate: f still learns in 6 steps, its
-  Dice term falls, and the rate goes from the configured one to 0 at the run's last step."""
-  config.seg.loss, config.seg.lr_schedule = 'ce_dice', 'cosine'
+  """nnU-Net's CE + soft Dice with a cosine-decayed rate and lesion-oversampled batches: f
+  still learns in 6 steps, its Dice term falls, and the rate goes from the configured one
+  to 0 at the run's last step."""
+  config.seg.loss, config.seg.lr_schedule, config.seg.foreground_fraction = 'ce_dice', 'cosine', 0.33
   summary = train_seg.train_and_evaluate(config, str(tmp_path))
   records = [json.loads(l) for l in (tmp_path / 'seg' / 'log.jsonl').read_text().splitlines()]
   assert records[-1]['train_overlap'] < records[0]['train_overlap'] < 1.0
@@ -50,6 +51,15 @@ def test_dice_loss_and_cosine_schedule_train_end_to_end(config, tmp_path):
   assert float(rate(6)) == 0.0
   config.seg.lr_schedule = 'constant'
   assert train_seg.learning_rate(config, 6) == config.seg.learning_rate
+
+
+def test_each_ensemble_member_gets_its_own_oversampled_order(config):
+  config.method, config.uncertainty.ensemble_members = 'ensemble', 3
+  ens = uncertainty.create_method(config)
+  foreground = np.arange(50) % 10 == 0
+  idx = train_seg.batch_indices(ens, 50, 8, config.seed, 3, foreground, 0.5)
+  assert idx.shape == (8, 3) and foreground[idx[4:]].all()
+  assert len({tuple(idx[:, m]) for m in range(3)}) == 3
 
 
 def _run_main(workdir, data_dir, *overrides, interrupt=()):
