@@ -300,9 +300,10 @@ def _lesion_from_npz(path: str, spec: DatasetSpec, shape: tuple[int, int, int]) 
   (x, y, z) into (z, y, x)), so it is transposed back to the NIfTI file's order. Softmax
   channels (one per label but ``ignore``): p(lesion) = the sum of the foreground channels (the
   union of every foreground label, as ``read_case`` makes the lesion of a label), held at 0.5
-  where background is still the largest channel (two or more lesion labels share the rest),
-  so that p(lesion) > 0.5 is exactly nnU-Net's own argmax mask, the one it wrote and the user
-  ships; voxels where every channel is 0 -- outside the crop box in early nnU-Net v2 exports --
+  where background is still the largest channel (two or more lesion labels share the rest)
+  and just above it where a lesion label wins (channels that sum to a little under 1), so
+  that p(lesion) > 0.5 is nnU-Net's own argmax mask, the one it wrote and the user ships (up
+  to the rounding of float16 files, where nnU-Net's argmax saw float32); voxels where every channel is 0 -- outside the crop box in early nnU-Net v2 exports --
   are background.
   Region channels (sigmoid outputs, one per region, no background): p(lesion) = the largest
   region's probability, whose > 0.5 is nnU-Net's own foreground."""
@@ -342,7 +343,8 @@ def _lesion_from_npz(path: str, spec: DatasetSpec, shape: tuple[int, int, int]) 
                       '(softmax probabilities expected for labels without regions)')
   lesion = np.clip(probs[1:].sum(0), 0.0, 1.0)
   background_wins = probs[0] >= probs[1:].max(0)  # nnU-Net's argmax: ties go to the first channel
-  return np.where(background_wins, np.minimum(lesion, 0.5), lesion)
+  above_half = np.nextafter(np.float32(0.5), np.float32(1.0))
+  return np.where(background_wins, np.minimum(lesion, 0.5), np.maximum(lesion, above_half))
 
 
 def _reoriented(folder: str) -> bool:

@@ -320,12 +320,14 @@ def test_reads_nnunet_probabilities_in_its_axis_order(tmp_path):
   rng = np.random.default_rng(2)
   split = rng.dirichlet([1.0, 1.0, 1.0], size=shape).astype(np.float32)  # (X, Y, Z, 3)
   split[0, 0, 0] = (0.4, 0.3, 0.3)  # background wins the argmax, the lesion labels share 0.6
+  split[1, 0, 0] = (0.496, 0.497, 0.002)  # a lesion label wins on channels summing to 0.995
   np.savez_compressed(str(tmp_path / 'p5.npz'), probabilities=np.moveaxis(split, -1, 0).transpose(0, 3, 2, 1))
   probs, _, _ = volumes.read_prediction(str(tmp_path), 'p5', three, shape, AFFINE)
   np.testing.assert_array_equal(probs > 0.5, split.argmax(-1) > 0)  # nnU-Net's own mask
   kept = split.argmax(-1) > 0
+  kept[1, 0, 0] = False
   np.testing.assert_allclose(probs[kept], split[..., 1:].sum(-1)[kept], atol=1e-6)
-  assert probs[0, 0, 0] == pytest.approx(0.5)
+  assert probs[0, 0, 0] == pytest.approx(0.5) and 0.5 < probs[1, 0, 0] < 0.5 + 1e-6
   regions = volumes.DatasetSpec(SPEC.channels, {'background': 0, 'whole': [1, 2], 'core': 2})
   np.savez_compressed(str(tmp_path / 'p3.npz'),
                       probabilities=np.stack([p, p / 2]).transpose(0, 3, 2, 1))  # sigmoid regions
