@@ -53,6 +53,12 @@ def test_dice_loss_and_cosine_schedule_train_end_to_end(config, tmp_path):
   assert train_seg.learning_rate(config, 6) == config.seg.learning_rate
 
 
+def test_a_foreground_fraction_that_forces_no_place_is_refused(config, tmp_path):
+  config.seg.foreground_fraction = 0.5 / config.seg.batch_size - 1e-3  # rounds to 0 places
+  with pytest.raises(ConfigError, match='forces no place'):
+    train_seg.train_and_evaluate(config, str(tmp_path))
+
+
 def test_each_ensemble_member_gets_its_own_oversampled_order(config):
   config.method, config.uncertainty.ensemble_members = 'ensemble', 3
   ens = uncertainty.create_method(config)
