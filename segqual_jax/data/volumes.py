@@ -303,8 +303,8 @@ def _lesion_from_npz(path: str, spec: DatasetSpec, shape: tuple[int, int, int]) 
   where background is still the largest channel (two or more lesion labels share the rest)
   and just above it where a lesion label wins (channels that sum to a little under 1), so
   that p(lesion) > 0.5 is nnU-Net's own argmax mask, the one it wrote and the user ships (up
-  to the rounding of float16 files, where nnU-Net's argmax saw float32); voxels where every channel is 0 -- outside the crop box in early nnU-Net v2 exports --
-  are background.
+  to the rounding of float16 files, where nnU-Net's argmax saw float32); voxels where every
+  channel is 0 -- outside the crop box in early nnU-Net v2 exports -- are background.
   Region channels (sigmoid outputs, one per region, no background): p(lesion) = the largest
   region's probability, whose > 0.5 is nnU-Net's own foreground."""
   try:
