@@ -43,13 +43,18 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return max(1, num_examples // batch_size)
 
 
+def forced_places(foreground_fraction: float, batch_size: int) -> int:
+  """How many places at the end of a batch oversampling fills with lesion (nnU-Net's rounding)."""
+  return int(round(foreground_fraction * batch_size))
+
+
 def batch_indices(num_examples: int, batch_size: int, seed: int | tuple[int, ...],
                   step: int, foreground: np.ndarray | None = None,
                   foreground_fraction: float = 0.0) -> np.ndarray:
   """Example indices of training batch ``step``: a fresh permutation per epoch.
 
   With ``foreground`` (a bool per example: does it hold lesion) and a
-  ``foreground_fraction`` > 0, the last ``round(fraction * batch_size)`` places of
+  ``foreground_fraction`` > 0, the last ``forced_places(fraction, batch_size)`` places of
   the batch hold lesion: a drawn example without any is swapped for one drawn
   from the lesion examples (nnU-Net's ``oversample_foreground_percent``, 0.33).
   Why: in a volume most slices hold no lesion, so a uniform batch often has
@@ -64,7 +69,7 @@ def batch_indices(num_examples: int, batch_size: int, seed: int | tuple[int, ...
   if num_examples < batch_size:  # tiny data sets: repeat to fill one batch
     perm = np.resize(perm, batch_size)
   idx = perm[i * batch_size:(i + 1) * batch_size]
-  forced = int(round(foreground_fraction * batch_size))
+  forced = forced_places(foreground_fraction, batch_size)
   if foreground is None or forced == 0:
     return idx
   pool = np.flatnonzero(foreground)

@@ -179,7 +179,8 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
   if config.seg.foreground_fraction > 0 and not foreground.any():
     raise ConfigError(f'config.seg.foreground_fraction={config.seg.foreground_fraction}: no training '
                       'image holds lesion to oversample')
-  if 0 < config.seg.foreground_fraction and round(config.seg.foreground_fraction * config.seg.batch_size) == 0:
+  if 0 < config.seg.foreground_fraction and pipeline.forced_places(config.seg.foreground_fraction,
+                                                                   config.seg.batch_size) == 0:
     raise ConfigError(f'config.seg.foreground_fraction={config.seg.foreground_fraction} forces no place '
                       f'of a batch of {config.seg.batch_size} (it rounds to 0); use >= '
                       f'{1 / config.seg.batch_size:.3g}')
