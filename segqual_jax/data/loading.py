@@ -75,6 +75,26 @@ def case_files(data_config) -> dict[str, tuple[str, str]]:
 _CASE_FILES: dict[tuple, dict[str, tuple[str, str]]] = {}  # one listing (and header check) per data set and process
 
 
+def _prepared(builder, data_config):
+  """``builder`` after ``download_and_prepare``, also when another process wins the race.
+
+  Two jobs started together on one machine (two seeds, or a training run and an
+  experiment script) both find the data set unprepared and both write it; TFDS
+  renames each one's finished temporary folder onto the same final folder, and the
+  second rename raises ``FileExistsError``. The data the winner wrote are the same
+  (the folder's name fingerprints the files, split and size), so the loser reads
+  them instead of failing; a ``FileExistsError`` with nothing prepared is real.
+  """
+  try:
+    builder.download_and_prepare()
+  except FileExistsError:
+    builder = make_builder(data_config)
+    if not builder.is_prepared():
+      raise
+    log.info('another process prepared the %s data set first; reading its files', data_config.name)
+  return builder
+
+
 def load_splits(data_config, names=SPLITS) -> dict[str, Split]:
   """Prepares the configured data set if needed and loads ``names`` into memory.
 
@@ -89,7 +109,7 @@ def load_splits(data_config, names=SPLITS) -> dict[str, Split]:
       if not builder.is_prepared():
         log.info('preparing the %s data set once (array_record files in %s)', data_config.name,
                  builder.data_dir)
-      builder.download_and_prepare()
+      builder = _prepared(builder, data_config)
     parallel.barrier('data prepared')
     sources = builder.as_data_source()
   out = {}

@@ -75,3 +75,36 @@ def test_loading_data_keeps_tfds_chatter_out_of_the_log(tmp_path, capsys, caplog
   messages = [r.getMessage() for r in caplog.records]
   assert not [m for m in messages if 'custom data configuration' in m or 'Variant folder' in m]
   assert sum('preparing the synthetic data set once' in m for m in messages) == 1  # our own line
+
+
+def _racing(monkeypatch, prepare_first: bool):
+  """``download_and_prepare`` as the loser of two processes sees it: the winner's folder is
+  in place (``prepare_first``), then TFDS's rename of its own copy raises."""
+  from segqual_jax.data import builders
+  original = builders.SyntheticLesions.download_and_prepare
+
+  def lose(self, *args, **kwargs):
+    if prepare_first:
+      original(self, *args, **kwargs)
+    raise FileExistsError(f'Cannot rename incomplete folder. Destination {self.data_dir} already exists.')
+  monkeypatch.setattr(builders.SyntheticLesions, 'download_and_prepare', lose)
+
+
+def test_a_process_that_loses_the_race_to_prepare_the_data_reads_the_winners_files(tmp_path, monkeypatch):
+  """Two seeds started together on one machine both prepare the same data set; the second
+  rename fails. The loser must read the data, not stop a training run."""
+  from configs import test as test_config
+  config = test_config.get_config()
+  config.data.data_dir = str(tmp_path)
+  _racing(monkeypatch, prepare_first=True)
+  splits = loading.load_splits(config.data, names=('test',))
+  assert len(splits['test']) == config.data.num_test
+
+
+def test_a_file_exists_error_with_nothing_prepared_is_raised(tmp_path, monkeypatch):
+  from configs import test as test_config
+  config = test_config.get_config()
+  config.data.data_dir = str(tmp_path)
+  _racing(monkeypatch, prepare_first=False)
+  with pytest.raises(FileExistsError):
+    loading.load_splits(config.data, names=('test',))
