@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seg.learning_rate = 1e-3  # Adam learning rate (paper: 1e-3)
   config.seg.lr_schedule = 'constant'  # learning rate over training: constant (the paper's) | cosine (decays towards 0 over the run)
   config.seg.loss = 'ce'  # f's loss: ce (pixel cross-entropy, the paper's) | ce_dice (plus nnU-Net's soft Dice of the lesion classes over the batch)
+  config.seg.augment = 'dihedral'  # f's training augmentation: dihedral (random flip + rot90, the paper's) | nnunet (those, then nnU-Net's 2D rotation, zoom, noise, brightness, contrast, gamma)
   config.seg.foreground_fraction = 0.0  # share of each batch forced to hold lesion (nnU-Net: 0.33); 0 = uniform batches, the paper's
   config.seg.num_epochs = 10  # epochs over the train split (paper: 120 at 224 px; 10 fits the CPU budget)
   config.seg.eval_batch_size = 32  # f's batch size for validation and prediction (no effect on results: each case has its own key)

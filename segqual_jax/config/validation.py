@@ -107,6 +107,7 @@ def _rules(methods) -> list[tuple[str, Callable[[Any], bool], str]]:
       ('seg.learning_rate', lambda v: isinstance(v, (int, float)) and v > 0, 'must be > 0'),
       ('seg.lr_schedule', lambda v: v in ('constant', 'cosine'), 'must be "constant" or "cosine"'),
       ('seg.loss', lambda v: v in ('ce', 'ce_dice'), 'must be "ce" or "ce_dice"'),
+      ('seg.augment', lambda v: v in ('dihedral', 'nnunet'), 'must be "dihedral" or "nnunet"'),
       ('seg.foreground_fraction', lambda v: isinstance(v, (int, float)) and 0.0 <= v <= 1.0,
        'must be in [0, 1]'),
       ('seg.num_epochs', _positive_int, 'must be >= 1'),

@@ -16,6 +16,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.scipy import ndimage
 import numpy as np
 
 
@@ -109,6 +110,92 @@ def augment(key: jax.Array, *arrays: jax.Array):
   keys = jax.random.split(key, arrays[0].shape[0])
   out = jax.vmap(one)(keys, *arrays)
   return out if len(arrays) > 1 else out[0]
+
+
+# nnU-Net's default 2D training augmentation (Isensee et al. 2021, its
+# ``get_training_transforms``): each transform's probability and range, per example.
+# Left out: Gaussian blur, low-resolution simulation and the inverted-image gamma
+# (p 0.1), which matter less at 64 px than at nnU-Net's full resolution.
+NNUNET_ROTATION_P = 0.2  # rotation by an angle drawn from [-pi, pi]
+NNUNET_SCALE_P, NNUNET_SCALE = 0.2, (0.7, 1.4)  # zoom: >1 shows a smaller field of view
+NNUNET_NOISE_P, NNUNET_NOISE_VAR = 0.1, (0.0, 0.1)  # Gaussian noise, variance in units of the channel's variance
+NNUNET_BRIGHTNESS_P, NNUNET_BRIGHTNESS = 0.15, (0.75, 1.25)  # multiplicative, per channel
+NNUNET_CONTRAST_P, NNUNET_CONTRAST = 0.15, (0.75, 1.25)  # about the channel's mean, range preserved
+NNUNET_GAMMA_P, NNUNET_GAMMA = 0.3, (0.7, 1.5)  # on the channel rescaled to [0, 1], range preserved
+
+
+def _rotate_scale(image: jax.Array, mask: jax.Array, angle: jax.Array, scale: jax.Array):
+  """One (H, W, C) image and (H, W) mask rotated by ``angle`` and zoomed by ``scale`` about
+  the centre: bilinear for the image, nearest for the mask, zero outside the frame."""
+  h, w = image.shape[:2]
+  rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing='ij')
+  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+  cos, sin = jnp.cos(angle) / scale, jnp.sin(angle) / scale
+  src_r = cy + cos * (rows - cy) - sin * (cols - cx)
+  src_c = cx + sin * (rows - cy) + cos * (cols - cx)
+  coords = [src_r, src_c]
+  channels = [ndimage.map_coordinates(image[..., c], coords, order=1, mode='constant', cval=0.0)
+              for c in range(image.shape[-1])]
+  warped_mask = ndimage.map_coordinates(mask.astype(jnp.float32), coords, order=0,
+                                        mode='constant', cval=0.0)
+  return jnp.stack(channels, -1), jnp.round(warped_mask).astype(mask.dtype)
+
+
+def _intensity(key: jax.Array, image: jax.Array) -> jax.Array:
+  """nnU-Net's intensity transforms on one (H, W, C) float image, each channel on its own."""
+  def channel(k, x):
+    ks = jax.random.split(k, 8)
+    var = jax.random.uniform(ks[0], (), minval=NNUNET_NOISE_VAR[0], maxval=NNUNET_NOISE_VAR[1]) * x.var()
+    x = jnp.where(jax.random.bernoulli(ks[1], NNUNET_NOISE_P),
+                  x + jnp.sqrt(var) * jax.random.normal(ks[2], x.shape), x)
+    x = jnp.where(jax.random.bernoulli(ks[3], NNUNET_BRIGHTNESS_P),
+                  x * jax.random.uniform(ks[4], (), minval=NNUNET_BRIGHTNESS[0], maxval=NNUNET_BRIGHTNESS[1]), x)
+    factor = jax.random.uniform(ks[5], (), minval=NNUNET_CONTRAST[0], maxval=NNUNET_CONTRAST[1])
+    lo2, hi2 = x.min(), x.max()
+    x = jnp.where(jax.random.bernoulli(ks[6], NNUNET_CONTRAST_P),
+                  jnp.clip((x - x.mean()) * factor + x.mean(), lo2, hi2), x)
+    # Gamma: below 1 or above 1 with equal chance (nnU-Net draws from each side half the time).
+    kg = jax.random.split(ks[7], 3)
+    gamma = jnp.where(jax.random.bernoulli(kg[0]),
+                      jax.random.uniform(kg[1], (), minval=NNUNET_GAMMA[0], maxval=1.0),
+                      jax.random.uniform(kg[1], (), minval=1.0, maxval=NNUNET_GAMMA[1]))
+    lo3, span = x.min(), jnp.maximum(x.max() - x.min(), 1e-6)
+    x = jnp.where(jax.random.bernoulli(kg[2], NNUNET_GAMMA_P),
+                  ((x - lo3) / span) ** gamma * span + lo3, x)
+    return x
+  keys = jax.random.split(key, image.shape[-1])
+  return jnp.moveaxis(jax.vmap(channel)(keys, jnp.moveaxis(image, -1, 0)), 0, -1)
+
+
+def augment_nnunet(key: jax.Array, images: jax.Array, masks: jax.Array):
+  """``augment``'s flips and rotations, then nnU-Net's 2D spatial and intensity transforms.
+
+  Why: the paper's dihedral symmetries suit dermoscopy, where a lesion has no
+  up; a brain slice from another scanner or patient differs more in size,
+  tilt and contrast than in orientation, and nnU-Net's default augmentation
+  (rotation, zoom, noise, brightness, contrast, gamma) is what its published
+  Dice on small MRI data sets rest on. Images (N, H, W, C) float, masks (N, H, W).
+  """
+  k_dihedral, k_rest = jax.random.split(key)
+  images, masks = augment(k_dihedral, images, masks)
+
+  def one(k, image, mask):
+    ks = jax.random.split(k, 5)
+    angle = jnp.where(jax.random.bernoulli(ks[0], NNUNET_ROTATION_P),
+                      jax.random.uniform(ks[1], (), minval=-jnp.pi, maxval=jnp.pi), 0.0)
+    scale = jnp.where(jax.random.bernoulli(ks[2], NNUNET_SCALE_P),
+                      jax.random.uniform(ks[3], (), minval=NNUNET_SCALE[0], maxval=NNUNET_SCALE[1]), 1.0)
+    warped_image, warped_mask = _rotate_scale(image, mask, angle, scale)
+    moved = (angle != 0.0) | (scale != 1.0)
+    image = jnp.where(moved, warped_image, image)
+    mask = jnp.where(moved, warped_mask, mask)
+    return _intensity(ks[4], image), mask
+
+  keys = jax.random.split(k_rest, images.shape[0])
+  return jax.vmap(one)(keys, images, masks)
+
+
+AUGMENTATIONS = {'dihedral': augment, 'nnunet': augment_nnunet}  # config.seg.augment -> (key, images, masks) fn
 
 
 def eval_batches(batch_size: int, *arrays: np.ndarray):

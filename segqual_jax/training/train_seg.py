@@ -53,14 +53,16 @@ def create_train_state(method: uncertainty.Method, config, key: jax.Array, num_s
   return loop.create_state(params, tx, method.init_state()), tx
 
 
-def make_loss_fn(method: uncertainty.Method):
-  """Augments on device (flips, rot90), then the method's own loss.
+def make_loss_fn(method: uncertainty.Method, augmentation: str = 'dihedral'):
+  """Augments on device (``config.seg.augment``: ``pipeline.AUGMENTATIONS``), then the
+  method's own loss.
 
   An ensemble's members each get this single-model loss (``ensemble.stack_loss``).
   """
+  augment = pipeline.AUGMENTATIONS[augmentation]
+
   def loss_fn(params, model_state, batch, key):
-    images, masks = pipeline.augment(jax.random.fold_in(key, 0),
-                                     pipeline.to_float(batch[0]), batch[1])
+    images, masks = augment(jax.random.fold_in(key, 0), pipeline.to_float(batch[0]), batch[1])
     return method.loss(params, model_state, images, masks.astype(jnp.int32),
                        jax.random.fold_in(key, 1))
   if method.members > 1:
@@ -168,7 +170,7 @@ def train_and_evaluate(config, workdir: str, train_split: pipeline.Split | None 
                                             config.seg.checkpoint_every_steps)
   state = checkpointer.resume(state, 'stage 1')
 
-  train_step = loop.make_train_step(make_loss_fn(method), tx)
+  train_step = loop.make_train_step(make_loss_fn(method, config.seg.augment), tx)
   step_key = keys.purpose_key(config.seed, keys.SEG_STEPS)
   eval_key = keys.purpose_key(config.seed, keys.SEG_VALIDATION)
   deterministic = runner.batch_fn(runner.case_fn(method.deterministic_predict))

@@ -82,6 +82,7 @@ def test_every_field_has_a_rule():
     ('calibration.fraction', 1.0, 'config.calibration.fraction=1.0'),
     ('seg.loss', 'dice', "config.seg.loss='dice'"),
     ('seg.lr_schedule', 'poly', "config.seg.lr_schedule='poly'"),
+    ('seg.augment', 'elastic', "config.seg.augment='elastic'"),
     ('seg.foreground_fraction', 1.5, 'config.seg.foreground_fraction=1.5'),
     ('calibration.alphas', (0.1, 1.5), 'config.calibration.alphas='),
 ])

@@ -37,10 +37,11 @@ def test_train_seg_end_to_end(config, tmp_path, method):
 
 
 def test_dice_loss_and_cosine_schedule_train_end_to_end(config, tmp_path):
-  """nnU-Net's CE + soft Dice with a cosine-decayed rate and lesion-oversampled batches: f
-  still learns in 6 steps, its Dice term falls, and the rate goes from the configured one
-  to 0 at the run's last step."""
+  """nnU-Net's CE + soft Dice with a cosine-decayed rate, lesion-oversampled batches and its
+  augmentation: f still learns in 6 steps, its Dice term falls, and the rate goes from the
+  configured one to 0 at the run's last step."""
   config.seg.loss, config.seg.lr_schedule, config.seg.foreground_fraction = 'ce_dice', 'cosine', 0.33
+  config.seg.augment = 'nnunet'
   summary = train_seg.train_and_evaluate(config, str(tmp_path))
   records = [json.loads(l) for l in (tmp_path / 'seg' / 'log.jsonl').read_text().splitlines()]
   assert records[-1]['train_overlap'] < records[0]['train_overlap'] < 1.0
