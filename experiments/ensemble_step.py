@@ -42,7 +42,7 @@ def make_variant(method_name: str, members: int, chunk: str):
   config.sampling.chunk_size = chunk
   method = uncertainty.create_method(config)
   state, tx = train_seg.create_train_state(method, config, jax.random.key(0), _ROUNDS.value * _STEPS.value)
-  step = loop.make_train_step(train_seg.make_loss_fn(method), tx)
+  step = loop.make_train_step(train_seg.make_loss_fn(method, config.seg.augment), tx)
   size, batch = config.data.image_size, config.seg.batch_size
   shape = (batch, members) if method.members > 1 else (batch,)
   rng = np.random.default_rng(0)

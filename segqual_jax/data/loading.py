@@ -10,6 +10,7 @@ TensorFlow).
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 
@@ -87,8 +88,10 @@ def _prepared(builder, data_config):
   """
   try:
     builder.download_and_prepare()
-  except FileExistsError:
-    builder = make_builder(data_config)
+  except OSError as e:  # FileExistsError, or ENOTEMPTY when the other rename lands in between
+    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) and not isinstance(e, FileExistsError):
+      raise
+    builder = make_builder(data_config)  # the old one read the folder's state before the winner's
     if not builder.is_prepared():
       raise
     log.info('another process prepared the %s data set first; reading its files', data_config.name)
@@ -111,6 +114,8 @@ def load_splits(data_config, names=SPLITS) -> dict[str, Split]:
                  builder.data_dir)
       builder = _prepared(builder, data_config)
     parallel.barrier('data prepared')
+    if not artifacts.is_writer():  # its builder saw the folder before the writer prepared it
+      builder = make_builder(data_config)
     sources = builder.as_data_source()
   out = {}
   size = data_config.image_size

@@ -112,25 +112,36 @@ def augment(key: jax.Array, *arrays: jax.Array):
   return out if len(arrays) > 1 else out[0]
 
 
-# nnU-Net's default 2D training augmentation (Isensee et al. 2021, its
-# ``get_training_transforms``): each transform's probability and range, per example.
-# Left out: Gaussian blur, low-resolution simulation and the inverted-image gamma
-# (p 0.1), which matter less at 64 px than at nnU-Net's full resolution.
-NNUNET_ROTATION_P = 0.2  # rotation by an angle drawn from [-pi, pi]
-NNUNET_SCALE_P, NNUNET_SCALE = 0.2, (0.7, 1.4)  # zoom: >1 shows a smaller field of view
-NNUNET_NOISE_P, NNUNET_NOISE_VAR = 0.1, (0.0, 0.1)  # Gaussian noise, variance in units of the channel's variance
-NNUNET_BRIGHTNESS_P, NNUNET_BRIGHTNESS = 0.15, (0.75, 1.25)  # multiplicative, per channel
-NNUNET_CONTRAST_P, NNUNET_CONTRAST = 0.15, (0.75, 1.25)  # about the channel's mean, range preserved
-NNUNET_GAMMA_P, NNUNET_GAMMA = 0.3, (0.7, 1.5)  # on the channel rescaled to [0, 1], range preserved
+# nnU-Net v2's default 2D training augmentation (Isensee et al. 2021; its trainer's
+# ``get_training_transforms``): the probability of each transform per example, in its order.
+NNUNET_P = {'rotation': 0.2, 'scale': 0.2, 'noise': 0.1, 'blur': 0.2, 'brightness': 0.15,
+            'contrast': 0.15, 'low_resolution': 0.25, 'inverted_gamma': 0.1, 'gamma': 0.3}
+NNUNET_SCALE = (0.7, 1.4)  # zoom factor of the sampled field: > 1 shows more, objects smaller
+NNUNET_NOISE_STD = (0.0, 0.1)  # noise std, in units of each channel's std (nnU-Net's images are z-scored)
+NNUNET_BLUR_SIGMA = (0.5, 1.0)  # Gaussian blur sigma in pixels, each channel with probability 0.5
+NNUNET_BRIGHTNESS = (0.75, 1.25)  # multiplier per channel
+NNUNET_CONTRAST = (0.75, 1.25)  # factor about the channel's mean, per channel, range preserved
+NNUNET_LOW_RESOLUTION = (0.5, 1.0)  # nearest down-sampling factor, then linear up; each channel p 0.5
+NNUNET_GAMMA = (0.7, 1.5)  # per channel, on the range-normalised channel; mean and std kept
+PER_CHANNEL_P = 0.5  # blur and low resolution touch each channel with this probability
+
+
+def _either_side(key: jax.Array, low: float, high: float, shape=()) -> jax.Array:
+  """nnU-Net's ``BGContrast`` draw: half the time below 1 (from [low, 1)), half above (from [1, high])."""
+  k_side, k_low, k_high = jax.random.split(key, 3)
+  return jnp.where(jax.random.bernoulli(k_side, 0.5, shape),
+                   jax.random.uniform(k_low, shape, minval=low, maxval=1.0),
+                   jax.random.uniform(k_high, shape, minval=1.0, maxval=high))
 
 
 def _rotate_scale(image: jax.Array, mask: jax.Array, angle: jax.Array, scale: jax.Array):
-  """One (H, W, C) image and (H, W) mask rotated by ``angle`` and zoomed by ``scale`` about
-  the centre: bilinear for the image, nearest for the mask, zero outside the frame."""
+  """One (H, W, C) image and (H, W) mask rotated by ``angle`` about the centre, sampling a
+  field ``scale`` times the frame (> 1: objects smaller, as nnU-Net's scaling): bilinear for
+  the image, nearest for the mask, zero outside the frame."""
   h, w = image.shape[:2]
   rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing='ij')
   cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-  cos, sin = jnp.cos(angle) / scale, jnp.sin(angle) / scale
+  cos, sin = jnp.cos(angle) * scale, jnp.sin(angle) * scale
   src_r = cy + cos * (rows - cy) - sin * (cols - cx)
   src_c = cx + sin * (rows - cy) + cos * (cols - cx)
   coords = [src_r, src_c]
@@ -141,55 +152,102 @@ def _rotate_scale(image: jax.Array, mask: jax.Array, angle: jax.Array, scale: ja
   return jnp.stack(channels, -1), jnp.round(warped_mask).astype(mask.dtype)
 
 
-def _intensity(key: jax.Array, image: jax.Array) -> jax.Array:
-  """nnU-Net's intensity transforms on one (H, W, C) float image, each channel on its own."""
-  def channel(k, x):
-    ks = jax.random.split(k, 8)
-    var = jax.random.uniform(ks[0], (), minval=NNUNET_NOISE_VAR[0], maxval=NNUNET_NOISE_VAR[1]) * x.var()
-    x = jnp.where(jax.random.bernoulli(ks[1], NNUNET_NOISE_P),
-                  x + jnp.sqrt(var) * jax.random.normal(ks[2], x.shape), x)
-    x = jnp.where(jax.random.bernoulli(ks[3], NNUNET_BRIGHTNESS_P),
-                  x * jax.random.uniform(ks[4], (), minval=NNUNET_BRIGHTNESS[0], maxval=NNUNET_BRIGHTNESS[1]), x)
-    factor = jax.random.uniform(ks[5], (), minval=NNUNET_CONTRAST[0], maxval=NNUNET_CONTRAST[1])
-    lo2, hi2 = x.min(), x.max()
-    x = jnp.where(jax.random.bernoulli(ks[6], NNUNET_CONTRAST_P),
-                  jnp.clip((x - x.mean()) * factor + x.mean(), lo2, hi2), x)
-    # Gamma: below 1 or above 1 with equal chance (nnU-Net draws from each side half the time).
-    kg = jax.random.split(ks[7], 3)
-    gamma = jnp.where(jax.random.bernoulli(kg[0]),
-                      jax.random.uniform(kg[1], (), minval=NNUNET_GAMMA[0], maxval=1.0),
-                      jax.random.uniform(kg[1], (), minval=1.0, maxval=NNUNET_GAMMA[1]))
-    lo3, span = x.min(), jnp.maximum(x.max() - x.min(), 1e-6)
-    x = jnp.where(jax.random.bernoulli(kg[2], NNUNET_GAMMA_P),
-                  ((x - lo3) / span) ** gamma * span + lo3, x)
-    return x
-  keys = jax.random.split(key, image.shape[-1])
-  return jnp.moveaxis(jax.vmap(channel)(keys, jnp.moveaxis(image, -1, 0)), 0, -1)
+def _blur(x: jax.Array, sigma: jax.Array, radius: int = 3) -> jax.Array:
+  """One (H, W) channel blurred by a separable Gaussian of ``sigma`` (<= radius / 3) pixels."""
+  taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  weights = jnp.exp(-0.5 * (taps / sigma) ** 2)
+  weights = weights / weights.sum()
+  for axis in (0, 1):
+    padded = jnp.pad(x, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)], mode='edge')
+    n = x.shape[axis]
+    x = sum(w * jax.lax.dynamic_slice_in_dim(padded, k, n, axis) for k, w in enumerate(weights))
+  return x
 
 
-def augment_nnunet(key: jax.Array, images: jax.Array, masks: jax.Array):
-  """``augment``'s flips and rotations, then nnU-Net's 2D spatial and intensity transforms.
+def _low_resolution(x: jax.Array, factor: jax.Array) -> jax.Array:
+  """One (H, W) channel seen at ``factor`` of its resolution: nearest down-sampling, then
+  linear interpolation back onto the full grid (nnU-Net up-samples cubically)."""
+  def axis_taps(n):
+    coarse = jnp.maximum(jnp.round(n * factor), 1.0)
+    u = jnp.arange(n, dtype=jnp.float32) * (coarse - 1) / max(n - 1, 1)  # fine pixel -> coarse position
+    lo = jnp.floor(u)
+    hi = jnp.minimum(lo + 1, coarse - 1)
+    to_fine = lambda k: jnp.clip(jnp.round(k * (n - 1) / jnp.maximum(coarse - 1, 1)), 0, n - 1).astype(jnp.int32)
+    return to_fine(lo), to_fine(hi), u - lo
+  r0, r1, tr = axis_taps(x.shape[0])
+  c0, c1, tc = axis_taps(x.shape[1])
+  top = x[r0][:, c0] * (1 - tc) + x[r0][:, c1] * tc
+  bottom = x[r1][:, c0] * (1 - tc) + x[r1][:, c1] * tc
+  return top * (1 - tr)[:, None] + bottom * tr[:, None]
+
+
+def _gamma(x: jax.Array, gamma: jax.Array, invert: bool) -> jax.Array:
+  """Gamma on the channel rescaled to [0, 1] (of the inverted image when ``invert``), then
+  the channel's mean and standard deviation restored (nnU-Net's ``p_retain_stats=1``)."""
+  mean, std = x.mean(), x.std()
+  x = -x if invert else x
+  low, span = x.min(), jnp.maximum(x.max() - x.min(), 1e-6)
+  x = ((x - low) / span) ** gamma * span + low
+  x = -x if invert else x
+  return (x - x.mean()) / jnp.maximum(x.std(), 1e-6) * std + mean
+
+
+def _intensity(key: jax.Array, image: jax.Array, p: dict) -> jax.Array:
+  """nnU-Net's intensity transforms on one (H, W, C) float image, in its order; each is
+  applied to the example with its probability in ``p``, with its own draw per channel."""
+  c = image.shape[-1]
+  ks = iter(jax.random.split(key, 24))
+  applied = {name: jax.random.bernoulli(next(ks), p[name]) for name in
+             ('noise', 'blur', 'brightness', 'contrast', 'low_resolution', 'inverted_gamma', 'gamma')}
+  per_channel = lambda k: jax.random.bernoulli(k, PER_CHANNEL_P, (c,))
+  x = jnp.moveaxis(image, -1, 0)  # (C, H, W)
+  std = x.std(axis=(1, 2))
+  noise_std = jax.random.uniform(next(ks), (), minval=NNUNET_NOISE_STD[0], maxval=NNUNET_NOISE_STD[1])
+  x = jnp.where(applied['noise'], x + (noise_std * std)[:, None, None] * jax.random.normal(next(ks), x.shape), x)
+  sigma = jax.random.uniform(next(ks), (c,), minval=NNUNET_BLUR_SIGMA[0], maxval=NNUNET_BLUR_SIGMA[1])
+  blurred = jax.vmap(_blur)(x, sigma)
+  x = jnp.where(applied['blur'] & per_channel(next(ks))[:, None, None], blurred, x)
+  multiplier = _either_side(next(ks), *NNUNET_BRIGHTNESS, (c,))
+  x = jnp.where(applied['brightness'], x * multiplier[:, None, None], x)
+  factor = _either_side(next(ks), *NNUNET_CONTRAST, (c,))[:, None, None]
+  mean, low, high = x.mean((1, 2), keepdims=True), x.min((1, 2), keepdims=True), x.max((1, 2), keepdims=True)
+  x = jnp.where(applied['contrast'], jnp.clip((x - mean) * factor + mean, low, high), x)
+  zoom = jax.random.uniform(next(ks), (c,), minval=NNUNET_LOW_RESOLUTION[0], maxval=NNUNET_LOW_RESOLUTION[1])
+  coarse = jax.vmap(_low_resolution)(x, zoom)
+  x = jnp.where(applied['low_resolution'] & per_channel(next(ks))[:, None, None], coarse, x)
+  for name, invert in (('inverted_gamma', True), ('gamma', False)):
+    gamma = _either_side(next(ks), *NNUNET_GAMMA, (c,))
+    x = jnp.where(applied[name], jax.vmap(lambda v, g, i=invert: _gamma(v, g, i))(x, gamma), x)
+  return jnp.moveaxis(x, 0, -1)
+
+
+def augment_nnunet(key: jax.Array, images: jax.Array, masks: jax.Array, p: dict | None = None):
+  """``augment``'s flips and rotations, then nnU-Net v2's 2D spatial and intensity transforms.
 
   Why: the paper's dihedral symmetries suit dermoscopy, where a lesion has no
   up; a brain slice from another scanner or patient differs more in size,
-  tilt and contrast than in orientation, and nnU-Net's default augmentation
-  (rotation, zoom, noise, brightness, contrast, gamma) is what its published
-  Dice on small MRI data sets rest on. Images (N, H, W, C) float, masks (N, H, W).
+  tilt, contrast, sharpness and noise than in orientation, and nnU-Net's
+  default augmentation is what its published Dice on small MRI data sets rest
+  on. Its probabilities and ranges are ``NNUNET_*``; where this differs: the
+  images here are in [0, 1], not z-scored, so the noise is scaled by each
+  channel's std, and low resolution is brought back linearly, not cubically.
+  Images (N, H, W, C) float, masks (N, H, W); ``p`` overrides ``NNUNET_P``.
   """
+  p = NNUNET_P if p is None else {**NNUNET_P, **p}
   k_dihedral, k_rest = jax.random.split(key)
   images, masks = augment(k_dihedral, images, masks)
 
   def one(k, image, mask):
     ks = jax.random.split(k, 5)
-    angle = jnp.where(jax.random.bernoulli(ks[0], NNUNET_ROTATION_P),
+    angle = jnp.where(jax.random.bernoulli(ks[0], p['rotation']),
                       jax.random.uniform(ks[1], (), minval=-jnp.pi, maxval=jnp.pi), 0.0)
-    scale = jnp.where(jax.random.bernoulli(ks[2], NNUNET_SCALE_P),
+    scale = jnp.where(jax.random.bernoulli(ks[2], p['scale']),
                       jax.random.uniform(ks[3], (), minval=NNUNET_SCALE[0], maxval=NNUNET_SCALE[1]), 1.0)
     warped_image, warped_mask = _rotate_scale(image, mask, angle, scale)
     moved = (angle != 0.0) | (scale != 1.0)
     image = jnp.where(moved, warped_image, image)
     mask = jnp.where(moved, warped_mask, mask)
-    return _intensity(ks[4], image), mask
+    return _intensity(ks[4], image, p), mask
 
   keys = jax.random.split(k_rest, images.shape[0])
   return jax.vmap(one)(keys, images, masks)

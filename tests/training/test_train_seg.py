@@ -158,3 +158,26 @@ def test_reuse_from_shares_f_between_methods_that_train_alike(config, tmp_path):
   config.method, config.seed = 'mc_dropout', 1
   with pytest.raises(ConfigError, match='config.seed: 0 there, 1 here'):
     train_seg.train_and_evaluate(config, str(tmp_path / 'mc'))
+
+
+def test_the_configured_augmentation_reaches_the_loss(config, monkeypatch):
+  """``seg.augment`` picks the augmentation inside the stage-1 loss: the same step key
+  gives another loss with nnU-Net's transforms than with the dihedral ones alone, and the
+  nnunet loss runs them (a spy on the function the loss calls)."""
+  from segqual_jax.data import pipeline
+  config.method = 'msp'
+  method = uncertainty.create_method(config)
+  state, _ = train_seg.create_train_state(method, config, jax.random.key(0), 4)
+  rng = np.random.default_rng(0)
+  batch = (rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), (rng.random((4, 32, 32)) > 0.6).astype(np.uint8))
+  key = jax.random.key(9)
+  losses = {}
+  for name in ('dihedral', 'nnunet'):
+    loss, _ = train_seg.make_loss_fn(method, name)(state['params'], state['model_state'], batch, key)
+    losses[name] = float(loss)
+  assert losses['dihedral'] != losses['nnunet']
+  calls = []
+  real = pipeline.AUGMENTATIONS['nnunet']
+  monkeypatch.setitem(pipeline.AUGMENTATIONS, 'nnunet', lambda *a: calls.append(1) or real(*a))
+  train_seg.make_loss_fn(method, 'nnunet')(state['params'], state['model_state'], batch, key)
+  assert calls
