@@ -32,8 +32,11 @@ foreground oversampling, test-time augmentation"). None reaches the
 volume-Dice bar of 0.80.
 
 No calibration fraction: 19 quality patients are too few to hold out a
-calibration set of volumes and still fit g; predict then applies the fixed
-Dice 0.8 rule and says it is not calibrated per volume.
+calibration set of volumes and still fit g (a rule needs dozens of accepted
+calibration volumes); predict then applies the fixed Dice 0.8 rule and says
+it is not calibrated per volume. A data set with more patients can set
+``--config.calibration.fraction``: whole patients are then held out and the
+rule and interval are calibrated per volume.
 """
 
 import os

@@ -87,7 +87,7 @@ def measure_run(workdir: str) -> dict:
   predicted = {report.model_row(config, n): registry.predict_cases(
       registry.load(config, workdir, n), test.split.images, test.outputs, config.quality.eval_batch_size)
       for n in names}
-  on_test = evaluate.intervals_on_test(config, stored, predicted, test.outputs, pvalues)
+  on_test = evaluate.intervals_on_test(config, stored, predicted, test.outputs.dice, pvalues)
   out = {'workdir': workdir, 'seed': config.seed, 'alpha': config.predict.interval_alpha,
          'floor': config.predict.interval_floor, 'models': {}}
   parts = {}

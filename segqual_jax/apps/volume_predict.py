@@ -38,17 +38,23 @@ outside model's own mask on the input grid and ``maps/`` g's first map channel.
 ``shift_min_cases`` counted in volumes): one statistic per volume, the median of its
 slices' batch score, against the reference volumes' (``volume_batch_test``).
 
-Not yet for volumes: calibrated rules and ``--monitor``.
+Not yet for volumes: ``--monitor``.
 
-**The rule per volume.** The run's calibrated rules are about slices; nothing calibrates a
-volume's rule (too few patients: 19 in the LGG quality split), so the fixed rule
-"predicted volume Dice >= eval.fail_dice" decides, and the run says plainly that its
-failure rate among accepted volumes is not calibrated.
+**The rule per volume** (``volume_rule``). A run trained with ``calibration.fraction`` > 0
+holds that share of the quality split's patients out of every quality model, and calibrates
+on those whole volumes (``training/train_quality.calibrate``): the Learn-then-Test rule on
+the predicted volume Dice, behind the volume gate, and the conformal interval of the
+predicted volume Dice (``dice_low``, ``dice_high``; not given to a volume the gate or the
+batch test sends to review). A run without calibration volumes (the LGG default: its 19
+quality patients are too few to give some up) decides by the fixed rule "predicted volume
+Dice >= eval.fail_dice" and says plainly that its failure rate among accepted volumes is not
+calibrated; with few calibration volumes the rule may accept nothing, and says so.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import io
 import logging
@@ -64,13 +70,14 @@ import numpy as np  # noqa: E402
 from segqual_jax.core import artifacts, errors, keys, workdir as run_dirs  # noqa: E402
 from segqual_jax.data import segmentations as seg_io, volumes  # noqa: E402
 from segqual_jax.metrics import overlap  # noqa: E402
-from segqual_jax.quality import applicability, policy, registry, volume  # noqa: E402
+from segqual_jax.quality import applicability, interval as intervals, policy, registry, volume  # noqa: E402
 from segqual_jax.segmenter import external, judged as judged_cases, runner  # noqa: E402
 from segqual_jax.apps import assess, predict as predict_2d, render  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ('case', 'status', 'decision', 'reason', 'predicted_dice', 'predicted_jaccard', 'slices',
+COLUMNS = ('case', 'status', 'decision', 'reason', 'predicted_dice', 'dice_low', 'dice_high',
+           'predicted_jaccard', 'slices',
            'lesion_voxels', 'mean_uncertainty', 'applicability_p_median', 'gate_slices_share',
            'gate_lesion_share',
            'true_dice', 'mask', 'map', 'error', 'run')
@@ -78,20 +85,6 @@ NOT_CALIBRATED = ('NOT CALIBRATED PER VOLUME: a volume passes when its predicted
                   '(a fixed rule); the share of failures among accepted volumes is not bounded by '
                   'any calibration.')
 PAGE_SLICES = 3  # the most uncertain slices shown per case
-
-
-def gate_volume(pvalues: np.ndarray | None, ood_alpha: float, lesion_area: np.ndarray | None = None
-                ) -> tuple[bool, float | None, float | None, float | None]:
-  """``(flagged, median p, share of slices with p <= ood_alpha / 2, the same share of f's
-  lesion area)`` of one volume's slices (the lesion share is None when f found no lesion)."""
-  if pvalues is None or ood_alpha <= 0 or len(pvalues) == 0:
-    return False, None, None, None
-  low = np.asarray(pvalues) <= ood_alpha / 2
-  share = float(np.mean(low))
-  area = None if lesion_area is None else np.asarray(lesion_area, np.float64)
-  lesion_share = float(np.sum(area * low) / np.sum(area)) if area is not None and area.sum() > 0 else None
-  flagged = share >= 0.5 or (lesion_share is not None and lesion_share >= 0.5)
-  return flagged, float(np.median(pvalues)), share, lesion_share
 
 
 def judge_volume(config, vol: volumes.Volume, run_pass, score, outside=None) -> dict:
@@ -125,24 +118,38 @@ def judge_volume(config, vol: volumes.Volume, run_pass, score, outside=None) -> 
   dice = float(volume.predicted_dice(out['dice'], out['masks'], groups, 1)[0])
   pvalues = None if score is None else score.pvalues(score.score(out['features']))
   area = out['masks'].reshape(len(images), -1).sum(1)
-  flagged, p_median, share, lesion_share = gate_volume(pvalues, config.predict.ood_alpha, area)
+  flagged, p_median, share, lesion_share = volume.gate(pvalues, config.predict.ood_alpha, area)
   batch_stat = None if score is None else applicability.volume_statistic(score.batch_score(out['features']))
   return {'images': images, 'masks': out['masks'], 'maps': out['maps'], 'dice': dice,
           'flagged': flagged, 'p_median': p_median, 'share': share, 'lesion_share': lesion_share,
           'batch_stat': batch_stat}
 
 
-def decide(judged: dict, config) -> tuple[str, str]:
-  fail = config.eval.fail_dice
+def volume_rule(config, model) -> tuple[policy.DecisionRule, dict | None]:
+  """The rule a volume is decided by, and the calibration record it comes from (None).
+
+  The rule calibrated on whole calibration volumes (stage 2 with ``calibration.fraction``
+  > 0 on an nnU-Net data set: ``calibration.json``'s unit is the volume) at
+  ``predict.alpha``, on the predicted volume Dice; else the fixed rule "predicted volume
+  Dice >= eval.fail_dice", said plainly to be uncalibrated."""
+  entry = model.rules if model.rules and model.rules.get('unit') == 'volume' else None
+  as_volumes = dataclasses.replace(model, target='dice', rules=entry)
+  return policy.decision_rule(config, as_volumes), policy.usable_rules(entry, config)
+
+
+def decide(judged: dict, config, rule: policy.DecisionRule) -> tuple[str, str]:
+  how = 'fixed rule' if rule.description.startswith('fixed') else 'calibrated rule'
   if judged['flagged']:
     lesion = ('' if judged['lesion_share'] is None
               else f', {100 * judged["lesion_share"]:.0f} % of the reviewed mask\'s lesion')
     return 'review', (f'outside the training distribution: {100 * judged["share"]:.0f} % of its slices{lesion} '
                       f'with applicability p <= {config.predict.ood_alpha / 2:g} (median p '
                       f'{judged["p_median"]:.3g}): not judged')
-  if judged['dice'] >= fail:
-    return 'pass', f'predicted volume Dice {judged["dice"]:.3f} >= {fail} (fixed rule)'
-  return 'fail', f'predicted volume Dice {judged["dice"]:.3f} < {fail} (fixed rule)'
+  if not np.isfinite(rule.threshold):
+    return 'review', 'the calibration volumes cannot support accepting any volume at predict.alpha'
+  if judged['dice'] >= rule.threshold:
+    return 'pass', f'predicted volume Dice {judged["dice"]:.3f} >= {rule.threshold:.3f} ({how})'
+  return 'fail', f'predicted volume Dice {judged["dice"]:.3f} < {rule.threshold:.3f} ({how})'
 
 
 def _display(plane: np.ndarray) -> np.ndarray:
@@ -287,7 +294,14 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
   model = registry.load(config, workdir, name)
   score = applicability.load(config, workdir)
   origin = predict_2d.provenance(config, workdir, name)
-  notes = [NOT_CALIBRATED.format(fail=config.eval.fail_dice)]
+  rule, usable = volume_rule(config, model)
+  calibrated = usable is not None
+  interval, interval_text = intervals.from_calibration(
+      usable, config.predict.interval, config.predict.interval_alpha, config.predict.interval_floor,
+      config.calibration.fraction, other_gate=bool(model.rules) and usable is None)
+  notes = ([rule.warning] if rule.warning else [] if calibrated else
+           [NOT_CALIBRATED.format(fail=config.eval.fail_dice)])
+  notes += [f'Rule per volume: {rule.description}.', f'Per volume: {interval_text}.']
   if score is not None and (powerless := applicability.powerless_warning(len(score.reference_scores),
                                                                          config.predict.ood_alpha / 2)):
     notes.append(powerless)
@@ -334,7 +348,7 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
                  reason='the volume could not be judged: not judged')
       rows.append(row)
       continue
-    decision, reason = decide(judged, config)
+    decision, reason = decide(judged, config, rule)
     row.update(status='ok', decision=decision, reason=reason, predicted_dice=f'{judged["dice"]:.5f}',
                predicted_jaccard=f'{overlap.jaccard_from_dice(judged["dice"]):.5f}',
                slices=len(judged['masks']), lesion_voxels=int(mask.sum()),
@@ -349,6 +363,11 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
     top = float(np.percentile(judged['maps'], 99.5))
     vmax = top if vmax is None else max(vmax, top)
   batch = volume_batch_test(config, score, judged_all, rows, notes)
+  if interval is not None and not (batch and batch['rejected']):
+    for row in rows:  # the interval holds for volumes like the calibration ones: not the gated ones
+      if row['status'] == 'ok' and not judged_all[row['case']]['flagged']:
+        low, high = interval.bounds(np.array([judged_all[row['case']]['dice']]))
+        row.update(dice_low=f'{float(low[0]):.5f}', dice_high=f'{float(high[0]):.5f}')
   if segmentations_dir:
     for case in unmatched_predictions(segmentations_dir, cases, spec):
       row = dict.fromkeys(COLUMNS, '')
@@ -371,8 +390,8 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
   write_index(os.path.join(output_dir, 'index.html'), rows, title, notes)
   decisions = {d: sum(r['decision'] == d for r in rows) for d in ('pass', 'fail', 'review')}
   summary = {'volumes': len(cases), 'read': len(judged_all), 'unreadable': len(cases) - len(judged_all),
-             'decisions': decisions, 'rule': f'fixed: pass if predicted volume Dice >= {config.eval.fail_dice}',
-             'calibrated': False, 'notes': notes, 'provenance': origin,
+             'decisions': decisions, 'rule': rule.description, 'calibrated': calibrated,
+             'interval': interval_text, 'notes': notes, 'provenance': origin,
              'segmentations': segmentations_dir or "f's own", 'batch_test': batch,
              'wall_time_s': round(time.time() - t0, 1)}
   with_truth = [r for r in rows if r['true_dice'] != '']

@@ -123,11 +123,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.rca.depth = 2  # the reverse U-Net's down-samplings
 
   config.calibration = ml_collections.ConfigDict()
-  config.calibration.fraction = 0.0  # share of the quality split held out from g to calibrate auto-accept (0 = no calibration)
+  config.calibration.fraction = 0.0  # share of the quality split (of its patients, for volumes) held out from g to calibrate auto-accept (0 = no calibration)
   config.calibration.alphas = (0.05, 0.1)  # tolerated accepted-failure rates (failure: Dice < eval.fail_dice)
   config.calibration.delta = 0.1  # tolerated probability that the calibration draw breaks the rate
   config.calibration.starts = 8  # chains of the multi-start fixed-sequence test
-  config.calibration.grid_size = 200  # candidate thresholds (quantiles of g's predictions on its training cases)
+  config.calibration.grid_size = 200  # candidate thresholds (quantiles of g's predictions on its training cases; for volumes evenly spaced Dice levels)
 
   config.predict = ml_collections.ConfigDict()
   config.predict.quality_model = 'uncertainty'  # quality model --mode=predict uses: a quality.models entry

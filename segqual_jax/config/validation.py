@@ -275,9 +275,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         'set quality.shift_corruptions=\'\'')
   if config.data.name == 'nnunet':
     refused = [(config.quality.label_resolution != 'model', 'quality.label_resolution must be model '
-                '(slices are labelled at the model\'s size; volumes are judged on their own grid)'),
-               (config.calibration.fraction > 0, 'calibration.fraction must be 0 (calibration cases would '
-                'split a patient\'s slices; volumes are not calibrated yet)')]
+                '(slices are labelled at the model\'s size; volumes are judged on their own grid)')]
     for bad, why in refused:
       if bad:
         raise ConfigError(f'config.data.name=nnunet: {why}')

@@ -71,10 +71,11 @@ def stored_rules(config, workdir: str) -> dict:
 
 
 def auto_accept_on_test(config, stored: dict, predicted_test: dict[str, np.ndarray],
-                        test_outputs, pvalues: np.ndarray | None = None) -> dict:
+                        true_dice: np.ndarray, pvalues: np.ndarray | None = None) -> dict:
   """What each model's calibrated rules (``stored_rules``) do on the test split, behind the
-  applicability gate as predict applies them (``test``), and without it (``test_without_gate``)."""
-  failed = test_outputs.dice < config.eval.fail_dice
+  applicability gate as predict applies them (``test``), and without it (``test_without_gate``).
+  The cases are the rules' unit: test cases, or test volumes (``quality/volume.as_volumes``)."""
+  failed = np.asarray(true_dice) < config.eval.fail_dice
   out = {}
   for name in stages.quality_model_names(config):
     entry = stored['models'][name]
@@ -84,22 +85,23 @@ def auto_accept_on_test(config, stored: dict, predicted_test: dict[str, np.ndarr
                      'test_without_gate': policy.realised(predicted_test[row], failed,
                                                           rule['threshold'])}
              for alpha, rule in entry['rules'].items()}
-    out[name] = {'row': row, 'delta': entry['delta'], 'fail_dice': entry['fail_dice'], 'rules': rules}
+    out[name] = {'row': row, 'delta': entry['delta'], 'fail_dice': entry['fail_dice'], 'rules': rules,
+                 'unit': stored.get('unit', 'case')}
   return out
 
 
-def intervals_on_test(config, stored: dict, predicted_test: dict[str, np.ndarray], test_outputs,
-                      pvalues: np.ndarray | None = None) -> dict:
+def intervals_on_test(config, stored: dict, predicted_test: dict[str, np.ndarray], true_dice: np.ndarray,
+                      pvalues: np.ndarray | None = None, target: str | None = None) -> dict:
   """Each model's conformal interval of the predicted Dice (``quality/interval.py``, fitted on
   its stored calibration cases at ``predict.interval_alpha``) on the test cases the gate lets
   through, as predict gives it: coverage of the true Dice and mean width, with 95 % bootstrap
   intervals, for the scaled interval and the constant-width one of the same cases."""
-  keep = policy.let_through(pvalues, config.predict.ood_alpha, len(test_outputs.dice))
+  keep = policy.let_through(pvalues, config.predict.ood_alpha, len(true_dice))
   out = {}
   for name in stages.quality_model_names(config):
     entry, row = stored['models'][name], report.model_row(config, name)
-    dice = np.asarray(overlap.as_dice(np.asarray(predicted_test[row], np.float64), config.quality.target))
-    true = np.asarray(test_outputs.dice, np.float64)
+    dice = np.asarray(overlap.as_dice(np.asarray(predicted_test[row], np.float64), target or config.quality.target))
+    true = np.asarray(true_dice, np.float64)
     kinds = {}
     for kind in intervals.KINDS:
       fitted, _ = intervals.from_calibration(entry, kind, config.predict.interval_alpha,
@@ -114,7 +116,8 @@ def intervals_on_test(config, stored: dict, predicted_test: dict[str, np.ndarray
                      'coverage_ci': quality_metrics.mean_interval(inside),
                      'mean_width': float(width.mean()) if keep.any() else None,
                      'mean_width_ci': quality_metrics.mean_interval(width)}
-    out[name] = {'row': row, 'alpha': config.predict.interval_alpha, 'kinds': kinds}
+    out[name] = {'row': row, 'alpha': config.predict.interval_alpha, 'kinds': kinds,
+                 'unit': stored.get('unit', 'case')}
   return out
 
 
@@ -193,8 +196,15 @@ def evaluate(config, workdir: str) -> dict:
                                               config.quality.target, fail_d, fail_j)
             for name, pred in predicted.items()}
   scores = score_metrics(config, outputs)
-  calibration = auto_accept_on_test(config, rules, predicted, outputs, pvalues) if rules else None
-  interval_result = intervals_on_test(config, rules, predicted, outputs, pvalues) if rules else None
+  calibration = interval_result = None
+  if rules:
+    on = (predicted, outputs.dice, pvalues, config.quality.target)
+    if rules.get('unit') == 'volume':  # the rules judge volumes: so are they tested
+      vols = volume.as_volumes(config, runner.case_ids(test), outputs.masks, predicted, config.quality.target,
+                               pvalues)
+      on = (vols.predicted, vols.true, vols.pvalues, 'dice')
+    calibration = auto_accept_on_test(config, rules, *on[:3])
+    interval_result = intervals_on_test(config, rules, *on)
   errors_on_test = error_map_on_test(config, workdir, test, outputs)
   per_volume = (volume_table.on_test(config, runner.case_ids(test), outputs, test.masks, predicted)
                 if config.data.name == 'nnunet' else None)

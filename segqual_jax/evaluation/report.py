@@ -97,10 +97,18 @@ def _accepted_text(test: dict) -> str:
           f"{100 * rate:.1f} % ({test['accepted_failures']}/{test['accepted']})")
 
 
+def _unit(entries: dict) -> str:
+  """The heading's note when the rules judge volumes (their cases are then whole volumes)."""
+  if any(e.get('unit') == 'volume' for e in entries.values()):
+    return '; per volume: calibration and test cases are whole volumes'
+  return ''
+
+
 def auto_accept_markdown(calibration: dict) -> str:
   """The calibrated auto-accept rules of one run and what they do on the test split
   (behind the applicability gate, and without it when the run has one)."""
-  lines = ['### Calibrated auto-accept (test split, behind the applicability gate)\n',
+  unit = _unit(calibration)
+  lines = [f'### Calibrated auto-accept (test split, behind the applicability gate{unit})\n',
            '| Quality model | alpha | delta | threshold | calibration cases | test automation rate | '
            'test accepted-failure rate | without the gate: automation, accepted failures |',
            '|---|---|---|---|---|---|---|---|']
@@ -120,7 +128,7 @@ def intervals_markdown(intervals: dict) -> str:
   """Each model's conformal interval of the predicted Dice on the test split (behind the gate)."""
   ci = lambda v: '' if not v else f' [{100 * v[0]:.1f}, {100 * v[1]:.1f}]'
   wci = lambda v: '' if not v else f' [{v[0]:.3f}, {v[1]:.3f}]'
-  lines = ['### Interval of the predicted Dice (test split, behind the applicability gate)\n',
+  lines = [f'### Interval of the predicted Dice (test split, behind the applicability gate{_unit(intervals)})\n',
            '| Quality model | interval | nominal | calibration cases | test cases | coverage (%) | mean width |',
            '|---|---|---|---|---|---|---|']
   for entry in intervals.values():

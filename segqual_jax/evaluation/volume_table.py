@@ -10,31 +10,10 @@ metrics as the slice table (AUROC at Dice < ``eval.fail_dice``, Spearman, RMSE, 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from segqual_jax.data import volumes
 from segqual_jax.metrics import overlap, quality as quality_metrics
 from segqual_jax.quality import volume
-from segqual_jax.segmenter import external, judged
-
-
-def native_dice(config, cases: list[str], masks: np.ndarray, groups: np.ndarray) -> np.ndarray:
-  """Each case's volume Dice on the label file's own grid: of f's slice masks resized onto
-  it, or, with ``external.predictions``, of the outside model's own volume as it wrote it."""
-  root = config.data.root
-  spec = volumes.read_dataset_json(root)
-  folder = judged.predictions_dir(config) if external.active(config) else None
-  out = []
-  for g, case in enumerate(cases):
-    vol = volumes.read_case(os.path.join(root, 'imagesTr'), case, spec, os.path.join(root, 'labelsTr'))
-    if folder is None:
-      reviewed = volumes.to_volume(masks[groups == g], vol.shape, nearest=True)
-    else:
-      reviewed = volumes.read_prediction(folder, case, spec, vol.shape, vol.affine)[0] > 0.5
-    out.append(volume.dice(reviewed, vol.label))
-  return np.asarray(out)
 
 
 def on_test(config, ids, outputs, true_masks: np.ndarray, predicted: dict[str, np.ndarray]) -> dict:
@@ -42,7 +21,7 @@ def on_test(config, ids, outputs, true_masks: np.ndarray, predicted: dict[str, n
   cases, groups = volume.groups_of(ids)
   n = len(cases)
   model_grid = volume.true_dice(outputs.masks, true_masks, groups, n)
-  true = native_dice(config, cases, outputs.masks, groups)
+  true = volume.native_dice(config, cases, outputs.masks, groups)
   fail_d, fail_j = config.eval.fail_dice, config.eval.fail_jaccard
   models, rows = {}, {c: {'case': c, 'slices': int(np.sum(groups == g)), 'true_dice': round(float(true[g]), 5),
                           'true_dice_model_grid': round(float(model_grid[g]), 5)} for g, c in enumerate(cases)}

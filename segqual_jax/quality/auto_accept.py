@@ -43,11 +43,22 @@ from scipy import stats
 from segqual_jax.core import keys
 
 
-def calibration_indices(num_cases: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """``(calibration, rest)`` sorted indices: a seeded ``fraction`` of a split held out for calibration."""
-  perm = np.random.default_rng([seed, keys.CALIBRATION_SPLIT]).permutation(num_cases)
-  n_cal = int(round(fraction * num_cases))
-  return np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
+def calibration_indices(num_cases: int, fraction: float, seed: int,
+                        groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """``(calibration, rest)`` sorted indices: a seeded ``fraction`` of a split held out for calibration.
+
+  With ``groups`` (each case's patient, for the slices of volumes) the fraction is of the
+  patients, and a patient's slices all fall on one side: the calibration cases are then
+  whole volumes, drawn independently of the ones the quality models fit.
+  """
+  if groups is None:
+    perm = np.random.default_rng([seed, keys.CALIBRATION_SPLIT]).permutation(num_cases)
+    n_cal = int(round(fraction * num_cases))
+    return np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
+  groups = np.asarray(groups)
+  cal_groups, _ = calibration_indices(len(np.unique(groups)), fraction, seed)
+  held = np.isin(groups, np.unique(groups)[cal_groups])
+  return np.flatnonzero(held), np.flatnonzero(~held)
 
 
 def threshold_grid(reference_scores: np.ndarray, size: int) -> np.ndarray:

@@ -19,9 +19,14 @@ Dice of the whole volume over all its voxels (> 0.8). Gathering back:
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import numpy as np
 
 from segqual_jax.data import volumes
+from segqual_jax.metrics import overlap
+from segqual_jax.segmenter import external, judged
 
 
 def groups_of(ids) -> tuple[list[str], np.ndarray]:
@@ -70,3 +75,74 @@ def slice_uncertainty(maps: np.ndarray, groups: np.ndarray, num: int) -> list[np
   """Mean uncertainty of each slice, per group in slice order (the page's per-slice plot)."""
   per_slice = maps.reshape(len(maps), -1).mean(1)
   return [per_slice[groups == g] for g in range(num)]
+
+
+def gate(pvalues: np.ndarray | None, ood_alpha: float, lesion_area: np.ndarray | None = None
+         ) -> tuple[bool, float | None, float | None, float | None]:
+  """The applicability gate per volume: ``(flagged, median p, share of slices with p <=
+  ood_alpha / 2, the same share of f's lesion area)`` of one volume's slices (the lesion
+  share is None when f found no lesion).
+
+  A volume is flagged when at least half of its slices, or slices holding at least half
+  of f's lesion area, have p <= ``ood_alpha`` / 2. If each slice's p-value is valid, the
+  expected share of such slices is at most ``ood_alpha`` / 2, so by Markov's inequality
+  each share reaches one half with probability at most ``ood_alpha``, whatever the
+  correlation between a volume's slices."""
+  if pvalues is None or ood_alpha <= 0 or len(pvalues) == 0:
+    return False, None, None, None
+  low = np.asarray(pvalues) <= ood_alpha / 2
+  share = float(np.mean(low))
+  area = None if lesion_area is None else np.asarray(lesion_area, np.float64)
+  lesion_share = float(np.sum(area * low) / np.sum(area)) if area is not None and area.sum() > 0 else None
+  flagged = share >= 0.5 or (lesion_share is not None and lesion_share >= 0.5)
+  return flagged, float(np.median(pvalues)), share, lesion_share
+
+
+def native_dice(config, cases: list[str], masks: np.ndarray, groups: np.ndarray) -> np.ndarray:
+  """Each case's volume Dice on the label file's own grid: of f's slice masks resized onto
+  it, or, with ``external.predictions``, of the outside model's own volume as it wrote it."""
+  root = config.data.root
+  spec = volumes.read_dataset_json(root)
+  folder = judged.predictions_dir(config) if external.active(config) else None
+  out = []
+  for g, case in enumerate(cases):
+    vol = volumes.read_case(os.path.join(root, 'imagesTr'), case, spec, os.path.join(root, 'labelsTr'))
+    if folder is None:
+      reviewed = volumes.to_volume(masks[groups == g], vol.shape, nearest=True)
+    else:
+      reviewed = volumes.read_prediction(folder, case, spec, vol.shape, vol.affine)[0] > 0.5
+    out.append(dice(reviewed, vol.label))
+  return np.asarray(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Volumes:
+  """A split's slices gathered into volumes, as cases of the decision policy.
+
+  ``pvalues`` is the volume gate's verdict in the form ``quality/policy.py`` reads a case's
+  conformal p-value: 0 for a volume ``gate`` flags, 1 for one it lets through (None
+  without a gate), so calibration, its test and predict apply the one policy to volumes.
+  """
+  cases: list[str]
+  groups: np.ndarray  # (slices,) index of each slice's volume
+  predicted: dict[str, np.ndarray]  # quality model -> predicted volume Dice per volume
+  true: np.ndarray | None  # true volume Dice on the volume's own grid (None without labels)
+  pvalues: np.ndarray | None
+
+
+def as_volumes(config, ids, masks: np.ndarray, predicted: dict[str, np.ndarray], target: str,
+               slice_pvalues: np.ndarray | None, with_truth: bool = True) -> Volumes:
+  """Slices (ids ``<case>:zNNN``, f's masks, each model's slice predictions in ``target``
+  units, the gate's slice p-values) -> ``Volumes``; the true Dice read from the data set."""
+  cases, groups = groups_of(ids)
+  n = len(cases)
+  vol_pred = {name: predicted_dice(np.asarray(overlap.as_dice(np.asarray(p, np.float64), target)),
+                                   masks, groups, n) for name, p in predicted.items()}
+  pvalues = None
+  if slice_pvalues is not None:
+    area = (masks.reshape(len(masks), -1) > 0).sum(1)
+    flagged = [gate(np.asarray(slice_pvalues)[groups == g], config.predict.ood_alpha, area[groups == g])[0]
+               for g in range(n)]
+    pvalues = np.where(flagged, 0.0, 1.0)
+  true = native_dice(config, cases, masks, groups) if with_truth else None
+  return Volumes(cases, groups, vol_pred, true, pvalues)

@@ -26,7 +26,7 @@ import numpy as np
 from segqual_jax.core import keys, workdir as run_dirs
 from segqual_jax.core.errors import ConfigError
 from segqual_jax.data import corruptions, pipeline, volumes
-from segqual_jax.quality import auto_accept
+from segqual_jax.quality import auto_accept, volume
 from segqual_jax.segmenter import judged, runner
 from segqual_jax.training import train_seg
 
@@ -83,7 +83,15 @@ def holdout_parts(config, workdir: str, quality: pipeline.Split):
   quality, outputs = cases.split, cases.outputs
   if config.calibration.fraction <= 0:
     return (quality, outputs), None
-  cal, rest = auto_accept.calibration_indices(len(quality), config.calibration.fraction, config.data.seed)
+  groups = volume.groups_of(runner.case_ids(quality))[1] if config.data.name == 'nnunet' else None
+  cal, rest = auto_accept.calibration_indices(len(quality), config.calibration.fraction, config.data.seed,
+                                              groups)
+  if not len(cal) or not len(rest):
+    unit = 'patients' if groups is not None else 'cases'
+    raise ConfigError(f'config.calibration.fraction={config.calibration.fraction}: of the quality split\'s '
+                      f'{len(np.unique(groups)) if groups is not None else len(quality)} {unit}, '
+                      f'{"none is" if not len(cal) else "every one is"} held out for calibration; '
+                      'both the quality models and the calibration need some')
   return ((quality.take(rest, 'quality_fit'), outputs.take(rest)),
           (quality.take(cal, 'calibration'), outputs.take(cal)))
 

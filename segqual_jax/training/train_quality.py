@@ -204,6 +204,11 @@ def calibrate(config, workdir: str) -> dict | None:
   is calibrated as predict applies it: behind the applicability gate, so a
   calibration case the gate sends to review is never counted as accepted.
   Written to ``calibration.json``; None when the run has no calibration fraction.
+
+  For volumes (``data.name=nnunet``) the calibration cases are whole patients and the
+  unit of everything is the volume, as predict decides: each model's slice predictions
+  gathered into a predicted volume Dice (``quality/volume.py``), the true Dice of the
+  volume on its own grid, the gate per volume; the grid is fixed Dice levels.
   """
   if config.calibration.fraction <= 0:
     return None
@@ -218,25 +223,35 @@ def calibrate(config, workdir: str) -> dict | None:
   quality = loading.load_splits(config.data, names=('quality',))['quality']
   (fit_split, fit_out), (cal_split, cal_out) = quality_cases.holdout_parts(config, workdir, quality)
   cal = config.calibration
-  failed = cal_out.dice < config.eval.fail_dice
   score = fit_applicability(config, workdir)
   cal_p = None if score is None else score.pvalues(score.score(cal_out.features))
-  result = {'settings': settings, 'models': {},
-            'gated_calibration_cases': 0 if cal_p is None else int(np.sum(policy.flagged(cal_p, config.predict.ood_alpha)))}
+  batch = config.quality.eval_batch_size
+  models = {name: registry.load(config, workdir, name) for name in names}
+  predicted = {name: registry.predict_cases(m, cal_split.images, cal_out, batch) for name, m in models.items()}
+  if config.data.name == 'nnunet':  # the unit is the volume: whole calibration patients
+    vols = volume.as_volumes(config, runner.case_ids(cal_split), cal_out.masks, predicted,
+                             config.quality.target, cal_p)
+    unit, predicted, true, pvalues = 'volume', vols.predicted, vols.true, vols.pvalues
+    targets = dict.fromkeys(names, 'dice')
+    # A grid fixed before the calibration volumes are seen: predicted volume Dice in [0, 1].
+    grids = dict.fromkeys(names, np.linspace(1.0, 0.0, cal.grid_size))
+  else:
+    unit, true, pvalues = 'case', cal_out.dice, cal_p
+    targets = {name: m.target for name, m in models.items()}
+    grids = {name: auto_accept.threshold_grid(registry.predict_cases(m, fit_split.images, fit_out, batch),
+                                              cal.grid_size) for name, m in models.items()}
+  failed = np.asarray(true) < config.eval.fail_dice
+  result = {'settings': settings, 'unit': unit, 'models': {},
+            'gated_calibration_cases': 0 if pvalues is None else int(np.sum(policy.flagged(pvalues, config.predict.ood_alpha)))}
   for name in names:
-    model = registry.load(config, workdir, name)
-    batch = config.quality.eval_batch_size
-    grid = auto_accept.threshold_grid(registry.predict_cases(model, fit_split.images, fit_out, batch),
-                                      cal.grid_size)
-    predicted = registry.predict_cases(model, cal_split.images, cal_out, batch)
-    cal_pred = policy.gated(predicted, cal_p, config.predict.ood_alpha)
-    rules = {str(alpha): auto_accept.calibrate(cal_pred, failed, grid, alpha, cal.delta, cal.starts)
+    cal_pred = policy.gated(predicted[name], pvalues, config.predict.ood_alpha)
+    rules = {str(alpha): auto_accept.calibrate(cal_pred, failed, grids[name], alpha, cal.delta, cal.starts)
              for alpha in cal.alphas}
     result['models'][name] = {'delta': cal.delta, 'fail_dice': config.eval.fail_dice,
-                              'ood_alpha': config.predict.ood_alpha, 'rules': rules,
-                              'interval_cases': interval_cases(predicted, cal_out.dice, model.target,
-                                                               cal_p, config.predict.ood_alpha)}
-    log.info('calibrated auto-accept of %s on %d cases: %s', name, len(cal_split),
+                              'ood_alpha': config.predict.ood_alpha, 'unit': unit, 'rules': rules,
+                              'interval_cases': interval_cases(predicted[name], true, targets[name],
+                                                               pvalues, config.predict.ood_alpha)}
+    log.info('calibrated auto-accept of %s on %d %ss: %s', name, len(failed), unit,
              ', '.join(f'alpha {a}: threshold {r["threshold"]}' for a, r in rules.items()))
   artifacts.write_json(path, result)
   return result

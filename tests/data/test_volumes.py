@@ -205,28 +205,45 @@ def _check_stage1_volume_dice(config, workdir, summary):
 
 
 def test_volume_run_end_to_end_with_one_bad_volume(tmp_path, data_dir):
-  """Train on a tiny nnU-Net data set, evaluate per patient, predict on an inference folder
-  with one broken volume: every good case gets its row and its NIfTI files on its own grid."""
+  """Train on a tiny nnU-Net data set, calibrate on a held-out quality patient, evaluate per
+  patient, predict on an inference folder with one broken volume: every good case gets its
+  row and its NIfTI files on its own grid, and the calibration's unit is the volume."""
   import csv
   from conftest import tiny_config
   from segqual_jax.apps import volume_predict
   from segqual_jax.evaluation import evaluate
   from segqual_jax.training import train_quality, train_seg
   root = tmp_path / 'Dataset003_Tiny'
-  write_dataset(str(root), [f'case{i}' for i in range(12)])  # 2 volumes each for quality and test
+  cases = [f'case{i}' for i in range(14)]
+  write_dataset(str(root), cases)
+  (root / 'lists').mkdir()
+  for split, ids in (('train', cases[:8]), ('quality', cases[8:12]), ('test', cases[12:])):
+    (root / 'lists' / f'{split}.txt').write_text('\n'.join(ids) + '\n')
   config = tiny_config(data_dir, 'uncertainty')
   config.seg.num_epochs = config.quality.num_epochs = 1
   config.data.name, config.data.root, config.data.image_size = 'nnunet', str(root), 16
   config.quality.label_resolution = 'model'
+  config.data.splits = ('train=lists/train.txt,validation=lists/quality.txt,quality=lists/quality.txt,'
+                        'test=lists/test.txt')
+  config.calibration.fraction = 0.5  # two of the four quality patients; the gate and g keep two
   workdir = str(tmp_path / 'run')
   summary = train_seg.train_and_evaluate(config, workdir)
   _check_stage1_volume_dice(config, workdir, summary)
   train_quality.train_quality(config, workdir)
+  calibration = json.load(open(tmp_path / 'run' / 'quality' / 'calibration.json'))
+  entry = calibration['models']['uncertainty']
+  assert calibration['unit'] == entry['unit'] == 'volume'
+  assert {r['calibration_cases'] for r in entry['rules'].values()} == {2}  # two volumes, not their slices
+  assert len(entry['interval_cases']['true_dice']) <= 2
   result = evaluate.evaluate(config, workdir)
   per_volume = result['per_volume']
   assert per_volume['volumes'] >= 1 and len(per_volume['rows']) == per_volume['volumes']
   assert 0.0 <= per_volume['mean_dice'] <= 1.0 and 'MC-dropout' not in per_volume['quality_models']
-  assert '## Per patient' in (tmp_path / 'run' / 'table.md').read_text()
+  tested = result['auto_accept']['uncertainty']
+  assert tested['unit'] == 'volume'
+  assert {r['test']['cases'] for r in tested['rules'].values()} == {per_volume['volumes']}
+  table = (tmp_path / 'run' / 'table.md').read_text()
+  assert '## Per patient' in table and 'calibration and test cases are whole volumes' in table
 
   inference = tmp_path / 'imagesTs'
   for i, shape in enumerate([(12, 10, 4), (9, 14, 3), (12, 10, 4)]):  # non-square, another depth
@@ -245,7 +262,10 @@ def test_volume_run_end_to_end_with_one_bad_volume(tmp_path, data_dir):
       written = nib.load(str(path))
       assert written.shape == shape and np.allclose(written.affine, AFFINE)
     assert (out / 'pages' / f'{case}.png').stat().st_size > 0
-  assert 'NOT CALIBRATED PER VOLUME' in (out / 'index.html').read_text()
+    # Two calibration volumes support no threshold: nothing the gate lets through is accepted.
+    assert rows[case]['decision'] == 'review', rows[case]
+  assert summary['calibrated'] and 'calibrated: accepted-failure rate' in summary['rule']
+  assert 'NOT CALIBRATED PER VOLUME' not in (out / 'index.html').read_text()
   assert 'channel 2 (t2) missing' in (out / 'index.html').read_text()  # the broken file named on the page
 
 
@@ -261,7 +281,7 @@ def test_volume_gate_flags_half_the_slices_at_half_alpha():
 
 def volume_predict_gate(pvalues, alpha, area=None):
   from segqual_jax.apps import volume_predict
-  return volume_predict.gate_volume(pvalues, alpha, area)[0]
+  return volume.gate(pvalues, alpha, area)[0]
 
 
 def test_volume_gate_looks_at_the_slices_the_estimate_rests_on():
@@ -273,19 +293,43 @@ def test_volume_gate_looks_at_the_slices_the_estimate_rests_on():
   assert not volume_predict_gate(p, 0.1) and volume_predict_gate(p, 0.1, area)
 
 
-@pytest.mark.parametrize('field,value,expected', [
-    ('calibration.fraction', 0.3, 'calibration.fraction must be 0'),
-    ('quality.label_resolution', 'native', 'label_resolution must be model'),
-])
-def test_volume_runs_refuse_settings_that_split_a_patient(field, value, expected):
+def test_volume_runs_refuse_native_label_resolution():
   from segqual_jax.config import schema, validation
   from segqual_jax.core import errors
   config = schema.get_config()
-  config.data.name, config.data.root, config.quality.label_resolution = 'nnunet', '/x', 'model'
-  section, name = field.split('.')
-  config[section][name] = value
-  with pytest.raises(errors.ConfigError, match=expected):
+  config.data.name, config.data.root, config.quality.label_resolution = 'nnunet', '/x', 'native'
+  with pytest.raises(errors.ConfigError, match='label_resolution must be model'):
     validation.validate(config)
+
+
+def test_calibration_holds_out_whole_patients():
+  from segqual_jax.quality import auto_accept
+  groups = np.repeat(np.arange(10), [3, 5, 2, 4, 4, 6, 1, 3, 5, 2])
+  cal, rest = auto_accept.calibration_indices(len(groups), 0.3, 0, groups)
+  assert len(np.unique(groups[cal])) == 3 and not set(groups[cal]) & set(groups[rest])
+  assert sorted(np.concatenate([cal, rest])) == list(range(len(groups)))
+  again, _ = auto_accept.calibration_indices(len(groups), 0.3, 0, groups)
+  np.testing.assert_array_equal(cal, again)
+
+
+def test_a_volume_is_decided_by_its_calibrated_rule():
+  from segqual_jax.apps import volume_predict
+  from segqual_jax.config import schema
+  from segqual_jax.quality import registry
+  config = schema.get_config()
+  config.calibration.fraction, config.predict.alpha = 0.5, 0.1
+  entry = {'unit': 'volume', 'delta': 0.1, 'fail_dice': config.eval.fail_dice,
+           'ood_alpha': config.predict.ood_alpha, 'rules': {'0.1': {'threshold': 0.87}}}
+  model = registry.QualityModel('uncertainty', 'jaccard', False, None, rules=entry)
+  rule, usable = volume_predict.volume_rule(config, model)
+  assert usable is entry and rule.threshold == 0.87  # on the volume Dice, whatever g's target
+  judged = {'flagged': False, 'dice': 0.85}
+  assert volume_predict.decide(judged, config, rule)[0] == 'fail'
+  assert volume_predict.decide({**judged, 'dice': 0.9}, config, rule) == (
+      'pass', 'predicted volume Dice 0.900 >= 0.870 (calibrated rule)')
+  slices = registry.QualityModel('uncertainty', 'dice', False, None, rules={**entry, 'unit': 'case'})
+  rule, usable = volume_predict.volume_rule(config, slices)  # a rule about slices never decides a volume
+  assert usable is None and rule.threshold == config.eval.fail_dice and rule.warning
 
 
 # ---------------------------------------------------------------------------
@@ -448,6 +492,8 @@ def test_volume_run_judges_an_nnunet_models_predictions(tmp_path, data_dir):
   assert np.array_equal(np.asarray(written.dataobj), (p > 0.5).astype(np.uint8))  # theirs, as written
   assert np.allclose(written.affine, AFFINE)
   assert 'judging the outside model' in (out / 'index.html').read_text()
+  assert not summary['calibrated'] and 'NOT CALIBRATED PER VOLUME' in (out / 'index.html').read_text()
+  assert rows['new0']['dice_low'] == '' and 'no interval' in summary['interval']
 
 
 def test_out_of_fold_folds_keep_each_patient_whole():
