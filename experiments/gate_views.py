@@ -49,6 +49,8 @@ def main(argv):
   del argv
   workdir = _WORKDIR.value
   config, _ = stages.for_run(workdir, schema.get_config(), from_file=False, overridden=set())
+  if config.data.name == 'nnunet':
+    raise SystemExit(f'{workdir}: a volume run; this experiment measures cases of 2D data sets')
   quality = np.load(os.path.join(workdir, 'quality', 'f_outputs', 'quality.npz'))['features']
   _, rest = auto_accept.calibration_indices(len(quality), config.calibration.fraction, config.data.seed)
   features = quality[rest]  # stage 2's non-calibration cases, split as it splits them

@@ -79,6 +79,8 @@ def choose_floor(cases: dict, alpha: float) -> dict:
 
 def measure_run(workdir: str) -> dict:
   config, _ = stages.for_run(workdir, schema.get_config(), from_file=False, overridden=set())
+  if config.data.name == 'nnunet':
+    raise SystemExit(f'{workdir}: a volume run; this experiment measures cases of 2D data sets')
   stored = evaluate.stored_rules(config, workdir)
   names = stages.quality_model_names(config)
   test = judged.judged(config, workdir, loading.load_splits(config.data, names=('test',))['test'])

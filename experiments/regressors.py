@@ -122,6 +122,8 @@ def _score(predicted: np.ndarray, dice: np.ndarray, jaccard: np.ndarray, fail_di
 
 def measure_run(workdir: str, peers: list[str]) -> dict:
   config, _ = stages.for_run(workdir, schema.get_config(), from_file=False, overridden=set())
+  if config.data.name == 'nnunet':
+    raise SystemExit(f'{workdir}: a volume run; this experiment measures cases of 2D data sets')
   if config.calibration.fraction <= 0 or config.quality.label_source != 'holdout':
     raise SystemExit(f'{workdir}: needs calibration cases held out of the quality split (label_source holdout)')
   cache = os.path.join(workdir, 'experiments', 'regressors')

@@ -132,9 +132,9 @@ def volume_rule(config, model) -> tuple[policy.DecisionRule, dict | None]:
   > 0 on an nnU-Net data set: ``calibration.json``'s unit is the volume) at
   ``predict.alpha``, on the predicted volume Dice; else the fixed rule "predicted volume
   Dice >= eval.fail_dice", said plainly to be uncalibrated."""
-  entry = model.rules if model.rules and model.rules.get('unit') == 'volume' else None
-  as_volumes = dataclasses.replace(model, target='dice', rules=entry)
-  return policy.decision_rule(config, as_volumes), policy.usable_rules(entry, config)
+  as_volumes = dataclasses.replace(model, target='dice')  # the rule is on the predicted volume Dice
+  return (policy.decision_rule(config, as_volumes, 'volume'),
+          policy.usable_rules(model.rules, config, 'volume'))
 
 
 def decide(judged: dict, config, rule: policy.DecisionRule) -> tuple[str, str]:
@@ -148,8 +148,8 @@ def decide(judged: dict, config, rule: policy.DecisionRule) -> tuple[str, str]:
   if not np.isfinite(rule.threshold):
     return 'review', 'the calibration volumes cannot support accepting any volume at predict.alpha'
   if judged['dice'] >= rule.threshold:
-    return 'pass', f'predicted volume Dice {judged["dice"]:.3f} >= {rule.threshold:.3f} ({how})'
-  return 'fail', f'predicted volume Dice {judged["dice"]:.3f} < {rule.threshold:.3f} ({how})'
+    return 'pass', f'predicted volume Dice {judged["dice"]:.4f} >= {rule.threshold:.4f} ({how})'
+  return 'fail', f'predicted volume Dice {judged["dice"]:.4f} < {rule.threshold:.4f} ({how})'
 
 
 def _display(plane: np.ndarray) -> np.ndarray:
@@ -295,7 +295,7 @@ def predict(config, workdir: str, input_dir: str, output_dir: str, masks_dir: st
   score = applicability.load(config, workdir)
   origin = predict_2d.provenance(config, workdir, name)
   rule, usable = volume_rule(config, model)
-  calibrated = usable is not None
+  calibrated = usable is not None and rule.warning is None  # e.g. no rule at this predict.alpha
   interval, interval_text = intervals.from_calibration(
       usable, config.predict.interval, config.predict.interval_alpha, config.predict.interval_floor,
       config.calibration.fraction, other_gate=bool(model.rules) and usable is None)

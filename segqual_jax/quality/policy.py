@@ -121,10 +121,11 @@ def realised(predicted: np.ndarray, failed: np.ndarray, threshold: float | None,
           'accepted_failure_rate': float((accept & failed).sum() / n) if n else None}
 
 
-def usable_rules(entry: dict | None, config) -> dict | None:
+def usable_rules(entry: dict | None, config, unit: str = 'case') -> dict | None:
   """A quality model's stored calibration (``calibration.json``'s entry) when it was made
-  for the configured ``eval.fail_dice`` and ``predict.ood_alpha``, else None."""
-  if not entry:
+  for the configured ``eval.fail_dice`` and ``predict.ood_alpha`` and for cases of ``unit``
+  (``case``: an image or slice, g's own units; ``volume``: a predicted volume Dice), else None."""
+  if not entry or entry.get('unit', 'case') != unit:
     return None
   if not (values.same(entry['fail_dice'], config.eval.fail_dice)
           and values.same(entry.get('ood_alpha', 0.0), config.predict.ood_alpha)):
@@ -132,14 +133,14 @@ def usable_rules(entry: dict | None, config) -> dict | None:
   return entry
 
 
-def decision_rule(config, model) -> DecisionRule:
+def decision_rule(config, model, unit: str = 'case') -> DecisionRule:
   """The calibrated rule of quality ``model`` (``.name``, ``.target``, ``.rules``) at
   ``predict.alpha`` when the run has one, else the fixed rule "predicted Dice >=
   eval.fail_dice" (loudly, if calibration was configured)."""
   fail_dice, alpha = config.eval.fail_dice, config.predict.alpha
   fixed_threshold = overlap.jaccard_from_dice(fail_dice) if model.target == 'jaccard' else fail_dice
   fixed = f'fixed: pass if predicted Dice >= {fail_dice}'
-  entry = usable_rules(model.rules, config)
+  entry = usable_rules(model.rules, config, unit)
   rule = values.lookup(entry['rules'], alpha) if entry else None
   if rule is None:
     if config.calibration.fraction <= 0:

@@ -86,8 +86,10 @@ def gate(pvalues: np.ndarray | None, ood_alpha: float, lesion_area: np.ndarray |
   A volume is flagged when at least half of its slices, or slices holding at least half
   of f's lesion area, have p <= ``ood_alpha`` / 2. If each slice's p-value is valid, the
   expected share of such slices is at most ``ood_alpha`` / 2, so by Markov's inequality
-  each share reaches one half with probability at most ``ood_alpha``, whatever the
-  correlation between a volume's slices."""
+  the unweighted share reaches one half with probability at most ``ood_alpha``, whatever
+  the correlation between a volume's slices; the lesion-weighted share's weights come from
+  the same slices, so the two together may flag up to about twice that (review, never a
+  wrong accept)."""
   if pvalues is None or ood_alpha <= 0 or len(pvalues) == 0:
     return False, None, None, None
   low = np.asarray(pvalues) <= ood_alpha / 2

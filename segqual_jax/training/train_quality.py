@@ -215,7 +215,9 @@ def calibrate(config, workdir: str) -> dict | None:
   path = run_dirs.calibration_file(workdir)
   settings = stages.calibration_settings(config)
   names = stages.quality_model_names(config)
+  unit = 'volume' if config.data.name == 'nnunet' else 'case'
   done = run_dirs.completed(path, 'calibration', lambda c: values.same(c['settings'], settings)
+                            and c.get('unit', 'case') == unit
                             and set(names) <= set(c['models'])
                             and all('interval_cases' in c['models'][n] for n in names))
   if done is not None:
@@ -231,12 +233,12 @@ def calibrate(config, workdir: str) -> dict | None:
   if config.data.name == 'nnunet':  # the unit is the volume: whole calibration patients
     vols = volume.as_volumes(config, runner.case_ids(cal_split), cal_out.masks, predicted,
                              config.quality.target, cal_p)
-    unit, predicted, true, pvalues = 'volume', vols.predicted, vols.true, vols.pvalues
+    predicted, true, pvalues = vols.predicted, vols.true, vols.pvalues
     targets = dict.fromkeys(names, 'dice')
     # A grid fixed before the calibration volumes are seen: predicted volume Dice in [0, 1].
     grids = dict.fromkeys(names, np.linspace(1.0, 0.0, cal.grid_size))
   else:
-    unit, true, pvalues = 'case', cal_out.dice, cal_p
+    true, pvalues = cal_out.dice, cal_p
     targets = {name: m.target for name, m in models.items()}
     grids = {name: auto_accept.threshold_grid(registry.predict_cases(m, fit_split.images, fit_out, batch),
                                               cal.grid_size) for name, m in models.items()}

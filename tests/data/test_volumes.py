@@ -3,6 +3,7 @@
 Every volume here is written by the test (tiny, random), never read from ../shared.
 """
 
+import dataclasses
 import gzip
 import json
 import os
@@ -234,7 +235,7 @@ def test_volume_run_end_to_end_with_one_bad_volume(tmp_path, data_dir):
   entry = calibration['models']['uncertainty']
   assert calibration['unit'] == entry['unit'] == 'volume'
   assert {r['calibration_cases'] for r in entry['rules'].values()} == {2}  # two volumes, not their slices
-  assert len(entry['interval_cases']['true_dice']) <= 2
+  assert len(entry['interval_cases']['true_dice']) == 2 - calibration['gated_calibration_cases']
   result = evaluate.evaluate(config, workdir)
   per_volume = result['per_volume']
   assert per_volume['volumes'] >= 1 and len(per_volume['rows']) == per_volume['volumes']
@@ -262,9 +263,16 @@ def test_volume_run_end_to_end_with_one_bad_volume(tmp_path, data_dir):
       written = nib.load(str(path))
       assert written.shape == shape and np.allclose(written.affine, AFFINE)
     assert (out / 'pages' / f'{case}.png').stat().st_size > 0
-    # Two calibration volumes support no threshold: nothing the gate lets through is accepted.
+    # Two calibration volumes support no threshold: nothing the gate lets through is accepted,
+    # and with 2 calibration volumes the 90 % interval is the whole range.
     assert rows[case]['decision'] == 'review', rows[case]
+    if not rows[case]['reason'].startswith('outside the training distribution'):
+      assert rows[case]['reason'].startswith('the calibration volumes cannot support accepting')
+      assert (rows[case]['dice_low'], rows[case]['dice_high']) == ('0.00000', '1.00000')
+    else:
+      assert rows[case]['dice_low'] == ''
   assert summary['calibrated'] and 'calibrated: accepted-failure rate' in summary['rule']
+  assert any(rows[c]['dice_low'] for c in ('new0', 'new1'))  # the rule's branch above was reached
   assert 'NOT CALIBRATED PER VOLUME' not in (out / 'index.html').read_text()
   assert 'channel 2 (t2) missing' in (out / 'index.html').read_text()  # the broken file named on the page
 
@@ -326,10 +334,36 @@ def test_a_volume_is_decided_by_its_calibrated_rule():
   judged = {'flagged': False, 'dice': 0.85}
   assert volume_predict.decide(judged, config, rule)[0] == 'fail'
   assert volume_predict.decide({**judged, 'dice': 0.9}, config, rule) == (
-      'pass', 'predicted volume Dice 0.900 >= 0.870 (calibrated rule)')
-  slices = registry.QualityModel('uncertainty', 'dice', False, None, rules={**entry, 'unit': 'case'})
-  rule, usable = volume_predict.volume_rule(config, slices)  # a rule about slices never decides a volume
+      'pass', 'predicted volume Dice 0.9000 >= 0.8700 (calibrated rule)')
+  nothing = dataclasses.replace(rule, threshold=float('inf'))  # the calibration supports no threshold
+  assert volume_predict.decide({**judged, 'dice': 0.99}, config, nothing)[0] == 'review'
+  # A rule about slices never decides a volume; the fixed rule is then on the volume Dice
+  # (0.8), not on g's Jaccard units (0.667), and the run says it is not calibrated.
+  slices = registry.QualityModel('uncertainty', 'jaccard', False, None, rules={**entry, 'unit': 'case'})
+  rule, usable = volume_predict.volume_rule(config, slices)
   assert usable is None and rule.threshold == config.eval.fail_dice and rule.warning
+  config.predict.alpha = 0.05  # no rule stored at this alpha: fixed, with the warning
+  rule, usable = volume_predict.volume_rule(config, model)
+  assert rule.threshold == config.eval.fail_dice and rule.warning and 'NOT CALIBRATED' in rule.warning
+
+
+def test_volumes_of_a_split_carry_the_volume_gate_and_the_predicted_volume_dice():
+  from segqual_jax.config import schema
+  config = schema.get_config()
+  config.predict.ood_alpha = 0.1
+  ids = [volumes.slice_id('a', k) for k in range(4)] + [volumes.slice_id('b', k) for k in range(3)]
+  masks = np.zeros((7, 8, 8), np.uint8)
+  masks[1, 2:5, 2:5] = masks[5, 1:4, 1:4] = 1
+  pvalues = np.array([0.5, 0.5, 0.9, 0.5, 0.01, 0.02, 0.5])  # b: 2 of 3 slices at p <= 0.05
+  slice_dice = {'g': np.array([1.0, 0.7, 1.0, 1.0, 0.9, 0.6, 0.9])}
+  vols = volume.as_volumes(config, ids, masks, slice_dice, 'dice', pvalues, with_truth=False)
+  assert vols.cases == ['a', 'b'] and vols.true is None
+  groups = np.array([0, 0, 0, 0, 1, 1, 1])
+  for g in range(2):
+    flagged = volume.gate(pvalues[groups == g], 0.1, masks[groups == g].reshape(-1, 64).sum(1))[0]
+    assert vols.pvalues[g] == (0.0 if flagged else 1.0)
+  assert list(vols.pvalues) == [1.0, 0.0]
+  np.testing.assert_allclose(vols.predicted['g'], volume.predicted_dice(slice_dice['g'], masks, groups, 2))
 
 
 # ---------------------------------------------------------------------------
