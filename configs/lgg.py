@@ -26,10 +26,11 @@ table of RESULTS.md rests on. nnU-Net's recipe (``--config.seg.loss=ce_dice
 --config.seg.lr_schedule=cosine``) balances f's missed and false lesion
 voxels; its measurements are in RESULTS.md ("f's loss, its resolution, and g
 on a Dice-trained f"). With it, 60 epochs (``--config.seg.num_epochs=60``, 45
-min of stage 1 on 2 cores) add about 0.03; foreground oversampling and
-test-time augmentation add nothing measurable (RESULTS.md, "Longer training,
-foreground oversampling, test-time augmentation"). None reaches the
-volume-Dice bar of 0.80.
+min of stage 1 on 2 cores) add about 0.03 (three seeds); foreground
+oversampling, test-time augmentation and nnU-Net's training augmentation
+(``--config.seg.augment=nnunet``) add nothing measurable on the quality
+patients (RESULTS.md, "Longer training, ..." and "60 epochs over three
+seeds, ..."). None reaches the volume-Dice bar of 0.80.
 
 No calibration fraction: 19 quality patients are too few to hold out a
 calibration set of volumes and still fit g (a rule needs dozens of accepted
