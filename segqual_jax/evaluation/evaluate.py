@@ -196,18 +196,19 @@ def evaluate(config, workdir: str) -> dict:
                                               config.quality.target, fail_d, fail_j)
             for name, pred in predicted.items()}
   scores = score_metrics(config, outputs)
+  # Volumes: the test slices gathered once (their own-grid truth read once) for the table
+  # per patient and for rules calibrated on volumes.
+  vols = (volume.as_volumes(config, runner.case_ids(test), outputs.masks, predicted, config.quality.target,
+                            pvalues) if config.data.name == 'nnunet' else None)
   calibration = interval_result = None
   if rules:
     on = (predicted, outputs.dice, pvalues, config.quality.target)
     if rules.get('unit') == 'volume':  # the rules judge volumes: so are they tested
-      vols = volume.as_volumes(config, runner.case_ids(test), outputs.masks, predicted, config.quality.target,
-                               pvalues)
       on = (vols.predicted, vols.true, vols.pvalues, 'dice')
     calibration = auto_accept_on_test(config, rules, *on[:3])
     interval_result = intervals_on_test(config, rules, *on)
   errors_on_test = error_map_on_test(config, workdir, test, outputs)
-  per_volume = (volume_table.on_test(config, runner.case_ids(test), outputs, test.masks, predicted)
-                if config.data.name == 'nnunet' else None)
+  per_volume = volume_table.on_test(config, vols, outputs, test.masks) if vols is not None else None
   seg = outputs.summary(fail_d)
   seg[f'fail_rate_jaccard_{fail_j}'] = float(np.mean(outputs.jaccard < fail_j))
   result = {

@@ -16,18 +16,16 @@ from segqual_jax.metrics import overlap, quality as quality_metrics
 from segqual_jax.quality import volume
 
 
-def on_test(config, ids, outputs, true_masks: np.ndarray, predicted: dict[str, np.ndarray]) -> dict:
-  """``{'volumes', 'mean_dice', 'mean_dice_model_grid', 'quality_models', 'rows'}`` of the test split."""
-  cases, groups = volume.groups_of(ids)
+def on_test(config, vols: volume.Volumes, outputs, true_masks: np.ndarray) -> dict:
+  """``{'volumes', 'mean_dice', 'mean_dice_model_grid', 'quality_models', 'rows'}`` of the test
+  split, from its slices gathered into volumes (``volume.as_volumes``)."""
+  cases, groups, true = vols.cases, vols.groups, vols.true
   n = len(cases)
   model_grid = volume.true_dice(outputs.masks, true_masks, groups, n)
-  true = volume.native_dice(config, cases, outputs.masks, groups)
   fail_d, fail_j = config.eval.fail_dice, config.eval.fail_jaccard
   models, rows = {}, {c: {'case': c, 'slices': int(np.sum(groups == g)), 'true_dice': round(float(true[g]), 5),
                           'true_dice_model_grid': round(float(model_grid[g]), 5)} for g, c in enumerate(cases)}
-  for name, pred in predicted.items():
-    slice_dice = np.asarray(overlap.as_dice(np.asarray(pred, np.float64), config.quality.target))
-    vol = volume.predicted_dice(slice_dice, outputs.masks, groups, n)
+  for name, vol in vols.predicted.items():
     models[name] = quality_metrics.all_metrics(vol, true, overlap.jaccard_from_dice(true), 'dice', fail_d, fail_j)
     for g, c in enumerate(cases):
       rows[c][f'predicted[{name}]'] = round(float(vol[g]), 5)
